@@ -1,0 +1,253 @@
+"""Profiles: validated run settings read from ``profiles/NAME.yaml``.
+
+A profile is nested YAML with the sections below. Unknown keys, wrong types
+and out-of-range values raise :class:`ConfigError` naming the key, so that a
+typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
+
+
+@dataclass
+class DataConfig:
+    """The private corpus: synthetic clinical notes, or a user's file."""
+
+    source: str = "synthetic"          # "synthetic" or a path to .jsonl/.csv/.txt
+    text_field: str = "text"           # field holding the text in JSONL/CSV files
+    n_patients: int = 200              # synthetic: number of patients (identities)
+    notes_per_patient: int = 3         # synthetic: notes written per patient
+    n_canaries: int = 8                # Secret-Sharer canaries in training data
+    canary_repetitions: list[int] = field(default_factory=lambda: [1, 4, 16])
+    n_heldout_canaries: int = 8        # canaries of the same format never trained on
+    heldout_fraction: float = 0.2      # patients (and their PII) kept out of training
+    calibration_fraction: float = 0.1  # patients used only to measure layer similarity
+    general_passages: int = 64         # general English passages for perplexity
+
+    def validate(self) -> None:
+        _positive(self, "n_patients", "notes_per_patient", "general_passages")
+        _non_negative(self, "n_canaries", "n_heldout_canaries")
+        if not self.canary_repetitions or any(int(r) < 1 for r in self.canary_repetitions):
+            raise ConfigError("data.canary_repetitions must be a non-empty list of integers >= 1")
+        for key in ("heldout_fraction", "calibration_fraction"):
+            value = getattr(self, key)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"data.{key} must be in (0, 1), got {value}")
+        if self.heldout_fraction + self.calibration_fraction >= 1.0:
+            raise ConfigError("data.heldout_fraction + data.calibration_fraction must be below 1")
+
+
+@dataclass
+class SimilarityConfig:
+    """Layer-similarity measurement on calibration text (notebook 01)."""
+
+    n_samples: int = 64
+    max_length: int = 128
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        _positive(self, "n_samples", "max_length", "batch_size")
+
+
+@dataclass
+class PruningConfig:
+    """Layer-removal sweep (notebook 02)."""
+
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    paper_strategy: str = "cosine"     # the strategy later stages fine-tune
+    remove: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10, 12])
+    paper_remove: int = 8              # layers removed for the paper's pruned model
+    eval_samples: int = 64             # held-out records / general passages per point
+    eval_max_length: int = 128
+    batch_size: int = 8
+    greedy_samples: int = 16           # calibration records scoring SLEB candidates
+
+    def validate(self) -> None:
+        _positive(self, "eval_samples", "eval_max_length", "batch_size", "greedy_samples")
+        for name in list(self.strategies) + [self.paper_strategy]:
+            check_strategy(name)
+        if not self.remove or any(int(k) < 0 for k in self.remove):
+            raise ConfigError("pruning.remove must be a non-empty list of integers >= 0")
+        if self.paper_remove < 1:
+            raise ConfigError(f"pruning.paper_remove must be >= 1, got {self.paper_remove}")
+
+
+@dataclass
+class LatencyConfig:
+    """Prefill and decode latency versus layers removed (notebook 02, `bench`)."""
+
+    remove: list[int] = field(default_factory=lambda: [0, 4, 8, 12])
+    prompt_length: int = 128
+    new_tokens: int = 32
+    repeats: int = 5
+    warmup: int = 2
+
+    def validate(self) -> None:
+        _positive(self, "prompt_length", "new_tokens", "repeats")
+        _non_negative(self, "warmup")
+        if not self.remove or any(int(k) < 0 for k in self.remove):
+            raise ConfigError("latency.remove must be a non-empty list of integers >= 0")
+
+
+@dataclass
+class Profile:
+    """One run's settings; ``name`` decides where results and figures go."""
+
+    name: str = "paper"
+    seed: int = 0
+    device: str = "auto"               # "auto", "cpu", "cuda", "cuda:N"
+    model: str = "embedded"            # "embedded", a local HF folder, or a hub id
+    data: DataConfig = field(default_factory=DataConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    source: str = ""                   # path the profile was read from (not a YAML key)
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"profile name must be a plain word, got {self.name!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        for section in (self.data, self.similarity, self.pruning, self.latency):
+            section.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+    def digest(self) -> str:
+        """sha256 of the settings, for provenance."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def check_strategy(name: str) -> str:
+    """Return ``name`` if it is a known pruning strategy, else raise ConfigError."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown pruning strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return name
+
+
+def profiles_dir() -> Path:
+    """The repository's ``profiles/`` folder (next to the package)."""
+    return Path(__file__).resolve().parents[1] / "profiles"
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """A profile name (``smoke``) or a path to a YAML file."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"profile file not found: {path}")
+        return path
+    candidate = profiles_dir() / f"{text}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+        raise ConfigError(f"unknown profile {text!r}; known profiles: {', '.join(known) or 'none'}")
+    return candidate
+
+
+def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read, merge ``overrides`` (nested dict) into, and validate a profile."""
+    path = resolve_profile_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"profile {path} is not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profile {path} must be a mapping of keys to values")
+    raw.setdefault("name", path.stem)
+    if overrides:
+        raw = _merge(raw, overrides)
+    profile = _build(Profile, raw, prefix="")
+    profile.source = str(path)
+    profile.validate()
+    return profile
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, raw: dict, prefix: str):
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls) if not (cls is Profile and f.name == "source")}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+            suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"unknown profile key '{prefix}{key}'{suggestion}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"profile key {key!r} must be a mapping")
+        return _build(hint, value, prefix=f"{key}.")
+    origin = get_origin(hint)
+    if origin is list:
+        (item,) = get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"profile key {key!r} must be a list, got {value!r}")
+        return [_coerce(item, v, key) for v in value]
+    if origin is Union:
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"profile key {key!r} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"profile key {key!r} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"profile key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"profile key {key!r} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _section_name(obj: Any) -> str:
+    return {
+        DataConfig: "data", SimilarityConfig: "similarity",
+        PruningConfig: "pruning", LatencyConfig: "latency",
+    }.get(type(obj), type(obj).__name__)
+
+
+def _positive(obj: Any, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) < 1:
+            raise ConfigError(f"{_section_name(obj)}.{key} must be >= 1, got {getattr(obj, key)}")
+
+
+def _non_negative(obj: Any, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) < 0:
+            raise ConfigError(f"{_section_name(obj)}.{key} must be >= 0, got {getattr(obj, key)}")

