@@ -116,21 +116,27 @@ def _bench_latency(args) -> int:
     return 0
 
 
-def _calibration_similarity(model, tokenizer, data: str, text_field: str, samples: int, max_length: int, seed: int):
+def _calibration_texts(data: str, text_field: str, seed: int) -> list[str]:
+    """Calibration records of the synthetic corpus or of a user's file."""
     from .data import load_records, synthetic_corpus, user_corpus
-    from .experiments import measure_similarity
 
     if data == "synthetic":
-        texts = synthetic_corpus(seed=seed).texts("calibration", include_canaries=False)
+        corpus = synthetic_corpus(seed=seed)
     else:
-        texts = user_corpus(load_records(data, text_field), seed=seed, n_canaries=0, n_heldout_canaries=0).texts(
-            "calibration", include_canaries=False)
-    return measure_similarity(model, tokenizer, texts[:samples], max_length, batch_size=8)
+        corpus = user_corpus(load_records(data, text_field), seed=seed, n_canaries=0, n_heldout_canaries=0)
+    return corpus.texts("calibration", include_canaries=False)
+
+
+def _calibration_similarity(model, tokenizer, data: str, text_field: str, samples: int, max_length: int, seed: int):
+    from .experiments import measure_similarity
+
+    texts = _calibration_texts(data, text_field, seed)[:samples]
+    return measure_similarity(model, tokenizer, texts, max_length, batch_size=8)
 
 
 def _prune(args) -> int:
     from .config import check_strategy
-    from .data import load_records, synthetic_corpus, user_corpus
+    from .data import load_records
     from .experiments import greedy_order_for
     from .models import load_model, model_num_layers
     from .pruning import check_count, check_layers, choose_layers, remove_layers
@@ -153,12 +159,8 @@ def _prune(args) -> int:
             similarity = _calibration_similarity(model, tokenizer, args.data, args.text_field,
                                                  args.samples, args.max_length, args.seed)
         if args.strategy == "greedy-loss":
-            if args.data == "synthetic":
-                texts = synthetic_corpus(seed=args.seed).texts("calibration", include_canaries=False)
-            else:
-                texts = user_corpus(load_records(args.data, args.text_field), seed=args.seed, n_canaries=0,
-                                    n_heldout_canaries=0).texts("calibration", include_canaries=False)
-            greedy, _ = greedy_order_for(model, tokenizer, texts[: args.samples], args.remove, args.max_length, 8)
+            texts = _calibration_texts(args.data, args.text_field, args.seed)[: args.samples]
+            greedy, _ = greedy_order_for(model, tokenizer, texts, args.remove, args.max_length, 8)
         layers = choose_layers(args.strategy, args.remove, num_layers, similarity, args.seed, greedy)
     remove_layers(model, layers)
     _save_atomically(model, tokenizer, output)

@@ -424,7 +424,7 @@ def corpus_for(profile) -> Corpus:
 # --------------------------------------------------------------------------
 # general English
 
-def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 300) -> list[str]:
+def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 200) -> list[str]:
     """Human-written English prose for a general-domain perplexity.
 
     Source: the prose paragraphs of the Python Language Reference and Library
@@ -434,7 +434,7 @@ def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 300) -
     """
     from pydoc_data.topics import topics
 
-    paragraphs: list[str] = []
+    paragraphs: dict[str, None] = {}          # ordered and de-duplicated
     for key in sorted(topics):
         for block in re.split(r"\n\s*\n", topics[key]):
             lines = block.splitlines()
@@ -442,10 +442,11 @@ def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 300) -
                 continue                     # code, grammar and indented examples
             if len(lines) >= 2 and set(lines[-1].strip()) <= set("*=-~^"):
                 continue                     # headings
-            text = " ".join(line.strip() for line in lines)
+            text = " ".join(line.strip() for line in lines).replace("**", "")
             if len(text) >= min_chars and text.count('"') < 8 and text[-1] in ".:":
-                paragraphs.append(text)
+                paragraphs[text] = None
     rng = random.Random(seed)
+    paragraphs = list(paragraphs)
     rng.shuffle(paragraphs)
     if n_passages > len(paragraphs):
         raise DataError(f"asked for {n_passages} general English passages; {len(paragraphs)} are available")

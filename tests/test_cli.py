@@ -1,0 +1,111 @@
+"""Command line: bad input gives one line on stderr and exit status 2,
+and leaves nothing behind; good input produces a loadable pruned model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunepriv.cli import main
+
+
+def _run(capsys, argv):
+    capsys.readouterr()                                  # drop what fixtures printed
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def _one_line_error(code, err, pattern):
+    import re
+
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("prunepriv: error: ")
+    assert re.search(pattern, err[0]), err[0]
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--remove", "6"], "cannot remove 6 layers: the model has 6"),
+    (["--remove", "9"], "cannot remove 9 layers"),
+    (["--layers", "1,6"], r"layer index 6 out of range: the model has layers 0\.\.5"),
+    (["--remove", "2", "--strategy", "magic"], "unknown pruning strategy 'magic'"),
+    (["--remove", "2", "--data", "missing.jsonl"], "data file not found: missing.jsonl"),
+])
+def test_prune_bad_input(capsys, tmp_path, tiny_model_dir, extra, pattern):
+    out = tmp_path / "out"
+    code, err = _run(capsys, ["prune", "--model", str(tiny_model_dir), "--output", str(out), *extra])
+    _one_line_error(code, err, pattern)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_prune_malformed_data_names_the_line(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "notes.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": "fine"}\nnot json\n')
+    code, err = _run(capsys, ["prune", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o"),
+                              "--remove", "1", "--data", str(data)])
+    _one_line_error(code, err, r"notes.jsonl:3: malformed JSON")
+
+
+def test_unsupported_architecture(capsys, tmp_path):
+    import transformers as T
+
+    path = tmp_path / "phi"
+    T.AutoModelForCausalLM.from_config(T.PhiConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                   num_hidden_layers=2, num_attention_heads=4)).save_pretrained(path)
+    code, err = _run(capsys, ["prune", "--model", str(path), "--output", str(tmp_path / "o"), "--remove", "1"])
+    _one_line_error(code, err, "unsupported architecture 'phi'; supported families: llama")
+
+
+def test_missing_model_folder(capsys, tmp_path):
+    code, err = _run(capsys, ["prune", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
+                              "--remove", "1"])
+    _one_line_error(code, err, "cannot load model")
+
+
+@pytest.mark.parametrize("profile_text, pattern", [
+    (None, "unknown profile 'nosuch'"),
+    ("name: bad\nsimilarity:\n  n_sampels: 3\n", "unknown profile key 'similarity.n_sampels'"),
+    ("name: bad\npruning:\n  strategies: [cosine, nope]\n", "unknown pruning strategy 'nope'"),
+])
+def test_reproduce_bad_profile(capsys, tmp_path, profile_text, pattern):
+    profile = "nosuch"
+    if profile_text:
+        profile = str(tmp_path / "bad.yaml")
+        (tmp_path / "bad.yaml").write_text(profile_text)
+    code, err = _run(capsys, ["reproduce", "--profile", profile, "--output-root", str(tmp_path / "root")])
+    _one_line_error(code, err, pattern)
+    assert not (tmp_path / "root").exists()
+
+
+def test_reproduce_refuses_removing_every_layer(capsys, tmp_path, tiny_model_dir):
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"name: tiny\nmodel: {tiny_model_dir}\npruning:\n  remove: [0, 6]\n")
+    code, err = _run(capsys, ["reproduce", "--profile", str(profile), "--output-root", str(tmp_path / "root")])
+    _one_line_error(code, err, "cannot remove 6 layers")
+    assert not (tmp_path / "root").exists()
+
+
+def test_prune_saves_a_model_that_reloads(capsys, tmp_path, tiny_model_dir):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(tiny_model_dir), "--output", str(out), "--remove", "2",
+                 "--strategy", "cosine", "--samples", "4", "--max-length", "32"])
+    assert code == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 4
+    assert len(model.config.prunepriv_kept_layers) == 4
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 260)
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_console_script_exit_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "prunepriv.cli", "reproduce", "--profile", "nosuch"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown profile 'nosuch'" in proc.stderr

@@ -1,0 +1,65 @@
+"""End to end on the real embedded model (SmolLM2-135M-Instruct)."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunepriv import load_model, remove_layers
+from prunepriv.config import STRATEGIES, load_profile
+from prunepriv.reproduce import reproduce
+from prunepriv.results import sha256_file
+
+pytestmark = pytest.mark.e2e
+
+EXPECTED = {"fig:layer-similarity-heatmap", "fig:adjacent-similarity", "fig:latency-vs-layers",
+            "fig:perplexity-vs-layers", "tab:pruning"}
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model("embedded", device="cpu")
+
+
+def test_embedded_model_prunes_saves_reloads_and_generates(embedded, tmp_path):
+    model, tokenizer = embedded
+    assert model.config.num_hidden_layers == 30
+    pruned = remove_layers(copy.deepcopy(model), list(range(12, 20)))
+    pruned.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    batch = tokenizer(["Discharge summary: the patient was admitted with"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(pruned(**batch).logits, reloaded(**batch).logits, atol=1e-4)
+        cached = reloaded.generate(**batch, max_new_tokens=12, do_sample=False, use_cache=True)
+        uncached = reloaded.generate(**batch, max_new_tokens=12, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert reloaded.config.num_hidden_layers == 22
+
+
+def test_smoke_profile_stages_01_02_with_papermill(tmp_path):
+    results = reproduce("smoke", ["01", "02"], output_root=tmp_path, progress=False)
+    assert [r.stage for r in results] == ["01", "02"]
+    manifest = json.loads((tmp_path / "results/smoke/manifest.json").read_text())
+    assert EXPECTED <= set(manifest["artifacts"])
+    for entry in manifest["artifacts"].values():
+        for file in entry["files"]:
+            assert sha256_file(tmp_path / file["path"]) == file["sha256"]
+        assert entry["provenance"]["profile"] == "smoke"
+    for stem in ("layer_similarity_heatmap", "adjacent_similarity", "latency_vs_layers", "perplexity_vs_layers"):
+        for ext in ("png", "pdf"):
+            assert (tmp_path / "figures/smoke" / f"{stem}.{ext}").stat().st_size > 1000
+    table = pd.read_csv(tmp_path / "results/smoke/pruning.csv")
+    profile = load_profile("smoke")
+    assert set(table["strategy"]) == set(STRATEGIES)
+    assert set(table["removed"]) == set(profile.pruning.remove)
+    unpruned = table[table["removed"] == 0]["perplexity_private"]
+    assert unpruned.nunique() == 1 and 1 < unpruned.iloc[0] < 1000
+    worst = table.groupby("strategy")["perplexity_private"].max()
+    assert (worst >= unpruned.iloc[0]).all()            # removing layers never helps the unhealed model here
+    for name in ("01_layer_similarity.ipynb", "02_layer_pruning.ipynb"):
+        executed = json.loads((tmp_path / "results/smoke/notebooks" / name).read_text())
+        assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")

@@ -1,0 +1,127 @@
+"""Structural removal on tiny models of every supported family."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_config, tiny_model
+from prunepriv import decoder_layers, remove_layers
+from prunepriv.errors import ModelError, PruningError
+from prunepriv.models import check_family
+from prunepriv.pruning import KEPT_LAYERS_KEY
+
+REMOVE = [1, 3, 4]
+
+
+def _ids(seed: int = 0, shape=(2, 12)) -> torch.Tensor:
+    return torch.randint(2, 250, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _logits_with_identity_layers(model, skipped: list[int], ids: torch.Tensor) -> torch.Tensor:
+    """Reference: the unpruned model with the skipped layers turned into identities by hooks."""
+    def identity(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    handles = [decoder_layers(model)[i].register_forward_hook(identity, with_kwargs=True) for i in skipped]
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_adapter_finds_every_layer(family):
+    model = tiny_model(family, layers=6)
+    assert len(decoder_layers(model)) == 6
+
+
+def test_removal_equals_skipping(family):
+    model = tiny_model(family)
+    ids = _ids()
+    expected = _logits_with_identity_layers(model, REMOVE, ids)
+    pruned = remove_layers(copy.deepcopy(model), REMOVE)
+    with torch.no_grad():
+        got = pruned(input_ids=ids, use_cache=False).logits
+    assert len(decoder_layers(pruned)) == 3
+    assert torch.allclose(got, expected, atol=1e-5)
+    # and removing layers really changes the function
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits
+    assert not torch.allclose(got, full, atol=1e-3)
+
+
+def test_layer_idx_and_config_updated(family):
+    pruned = remove_layers(tiny_model(family), REMOVE)
+    for new_index, layer in enumerate(decoder_layers(pruned)):
+        indices = {m.layer_idx for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)}
+        assert indices == {new_index}
+    assert pruned.config.num_hidden_layers == 3
+    assert getattr(pruned.config, KEPT_LAYERS_KEY) == [0, 2, 5]
+    layer_types = getattr(pruned.config, "layer_types", None)
+    if layer_types is not None:
+        assert len(layer_types) == 3
+
+
+def test_save_and_reload_give_same_logits(family, tmp_path):
+    pruned = remove_layers(tiny_model(family), REMOVE)
+    pruned.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = _ids(1)
+    with torch.no_grad():
+        assert torch.allclose(pruned(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-6)
+    assert len(decoder_layers(reloaded)) == 3
+    assert getattr(reloaded.config, KEPT_LAYERS_KEY) == [0, 2, 5]
+
+
+def test_cached_generation_after_pruning(family):
+    pruned = remove_layers(tiny_model(family), REMOVE)
+    ids = _ids(2, (1, 8))
+    pruned.generation_config.eos_token_id = None        # always generate all 8 tokens
+    with torch.no_grad():
+        cached = pruned.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+        uncached = pruned.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+        manual = ids
+        for _ in range(8):
+            nxt = pruned(input_ids=manual, use_cache=False).logits[:, -1:].argmax(-1)
+            manual = torch.cat([manual, nxt], dim=1)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, manual)
+
+
+def test_pruning_twice_tracks_original_indices():
+    model = remove_layers(tiny_model("llama", layers=6), [0, 1])      # keeps 2 3 4 5
+    remove_layers(model, [1])                                          # drops original 3
+    assert getattr(model.config, KEPT_LAYERS_KEY) == [2, 4, 5]
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([0, 1, 2, 3, 4, 5], "cannot remove 6 layers"),
+    ([6], "out of range"),
+    ([-1], "out of range"),
+    ([2, 2], "repeat"),
+])
+def test_bad_removals_are_refused(layers, message):
+    model = tiny_model("llama", layers=6)
+    with pytest.raises(PruningError, match=message):
+        remove_layers(model, layers)
+    assert len(decoder_layers(model)) == 6          # untouched
+
+
+def test_unsupported_architecture_names_the_families():
+    import transformers as T
+
+    model = T.AutoModelForCausalLM.from_config(T.PhiConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                           num_hidden_layers=2, num_attention_heads=4))
+    with pytest.raises(ModelError, match="unsupported architecture 'phi'.*llama.*gpt2"):
+        decoder_layers(model)
+    with pytest.raises(ModelError):
+        check_family("bert")
+
+
+def test_tiny_config_is_what_the_family_says(family):
+    assert tiny_config(family).model_type == family

@@ -1,0 +1,41 @@
+"""Atomic writes and the manifest with provenance."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from prunepriv.config import load_profile
+from prunepriv.results import Run, atomic_write_text, provenance, sha256_file
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    path = atomic_write_text(tmp_path / "sub" / "a.txt", "hello")
+    assert path.read_text() == "hello"
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
+    assert (path.stat().st_mode & 0o044) == 0o044          # readable by others, like any file
+
+
+def test_run_registers_tables_and_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    run = Run(load_profile("smoke"), "00_test", tmp_path)
+    run.save_table("tab:x", pd.DataFrame({"a": [1, 2]}), "x.csv")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    run.save_figure("fig:x", fig, "x")
+    manifest = json.loads((tmp_path / "results" / "smoke" / "manifest.json").read_text())
+    entry = manifest["artifacts"]["tab:x"]
+    assert entry["files"][0]["path"] == "results/smoke/x.csv"
+    assert entry["files"][0]["sha256"] == sha256_file(tmp_path / "results/smoke/x.csv")
+    figure = manifest["artifacts"]["fig:x"]
+    assert [f["path"] for f in figure["files"]] == ["figures/smoke/x.png", "figures/smoke/x.pdf"]
+    prov = entry["provenance"]
+    assert prov["profile"] == "smoke" and prov["seed"] == 0
+    assert prov["packages"]["torch"].startswith("2.13")
+    assert "git_revision" in prov and prov["profile_sha256"] == load_profile("smoke").digest()
+
+
+def test_provenance_without_profile():
+    info = provenance()
+    assert "packages" in info and "profile" not in info
