@@ -19,6 +19,3 @@ class ModelError(PrunePrivError):
 
 class PruningError(PrunePrivError):
     """An impossible layer choice (unknown strategy, too many layers, bad index)."""
-
-
-USER_ERRORS = (PrunePrivError, FileNotFoundError)

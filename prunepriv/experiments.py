@@ -12,7 +12,7 @@ from .evaluation import perplexity
 from .models import decoder_layers
 from .pruning import check_count, choose_layers, greedy_loss_order, remove_layers
 from .similarity import LayerSimilarity, layer_similarity
-from .text import batches, encode
+from .text import batches
 
 
 def calibration_texts(corpus, n: int) -> list[str]:
@@ -50,6 +50,13 @@ def removal_plans(strategies: list[str], ks: list[int], num_layers: int, similar
         s: {k: choose_layers(s, k, num_layers, similarity, seed, greedy_order) for k in ks}
         for s in strategies
     }
+
+
+def greedy_depth(profile) -> int:
+    """How many greedy (SLEB) removals a profile needs; 0 when no stage uses greedy-loss."""
+    p = profile.pruning
+    needed = "greedy-loss" in p.strategies or p.paper_strategy == "greedy-loss"
+    return max([*p.remove, *profile.latency.remove, p.paper_remove]) if needed else 0
 
 
 def greedy_order_for(model, tokenizer, texts: list[str], k: int, max_length: int, batch_size: int):
@@ -111,8 +118,3 @@ def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int,
             "ideal_ratio": (num_layers - k) / num_layers,
         })
     return pd.DataFrame(rows)
-
-
-def encode_check(tokenizer, text: str, max_length: int) -> int:
-    """Number of tokens ``text`` has after truncation (for reports)."""
-    return int(encode(tokenizer, [text], max_length)["attention_mask"].sum())

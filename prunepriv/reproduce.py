@@ -6,7 +6,6 @@ error) and the previous good outputs in place.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -103,7 +102,7 @@ def reproduce(profile_name: str, stages: list[str] | None = None, output_root: s
             raise StageError(_describe_failure(source, tmp_nb, exc), exc.ename in USER_ERROR_NAMES) from None
         out_dir.mkdir(parents=True, exist_ok=True)
         final = out_dir / source.name
-        os.replace(tmp_nb, final) if tmp_nb.stat().st_dev == out_dir.stat().st_dev else shutil.move(tmp_nb, final)
+        shutil.move(tmp_nb, final)
         shutil.rmtree(tmp_dir, ignore_errors=True)
         results.append(StageResult(key, final, time.perf_counter() - start))
     return results
