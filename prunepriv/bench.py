@@ -111,3 +111,94 @@ def latency_ratio(model: nn.Module, layers: list[int], **kwargs) -> dict:
         "threads": torch.get_num_threads(),
         "device": str(next(model.parameters()).device),
     }
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:   # Linux: reset VmHWM to the current RSS
+                handle.write("5")
+        except OSError:
+            pass
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def dp_overhead(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 128,
+                repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
+    """Seconds per example of a DP-SGD LoRA step and of a non-private one.
+
+    Both train the same LoRA adapter on the same batch: the private step
+    computes per-sample gradients (Opacus hooks), clips and adds noise; the
+    non-private step is a plain backward pass. Steps are interleaved;
+    peak memory (CUDA allocator, or the process's peak RSS on the CPU) is
+    measured in a separate pass for each.
+    """
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    from .finetune import LoRASpec, add_lora, make_collate, sequence_nll
+
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    encoded = tokenizer(texts[:batch_size], truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = {k: v.to(device) for k, v in make_collate(pad)([torch.tensor(x) for x in encoded]).items()}
+
+    def build(private: bool):
+        peft_model = add_lora(copy.deepcopy(model), LoRASpec())
+        peft_model.train()
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-3)
+        net = peft_model
+        if private:
+            net = GradSampleModule(peft_model, batch_first=True, loss_reduction="mean")
+            opt = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch_size,
+                              generator=torch.Generator(device=device).manual_seed(seed))
+
+        def step() -> float:
+            _sync(device)
+            start = time.perf_counter()
+            sequence_nll(net, batch).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            _sync(device)
+            return time.perf_counter() - start
+        return step
+
+    steps = {"non_private": build(False), "dp_sgd": build(True)}
+    memory = {}
+    for name, step in steps.items():
+        _reset_peak_memory(device)
+        step()
+        memory[name] = _peak_memory_mb(device)
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    per_example = {name: statistics.median(t) / batch["input_ids"].shape[0] for name, t in times.items()}
+    return {
+        "batch_size": int(batch["input_ids"].shape[0]), "tokens_per_example": max_length,
+        "layers": len(decoder_layers(model)),
+        "non_private_s_per_example": per_example["non_private"], "dp_sgd_s_per_example": per_example["dp_sgd"],
+        "ratio": per_example["dp_sgd"] / per_example["non_private"],
+        "peak_memory_mb": memory,
+        "peak_memory_note": ("CUDA max_memory_allocated" if device.type == "cuda"
+                             else "process peak RSS (VmHWM) after one step; includes the model copies"),
+        "device": str(device), "threads": torch.get_num_threads(),
+    }

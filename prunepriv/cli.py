@@ -43,6 +43,38 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--seed", type=int, default=0)
     lat.add_argument("--json", action="store_true", help="print one JSON object")
 
+    dp = bench_sub.add_parser("dp-overhead", help="time and memory of a DP-SGD LoRA step vs a non-private one")
+    dp.add_argument("--model", default="embedded")
+    dp.add_argument("--batch-size", type=int, default=8)
+    dp.add_argument("--max-length", type=int, default=128)
+    dp.add_argument("--repeats", type=int, default=5)
+    dp.add_argument("--warmup", type=int, default=1)
+    dp.add_argument("--device", default="auto")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ft = sub.add_parser("finetune", help="LoRA fine-tuning under DP-SGD (or not, with --epsilon inf)")
+    ft.add_argument("--model", default="embedded", help="'embedded', a (pruned) model folder or a hub id")
+    ft.add_argument("--data", required=True, help="training text: 'synthetic' or a .jsonl/.csv/.txt file")
+    ft.add_argument("--text-field", default="text")
+    ft.add_argument("--output", required=True, help="folder for adapter/, privacy.json, train_log.csv")
+    ft.add_argument("--epsilon", type=float, default=8.0, help="target ε; inf for a non-private run")
+    ft.add_argument("--delta", type=float, default=None, help="default 1/(10 N)")
+    ft.add_argument("--noise-multiplier", type=float, default=None, help="fix σ instead of targeting ε")
+    ft.add_argument("--max-grad-norm", type=float, default=1.0)
+    ft.add_argument("--epochs", type=float, default=1.0)
+    ft.add_argument("--lr", type=float, default=2e-3)
+    ft.add_argument("--batch-size", type=int, default=32, help="expected logical (Poisson) batch size")
+    ft.add_argument("--physical-batch-size", type=int, default=8)
+    ft.add_argument("--max-length", type=int, default=128)
+    ft.add_argument("--lora-rank", type=int, default=8)
+    ft.add_argument("--lora-alpha", type=int, default=16)
+    ft.add_argument("--target-modules", default="q_proj,v_proj")
+    ft.add_argument("--checkpoint-every", type=int, default=10)
+    ft.add_argument("--merge", action="store_true", help="also save a merged model under OUTPUT/merged")
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--seed", type=int, default=0)
+
     prune = sub.add_parser("prune", help="remove layers from a model and save it with save_pretrained")
     prune.add_argument("--model", default="embedded", help="'embedded', a local folder or a hub id")
     prune.add_argument("--output", required=True, help="folder for the pruned model")
@@ -65,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reproduce":
             return _reproduce(args)
         if args.command == "bench":
-            return _bench_latency(args)
+            return _bench_latency(args) if args.bench == "latency" else _bench_dp(args)
+        if args.command == "finetune":
+            return _finetune(args)
         if args.command == "prune":
             return _prune(args)
     except PrunePrivError as exc:
@@ -113,6 +147,60 @@ def _bench_latency(args) -> int:
         print(f"{result['layers']} layers, removed {result['removed']} ({args.strategy}): "
               f"prefill ratio {result['prefill_ratio']:.3f}, decode ratio {result['decode_ratio']:.3f}, "
               f"ideal {result['ideal_ratio']:.3f}")
+    return 0
+
+
+def _bench_dp(args) -> int:
+    from .bench import dp_overhead
+    from .data import synthetic_corpus
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    texts = synthetic_corpus(seed=args.seed).texts("train", include_canaries=False)
+    result = dp_overhead(model, tokenizer, texts, args.batch_size, args.max_length, args.repeats, args.warmup,
+                         args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"DP-SGD {result['dp_sgd_s_per_example']:.3f} s/example, non-private "
+              f"{result['non_private_s_per_example']:.3f} s/example, ratio {result['ratio']:.2f}")
+    return 0
+
+
+def _finetune(args) -> int:
+    import math
+
+    from .data import load_records, synthetic_corpus
+    from transformers import AutoConfig
+
+    from .finetune import (LoRASpec, PrivacySpec, TrainSpec, check_lora_targets, check_privacy, finetune,
+                           merge_and_save, meta_model)
+    from .models import load_model, model_num_layers, resolve_model_path
+
+    output = Path(args.output)
+    if args.data == "synthetic":
+        texts = synthetic_corpus(seed=args.seed).texts("train")
+    else:
+        texts = [r.text for r in load_records(args.data, args.text_field)]
+    epsilon = math.inf if args.noise_multiplier is None and math.isinf(args.epsilon) else args.epsilon
+    privacy = PrivacySpec(epsilon=epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm,
+                          noise_multiplier=args.noise_multiplier)
+    train = TrainSpec(args.epochs, args.lr, args.batch_size, args.physical_batch_size, args.max_length,
+                      args.checkpoint_every, args.seed)
+    if len(texts) < train.batch_size:
+        raise PrunePrivError(f"training set has {len(texts)} records, fewer than one batch ({train.batch_size})")
+    check_privacy(privacy, len(texts))                      # bad input fails before the weights load
+    model_num_layers(args.model)
+    lora = LoRASpec(args.lora_rank, args.lora_alpha, 0.0, [t for t in args.target_modules.split(",") if t])
+    check_lora_targets(meta_model(AutoConfig.from_pretrained(resolve_model_path(args.model))), lora.target_modules)
+    model, tokenizer = load_model(args.model, device=args.device)
+    result = finetune(model, tokenizer, texts, output, lora, privacy, train)
+    if args.merge:
+        merge_and_save(result.model, tokenizer, output / "merged")
+    r = result.privacy
+    eps = f"ε = {r.epsilon_rdp:.3f} (RDP), {r.epsilon_prv:.3f} (PRV) at δ = {r.delta:.2g}" if r.private else "non-private"
+    print(f"{r.steps} steps on {r.n_train} records, σ = {r.noise_multiplier:.4g}, q = {r.sample_rate:.4g}: {eps}; "
+          f"adapter in {result.adapter_dir}")
     return 0
 
 

@@ -10,9 +10,10 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -102,6 +103,48 @@ class LatencyConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """LoRA + DP-SGD fine-tuning over an ε grid (notebook 03)."""
+
+    epsilons: list[float] = field(default_factory=lambda: [math.inf, 8.0, 3.0, 1.0])
+    models: list[str] = field(default_factory=lambda: ["unpruned", "pruned"])
+    delta: Optional[float] = None      # default 1 / (10 N)
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    epochs: float = 1.0
+    learning_rate: float = 2e-3
+    batch_size: int = 32
+    physical_batch_size: int = 8
+    max_length: int = 128
+    checkpoint_every: int = 10
+    eval_samples: int = 64
+    save_merged: bool = False
+
+    def validate(self) -> None:
+        _positive(self, "lora_rank", "lora_alpha", "batch_size", "physical_batch_size", "max_length",
+                  "checkpoint_every", "eval_samples")
+        if not self.epsilons or any(not e > 0 for e in self.epsilons):
+            raise ConfigError(f"finetune.epsilons must be numbers > 0 (.inf for no privacy), got {self.epsilons}")
+        unknown = [m for m in self.models if m not in ("unpruned", "pruned")]
+        if unknown or not self.models:
+            raise ConfigError(f"finetune.models must list 'unpruned' and/or 'pruned', got {self.models}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"finetune.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"finetune.delta must be in (0, 1/N), got {self.delta}")
+        if self.accountant not in ("rdp", "prv"):
+            raise ConfigError(f"finetune.accountant must be 'rdp' or 'prv', got {self.accountant!r}")
+        if not self.epochs > 0 or not self.learning_rate > 0:
+            raise ConfigError("finetune.epochs and finetune.learning_rate must be > 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
 class Profile:
     """One run's settings; ``name`` decides where results and figures go."""
 
@@ -113,6 +156,7 @@ class Profile:
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     source: str = ""                   # path the profile was read from (not a YAML key)
 
     def validate(self) -> None:
@@ -120,12 +164,13 @@ class Profile:
             raise ConfigError(f"profile name must be a plain word, got {self.name!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        for section in (self.data, self.similarity, self.pruning, self.latency):
+        for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune):
             section.validate()
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("source")
+        out["finetune"]["epsilons"] = [str(e) for e in out["finetune"]["epsilons"]]   # JSON has no inf
         return out
 
     def digest(self) -> str:
@@ -214,6 +259,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"profile key {key!r} must be a list, got {value!r}")
         return [_coerce(item, v, key) for v in value]
     if origin is Union:
+        if value is None and type(None) in get_args(hint):
+            return None
         hint = next(a for a in get_args(hint) if a is not type(None))
     if hint is bool:
         if not isinstance(value, bool):
@@ -224,6 +271,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"profile key {key!r} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
+            return math.inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"profile key {key!r} must be a number, got {value!r}")
         return float(value)
@@ -237,7 +286,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 def _section_name(obj: Any) -> str:
     return {
         DataConfig: "data", SimilarityConfig: "similarity",
-        PruningConfig: "pruning", LatencyConfig: "latency",
+        PruningConfig: "pruning", LatencyConfig: "latency", FinetuneConfig: "finetune",
     }.get(type(obj), type(obj).__name__)
 
 

@@ -118,3 +118,89 @@ def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int,
             "ideal_ratio": (num_layers - k) / num_layers,
         })
     return pd.DataFrame(rows)
+
+
+def finetune_specs(profile):
+    """LoRA, per-ε privacy and training specs from a profile's ``finetune`` section."""
+    from .finetune import LoRASpec, PrivacySpec, TrainSpec
+
+    f = profile.finetune
+    lora = LoRASpec(f.lora_rank, f.lora_alpha, f.lora_dropout, list(f.target_modules))
+    train = TrainSpec(f.epochs, f.learning_rate, f.batch_size, f.physical_batch_size, f.max_length,
+                      f.checkpoint_every, profile.seed)
+    privacy = {eps: PrivacySpec(epsilon=eps, delta=f.delta, max_grad_norm=f.max_grad_norm, accountant=f.accountant)
+               for eps in f.epsilons}
+    return lora, privacy, train
+
+
+def epsilon_label(eps: float) -> str:
+    return "inf" if eps == float("inf") else f"{eps:g}"
+
+
+def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir) -> pd.DataFrame:
+    """Fine-tune every (model, ε) of the profile; one row per run (notebook 03).
+
+    Each run starts from a fresh copy of ``base`` (pruned by ``pruned_layers``
+    for the pruned model), trains on the training split (canaries included),
+    and is evaluated on held-out records and general English text. Runs that
+    finished earlier with the same settings are reloaded, not retrained.
+    """
+    from pathlib import Path
+
+    from .data import general_english
+    from .finetune import finetune, merge_and_save
+
+    f = profile.finetune
+    lora, privacy, train = finetune_specs(profile)
+    texts = corpus.texts("train")
+    private_eval = corpus.texts("heldout", limit=f.eval_samples, include_canaries=False)
+    general_eval = general_english(profile.data.general_passages, seed=profile.seed)
+    rows = []
+    jobs = [(m, eps) for m in f.models for eps in f.epsilons]
+    for model_name, eps in tqdm(jobs, desc="fine-tuning runs", leave=False):
+        model = copy.deepcopy(base)
+        if model_name == "pruned":
+            remove_layers(model, pruned_layers)
+        before_private = perplexity(model, tokenizer, private_eval, f.max_length, f.physical_batch_size)
+        before_general = perplexity(model, tokenizer, general_eval, f.max_length, f.physical_batch_size)
+        out = Path(runs_dir) / f"{model_name}-eps-{epsilon_label(eps)}"
+        result = finetune(model, tokenizer, texts, out, lora, privacy[eps], train, progress=True)
+        tuned = result.model.eval()
+        record = result.privacy
+        rows.append({
+            "model": model_name, "layers": len(decoder_layers(tuned.get_base_model())),
+            "target_epsilon": eps, "epsilon_rdp": record.epsilon_rdp, "epsilon_prv": record.epsilon_prv,
+            "delta": record.delta, "noise_multiplier": record.noise_multiplier, "sample_rate": record.sample_rate,
+            "steps": record.steps, "max_grad_norm": record.max_grad_norm, "n_train": record.n_train,
+            "perplexity_private_before": before_private, "perplexity_general_before": before_general,
+            "perplexity_private": perplexity(tuned, tokenizer, private_eval, f.max_length, f.physical_batch_size),
+            "perplexity_general": perplexity(tuned, tokenizer, general_eval, f.max_length, f.physical_batch_size),
+            "final_loss": result.log[-1]["loss"] if result.log else float("nan"),
+            "train_seconds": result.seconds, "run_dir": _relative_to_cwd(out),
+        })
+        if f.save_merged:
+            merge_and_save(tuned, tokenizer, out / "merged")
+        del model, tuned
+    return pd.DataFrame(rows)
+
+
+def _relative_to_cwd(path) -> str:
+    import os
+    from pathlib import Path
+
+    relative = os.path.relpath(path)
+    return Path(path).as_posix() if relative.startswith("..") else Path(relative).as_posix()
+
+
+def training_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Loss and ε per step of every run, from their ``run.json`` logs."""
+    import json
+    from pathlib import Path
+
+    frames = []
+    for row in runs.itertuples():
+        log = json.loads((Path(row.run_dir) / "run.json").read_text())["log"]
+        frame = pd.DataFrame(log)
+        frame["model"], frame["target_epsilon"] = row.model, epsilon_label(row.target_epsilon)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -68,3 +68,49 @@ def perplexity_vs_layers(frame: pd.DataFrame) -> plt.Figure:
     fig.suptitle("Perplexity of the pruned model, before fine-tuning")
     fig.tight_layout()
     return fig
+
+
+def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
+    """Held-out perplexity versus ε; non-private runs as their own marked point.
+
+    Dashed lines: the same models before fine-tuning (for the pruned model,
+    the gap between its dashed line and its curve is the "healing").
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    finite = frame[np.isfinite(frame["target_epsilon"])]
+    x_inf = (finite["target_epsilon"].max() if len(finite) else 1.0) * 3
+    colors = dict(zip(sorted(frame["model"].unique(), reverse=True), ["tab:blue", "tab:orange"]))
+    for model, group in frame.groupby("model"):
+        color = colors[model]
+        g = group[np.isfinite(group["target_epsilon"])].sort_values("target_epsilon")
+        ax.plot(g["epsilon_rdp"], g["perplexity_private"], marker="o", color=color, label=f"{model}, DP-SGD")
+        nonprivate = group[~np.isfinite(group["target_epsilon"])]
+        if len(nonprivate):
+            ax.scatter([x_inf], nonprivate["perplexity_private"], marker="*", s=220, color=color, zorder=3,
+                       edgecolors="black", label=f"{model}, non-private (ε = ∞)")
+        ax.axhline(group["perplexity_private_before"].iloc[0], ls="--", color=color, alpha=0.7,
+                   label=f"{model}, before fine-tuning")
+    ax.set_xscale("log")
+    ticks = sorted(finite["epsilon_rdp"].unique()) if len(finite) else []
+    ax.set_xticks(list(ticks) + [x_inf])
+    ax.set_xticklabels([f"{t:.2g}" for t in ticks] + ["∞"])
+    ax.minorticks_off()
+    ax.set_xlabel("ε spent (RDP accountant of the run)")
+    ax.set_ylabel("perplexity on held-out records")
+    ax.set_title("Utility versus privacy")
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def training_curves(curves: pd.DataFrame) -> plt.Figure:
+    """Training loss per step for every (model, ε) run."""
+    models = sorted(curves["model"].unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sns.lineplot(data=curves[curves["model"] == model], x="step", y="loss", hue="target_epsilon", ax=ax)
+        ax.set_title(f"{model} model")
+        ax.set_xlabel("logical step")
+        ax.set_ylabel("training loss (mean per-record NLL)")
+        ax.legend(title="target ε")
+    fig.tight_layout()
+    return fig

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import load_profile
+from .experiments import finetune_specs
 from .errors import PrunePrivError
 
 USER_ERROR_NAMES = {"PrunePrivError", "ConfigError", "DataError", "ModelError", "PruningError", "FileNotFoundError"}
@@ -24,6 +25,7 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 STAGES = {
     "01": "01_layer_similarity.ipynb",
     "02": "02_layer_pruning.ipynb",
+    "03": "03_private_finetuning.ipynb",
 }
 
 
@@ -64,10 +66,15 @@ def preflight(profile) -> None:
     num_layers = model_num_layers(profile.model)
     for k in set(profile.pruning.remove) | set(profile.latency.remove) | {profile.pruning.paper_remove}:
         check_count(k, num_layers)
-    if profile.data.source != "synthetic":
-        from .data import load_records
+    from .data import corpus_for
+    from .finetune import check_privacy
 
-        load_records(profile.data.source, profile.data.text_field)
+    n_train = len(corpus_for(profile).texts("train"))          # also checks a user's data file
+    if n_train < profile.finetune.batch_size:
+        raise PrunePrivError(f"training split has {n_train} records, fewer than one batch "
+                             f"(finetune.batch_size = {profile.finetune.batch_size})")
+    for spec in finetune_specs(profile)[1].values():
+        check_privacy(spec, n_train)
 
 
 def reproduce(profile_name: str, stages: list[str] | None = None, output_root: str | Path = ".",

@@ -47,6 +47,10 @@ def family(request) -> str:
 
 @pytest.fixture(scope="session")
 def byte_tokenizer():
+    return make_byte_tokenizer()
+
+
+def make_byte_tokenizer():
     """A byte-level BPE tokenizer with no merges (256 byte tokens + specials)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 

@@ -109,3 +109,36 @@ def test_console_script_exit_status(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown profile 'nosuch'" in proc.stderr
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--epsilon", "0"], "epsilon must be > 0"),
+    (["--epsilon", "-2"], "epsilon must be > 0"),
+    (["--delta", "0.5"], r"delta must be in \(0, 1/N\)"),
+    (["--max-grad-norm", "0"], "clipping norm must be > 0"),
+    (["--target-modules", "query,value"], r"LoRA target modules \['query', 'value'\] not in the model; it has: .*q_proj"),
+    (["--batch-size", "100000"], "fewer than one batch"),
+])
+def test_finetune_bad_input(capsys, tmp_path, tiny_model_dir, extra, pattern):
+    out = tmp_path / "run"
+    code, err = _run(capsys, ["finetune", "--model", str(tiny_model_dir), "--data", "synthetic", "--output", str(out),
+                              "--max-length", "32", *extra])
+    _one_line_error(code, err, pattern)
+    assert not out.exists()
+
+
+def test_finetune_cli_writes_adapter_and_privacy_record(capsys, tmp_path, tiny_model_dir):
+    import json
+
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(f"note {i}: the patient is well" for i in range(40)))
+    out = tmp_path / "run"
+    code = main(["finetune", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+                 "--epsilon", "4", "--batch-size", "10", "--physical-batch-size", "4", "--max-length", "24",
+                 "--merge"])
+    assert code == 0
+    record = json.loads((out / "privacy.json").read_text())
+    assert record["private"] and record["epsilon_rdp"] <= 4.05 and record["n_train"] == 40
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert merged.config.num_hidden_layers == 6

@@ -17,7 +17,8 @@ from prunepriv.results import sha256_file
 pytestmark = pytest.mark.e2e
 
 EXPECTED = {"fig:layer-similarity-heatmap", "fig:adjacent-similarity", "fig:latency-vs-layers",
-            "fig:perplexity-vs-layers", "tab:pruning"}
+            "fig:perplexity-vs-layers", "tab:pruning", "tab:finetuning", "fig:utility-vs-epsilon",
+            "fig:training-curves"}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +41,9 @@ def test_embedded_model_prunes_saves_reloads_and_generates(embedded, tmp_path):
     assert reloaded.config.num_hidden_layers == 22
 
 
-def test_smoke_profile_stages_01_02_with_papermill(tmp_path):
-    results = reproduce("smoke", ["01", "02"], output_root=tmp_path, progress=False)
-    assert [r.stage for r in results] == ["01", "02"]
+def test_smoke_profile_stages_01_to_03_with_papermill(tmp_path):
+    results = reproduce("smoke", ["01", "02", "03"], output_root=tmp_path, progress=False)
+    assert [r.stage for r in results] == ["01", "02", "03"]
     manifest = json.loads((tmp_path / "results/smoke/manifest.json").read_text())
     assert EXPECTED <= set(manifest["artifacts"])
     for entry in manifest["artifacts"].values():
@@ -60,6 +61,28 @@ def test_smoke_profile_stages_01_02_with_papermill(tmp_path):
     assert unpruned.nunique() == 1 and 1 < unpruned.iloc[0] < 1000
     worst = table.groupby("strategy")["perplexity_private"].max()
     assert (worst >= unpruned.iloc[0]).all()            # removing layers never helps the unhealed model here
-    for name in ("01_layer_similarity.ipynb", "02_layer_pruning.ipynb"):
+    _check_finetuning(tmp_path, profile)
+    for name in ("01_layer_similarity.ipynb", "02_layer_pruning.ipynb", "03_private_finetuning.ipynb"):
         executed = json.loads((tmp_path / "results/smoke/notebooks" / name).read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+
+
+def _check_finetuning(root, profile) -> None:
+    """Every (model, ε) ran; ε comes from the run's accountant; non-private fine-tuning helps."""
+    from prunepriv.finetune import epsilon_for
+
+    runs = pd.read_csv(root / "results/smoke/finetune.csv")
+    f = profile.finetune
+    assert len(runs) == len(f.models) * len(f.epsilons)
+    for row in runs.itertuples():
+        if row.target_epsilon == float("inf"):
+            assert row.noise_multiplier == 0 and row.epsilon_rdp == float("inf")
+            assert row.perplexity_private < row.perplexity_private_before
+        else:
+            assert row.epsilon_rdp <= row.target_epsilon * 1.02
+            assert row.epsilon_rdp == pytest.approx(
+                epsilon_for(row.noise_multiplier, row.sample_rate, row.steps, row.delta), rel=1e-9)
+            assert row.epsilon_prv <= row.epsilon_rdp
+        assert (root / row.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    pruned = runs[runs["model"] == "pruned"]
+    assert (pruned["layers"] == 30 - profile.pruning.paper_remove).all()

@@ -1,0 +1,201 @@
+"""LoRA + DP-SGD: the silent-failure guard, accounting, resumption, bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from prunepriv.errors import ModelError, PrunePrivError
+from prunepriv.finetune import (LoRASpec, PrivacySpec, TrainSpec, add_lora, epsilon_for, finetune,
+                                linear_module_names)
+
+TEXTS = [f"Patient {i} was seen in clinic and started on medication number {i % 7}." for i in range(48)]
+LORA = LoRASpec(rank=4, alpha=8, target_modules=["q_proj", "v_proj"])
+TRAIN = TrainSpec(epochs=1.0, learning_rate=1e-2, batch_size=12, physical_batch_size=5, max_length=32,
+                  checkpoint_every=1, seed=0)
+
+
+def _lora_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("privacy", [PrivacySpec(epsilon=8.0), PrivacySpec()], ids=["dp", "non-private"])
+def test_lora_weights_move_and_only_they_train(byte_tokenizer, tmp_path, privacy):
+    model = tiny_model("llama", layers=3)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = finetune(model, byte_tokenizer, TEXTS, tmp_path, LORA, privacy, TRAIN, progress=False)
+    lora = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert lora and all(p.abs().sum() > 0 for p in lora.values())          # lora_B starts at zero
+    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+            for n, p in model.named_parameters() if "lora_" not in n}
+    for name, before in frozen.items():
+        assert torch.equal(base[name].detach(), before), name
+    assert (result.adapter_dir / "adapter_config.json").is_file()
+    assert result.privacy.steps == math.ceil(1.0 / (12 / 48)) == len(result.log)
+
+
+@pytest.mark.parametrize("privacy", [PrivacySpec(epsilon=8.0), PrivacySpec()], ids=["dp", "non-private"])
+def test_guard_catches_an_optimizer_that_updates_nothing(byte_tokenizer, tmp_path, monkeypatch, privacy):
+    """If the optimizer never changes the LoRA weights, training stops with a clear error
+    (for DP-SGD the loss and ε would still look normal)."""
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)
+    with pytest.raises(RuntimeError, match="LoRA weights did not change"):
+        finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path, LORA, privacy, TRAIN,
+                 progress=False)
+
+
+def test_reported_epsilon_recomputes_from_logged_parameters(byte_tokenizer, tmp_path):
+    result = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path, LORA,
+                      PrivacySpec(epsilon=3.0), TRAIN, progress=False)
+    r = result.privacy
+    assert r.private and r.noise_multiplier > 0 and r.delta < 1 / len(TEXTS)
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(r.noise_multiplier, r.sample_rate, r.steps)]
+    assert acc.get_epsilon(r.delta) == pytest.approx(r.epsilon_rdp)
+    assert r.epsilon_rdp <= 3.0 + 0.05                       # calibrated to the target
+    assert r.epsilon_prv is not None and r.epsilon_prv <= r.epsilon_rdp + 1e-6
+    assert result.log[-1]["epsilon"] == pytest.approx(r.epsilon_rdp)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(byte_tokenizer, tmp_path):
+    privacy = PrivacySpec(epsilon=8.0)
+    full = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path / "full", LORA, privacy, TRAIN,
+                    progress=False)
+    full_state = _lora_state_from(full)
+    part = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path / "cut", LORA, privacy, TRAIN,
+                    progress=False, stop_after=2)
+    assert len(part.log) == 2 and (tmp_path / "cut" / "checkpoint.pt").is_file()
+    resumed = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path / "cut", LORA, privacy,
+                       TRAIN, progress=False)
+    assert resumed.resumed_from_step == 2
+    assert resumed.privacy.steps == full.privacy.steps
+    assert resumed.privacy.epsilon_rdp == pytest.approx(full.privacy.epsilon_rdp)
+    assert [r["loss"] for r in resumed.log] == pytest.approx([r["loss"] for r in full.log])
+    for name, value in _lora_state_from(resumed).items():
+        assert torch.allclose(value, full_state[name], atol=1e-6), name
+
+
+def _lora_state_from(result) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(result.adapter_dir / "adapter_model.safetensors")
+
+
+def test_epsilon_grows_with_steps_and_falls_with_noise():
+    a = epsilon_for(1.0, 0.01, 100, 1e-5)
+    assert epsilon_for(1.0, 0.01, 400, 1e-5) > a > epsilon_for(2.0, 0.01, 100, 1e-5)
+
+
+@pytest.mark.parametrize("privacy, message", [
+    (PrivacySpec(epsilon=0.0), "epsilon must be > 0"),
+    (PrivacySpec(epsilon=-1.0), "epsilon must be > 0"),
+    (PrivacySpec(epsilon=1.0, delta=1 / 48), r"delta must be in \(0, 1/N\)"),
+    (PrivacySpec(epsilon=1.0, delta=0.0), r"delta must be in \(0, 1/N\)"),
+    (PrivacySpec(epsilon=1.0, max_grad_norm=0.0), "clipping norm must be > 0"),
+])
+def test_bad_privacy_parameters(byte_tokenizer, tmp_path, privacy, message):
+    with pytest.raises(PrunePrivError, match=message):
+        finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path / "o", LORA, privacy, TRAIN,
+                 progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_targets_list_what_the_model_has():
+    model = tiny_model("llama", layers=2)
+    assert {"q_proj", "v_proj", "o_proj", "gate_proj"} <= set(linear_module_names(model))
+    with pytest.raises(ModelError, match=r"\['query'\] not in the model; it has: .*q_proj"):
+        add_lora(model, LoRASpec(target_modules=["query"]))
+
+
+def test_training_set_smaller_than_a_batch(byte_tokenizer, tmp_path):
+    with pytest.raises(PrunePrivError, match="fewer than one batch"):
+        finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS[:5], tmp_path, LORA, PrivacySpec(), TRAIN,
+                 progress=False)
+
+
+KILL_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import tiny_model
+from conftest import make_byte_tokenizer
+from test_finetune import TEXTS, LORA, TRAIN
+from prunepriv.finetune import PrivacySpec, TrainSpec, finetune
+import dataclasses, time
+import prunepriv.finetune as ft
+original = ft.sequence_nll
+def slow(*a, **k):
+    time.sleep(0.15)
+    return original(*a, **k)
+ft.sequence_nll = slow
+train = dataclasses.replace(TRAIN, epochs=3.0)
+finetune(tiny_model("llama", layers=2), make_byte_tokenizer(), TEXTS, {out!r}, LORA, PrivacySpec(epsilon=8.0), train,
+         progress=False)
+"""
+
+
+def test_killed_run_resumes_to_the_same_result(byte_tokenizer, tmp_path):
+    """SIGKILL a training process after a checkpoint; the restarted run matches an uninterrupted one."""
+    import dataclasses
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    train = dataclasses.replace(TRAIN, epochs=3.0)
+    out = tmp_path / "killed"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
+    checkpoint = out / "checkpoint.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["step"] >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    assert 3 <= killed_at < 12 and not (out / "privacy.json").exists()
+
+    resumed = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, out, LORA, PrivacySpec(epsilon=8.0),
+                       train, progress=False)
+    full = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path / "full", LORA,
+                    PrivacySpec(epsilon=8.0), train, progress=False)
+    assert resumed.resumed_from_step == killed_at
+    assert resumed.privacy.steps == full.privacy.steps == 12
+    assert resumed.privacy.epsilon_rdp == pytest.approx(full.privacy.epsilon_rdp)
+    for name, value in _lora_state_from(resumed).items():
+        assert torch.allclose(value, _lora_state_from(full)[name], atol=1e-6), name
+
+
+def test_finished_run_is_reloaded_not_retrained(byte_tokenizer, tmp_path):
+    privacy = PrivacySpec(epsilon=8.0)
+    first = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path, LORA, privacy, TRAIN,
+                     progress=False)
+    model = tiny_model("llama", layers=2)
+    again = finetune(model, byte_tokenizer, TEXTS, tmp_path, LORA, privacy, TRAIN, progress=False)
+    assert again.seconds == first.seconds and again.privacy == first.privacy
+    trained = {n: p for n, p in again.model.named_parameters() if "lora_B" in n}
+    assert all(p.abs().sum() > 0 for p in trained.values())
+
+
+def test_adapter_for_another_model_is_refused(byte_tokenizer, tmp_path):
+    from prunepriv import remove_layers
+    from prunepriv.finetune import load_adapter
+
+    result = finetune(tiny_model("llama", layers=3), byte_tokenizer, TEXTS, tmp_path, LORA, PrivacySpec(), TRAIN,
+                      progress=False)
+    loaded = load_adapter(tiny_model("llama", layers=3), result.adapter_dir)
+    assert any("lora_A" in n for n, _ in loaded.named_parameters())
+    with pytest.raises(ModelError, match="does not match the base model"):
+        load_adapter(remove_layers(tiny_model("llama", layers=3), [1]), result.adapter_dir)
+    with pytest.raises(ModelError, match="lacks"):
+        load_adapter(tiny_model("gpt2", layers=3), result.adapter_dir)
+    with pytest.raises(ModelError, match="no LoRA adapter"):
+        load_adapter(tiny_model("llama", layers=3), tmp_path / "nowhere")
