@@ -264,11 +264,7 @@ def synthetic_corpus(
     Held-out and calibration patients never appear in training, so their PII
     values are the control for PII-leakage measurements.
     """
-    from faker import Faker
-
-    rng = random.Random(seed)
-    fake = Faker("en_GB")
-    fake.seed_instance(seed)
+    rng, fake = _seeded(seed)
     patients = _patients(n_patients, rng, fake)
     split_of = _split_ids([p["id"] for p in patients], heldout_fraction, calibration_fraction, rng)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
@@ -282,6 +278,15 @@ def synthetic_corpus(
     canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries)
     splits["train"] = insert_canaries(splits["train"], canaries, rng)
     return Corpus(splits, canaries, source="synthetic")
+
+
+def _seeded(seed: int):
+    """A Python RNG and a British-English Faker, both seeded with ``seed``."""
+    from faker import Faker
+
+    fake = Faker("en_GB")
+    fake.seed_instance(seed)
+    return random.Random(seed), fake
 
 
 def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], n_heldout: int) -> list[Canary]:
@@ -392,11 +397,7 @@ def user_corpus(
     calibration_fraction: float = 0.1,
 ) -> Corpus:
     """Split a user's records deterministically and insert canaries for the audit."""
-    from faker import Faker
-
-    rng = random.Random(seed)
-    fake = Faker("en_GB")
-    fake.seed_instance(seed)
+    rng, fake = _seeded(seed)
     split_of = _split_ids([r.id for r in records], heldout_fraction, calibration_fraction, rng)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     for record in records:
