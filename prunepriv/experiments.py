@@ -156,13 +156,16 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
     private_eval = corpus.texts("heldout", limit=f.eval_samples, include_canaries=False)
     general_eval = general_english(profile.data.general_passages, seed=profile.seed)
     rows = []
+    before: dict[str, tuple[float, float]] = {}
     jobs = [(m, eps) for m in f.models for eps in f.epsilons]
     for model_name, eps in tqdm(jobs, desc="fine-tuning runs", leave=False):
         model = copy.deepcopy(base)
         if model_name == "pruned":
             remove_layers(model, pruned_layers)
-        before_private = perplexity(model, tokenizer, private_eval, f.max_length, f.physical_batch_size)
-        before_general = perplexity(model, tokenizer, general_eval, f.max_length, f.physical_batch_size)
+        if model_name not in before:                      # the same untuned model for every ε
+            before[model_name] = (perplexity(model, tokenizer, private_eval, f.max_length, f.physical_batch_size),
+                                  perplexity(model, tokenizer, general_eval, f.max_length, f.physical_batch_size))
+        before_private, before_general = before[model_name]
         out = Path(runs_dir) / f"{model_name}-eps-{epsilon_label(eps)}"
         result = finetune(model, tokenizer, texts, out, lora, privacy[eps], train, progress=True)
         tuned = result.model.eval()
