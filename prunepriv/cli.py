@@ -75,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--device", default="auto")
     ft.add_argument("--seed", type=int, default=0)
 
+    audit = sub.add_parser("audit", help="memorization audit of a fine-tuned adapter, each figure beside its control")
+    audit.add_argument("--adapter", required=True, help="LoRA adapter folder (adapter_config.json + weights)")
+    audit.add_argument("--model", default="embedded", help="the adapter's base: 'embedded', a folder or a hub id")
+    audit.add_argument("--layers", type=_layers_arg, default=None,
+                       help="layers removed from --model before the adapter was trained, e.g. 20,21,22")
+    audit.add_argument("--tokenizer", default=None, help="tokenizer folder, if not the model's")
+    audit.add_argument("--profile", default="paper",
+                       help="profile whose corpus (synthetic data) and memorization settings are used")
+    audit.add_argument("--train", help="records the adapter was trained on (.jsonl/.csv/.txt); needs --heldout")
+    audit.add_argument("--heldout", help="records of the same kind it never saw: the control")
+    audit.add_argument("--text-field", default="text")
+    audit.add_argument("--samples", help="JSONL of generated text to audit (default: sample from the model)")
+    audit.add_argument("--output", help="folder for report.json (default: next to the adapter)")
+    audit.add_argument("--device", default="auto")
+
     prune = sub.add_parser("prune", help="remove layers from a model and save it with save_pretrained")
     prune.add_argument("--model", default="embedded", help="'embedded', a local folder or a hub id")
     prune.add_argument("--output", required=True, help="folder for the pruned model")
@@ -102,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             return _finetune(args)
         if args.command == "prune":
             return _prune(args)
+        if args.command == "audit":
+            return _audit(args)
     except PrunePrivError as exc:
         return _fail(exc, getattr(exc, "user_error", True))
     except FileNotFoundError as exc:
@@ -275,3 +292,80 @@ def _save_atomically(model, tokenizer, output: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _audit_corpus(args, profile):
+    """The synthetic corpus of the profile, or the user's train and held-out files."""
+    from .data import SPLITS, Corpus, corpus_for, load_records
+
+    if bool(args.train) != bool(args.heldout):
+        raise PrunePrivError("--train and --heldout go together: the held-out records are the control")
+    if not args.train:
+        return corpus_for(profile)
+    splits = {s: [] for s in SPLITS}
+    splits["train"] = load_records(args.train, args.text_field)
+    splits["heldout"] = load_records(args.heldout, args.text_field)
+    return Corpus(splits, [], source="user")
+
+
+def _audit_row(adapter: Path, corpus):
+    """What the audit needs to know about the run: its privacy record, if it left one."""
+    import math
+    from types import SimpleNamespace
+
+    privacy_file = adapter.parent / "privacy.json"
+    record = json.loads(privacy_file.read_text()) if privacy_file.is_file() else {}
+    n = len(corpus.texts("train"))
+    return SimpleNamespace(
+        model="model", run_dir=str(adapter.parent), target_epsilon=record.get("target_epsilon", math.nan),
+        epsilon_rdp=record.get("epsilon_rdp", math.inf), epsilon_prv=record.get("epsilon_prv", math.inf),
+        delta=record.get("delta", 1 / (10 * max(n, 1))), noise_multiplier=record.get("noise_multiplier", 0.0),
+        sample_rate=record.get("sample_rate", 0.0), steps=record.get("steps", 0))
+
+
+def _audit(args) -> int:
+    import copy
+
+    from .config import load_profile
+    from .errors import DataError
+    from .finetune import check_adapter_dir, load_adapter
+    from .memorization import attack_run, load_samples, References, report_rows, sampling_spec
+    from .generation import sample_records
+    from .models import check_tokenizer, load_model, load_tokenizer, model_num_layers
+    from .pruning import remove_layers
+    from .results import atomic_write_json, provenance
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()                       # stderr carries only the error line
+    adapter = Path(args.adapter)
+    check_adapter_dir(adapter)
+    profile = load_profile(args.profile)
+    cfg = profile.memorization
+    corpus = _audit_corpus(args, profile)
+    if not corpus.texts("train") or not corpus.texts("heldout"):
+        raise DataError("the audit needs training and held-out records; one of them is empty")
+    samples = load_samples(args.samples) if args.samples else None
+    model_num_layers(args.model)
+    base, tokenizer = load_model(args.model, device=args.device)
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    check_tokenizer(base, tokenizer)
+    if args.layers:
+        remove_layers(base, args.layers)
+    tuned = load_adapter(copy.deepcopy(base), adapter).eval()
+    if samples is None:
+        samples = sample_records(tuned, tokenizer, sampling_spec(cfg), profile.seed)
+    if not any(s.strip() for s in samples):
+        raise DataError("the model generated no text to audit (every sample is empty)")
+    row = _audit_row(adapter, corpus)
+    refs = References({"model": base.eval()}, tokenizer, cfg.max_length, cfg.batch_size)
+    result = attack_run(tuned, row, corpus, tokenizer, refs, samples, cfg, profile.seed)
+    result["provenance"] = provenance(profile)
+    output = Path(args.output) if args.output else adapter.parent / "audit"
+    atomic_write_json(output / "report.json", result)
+    print(f"{'measurement':44s} {'trained':>10s} {'control':>10s}  control is")
+    for name, value, control, what in report_rows(result):
+        print(f"{name:44s} {value:10.4g} {control if control is not None else float('nan'):10.4g}  {what}")
+    print(f"report: {output / 'report.json'}")
+    return 0

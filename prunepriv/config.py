@@ -33,13 +33,14 @@ class DataConfig:
     n_canaries: int = 8                # Secret-Sharer canaries in training data
     canary_repetitions: list[int] = field(default_factory=lambda: [1, 4, 16])
     n_heldout_canaries: int = 8        # canaries of the same format never trained on
+    n_audit_canaries: int = 0          # one-run audit canaries, each trained on with probability 1/2
     heldout_fraction: float = 0.2      # patients (and their PII) kept out of training
     calibration_fraction: float = 0.1  # patients used only to measure layer similarity
     general_passages: int = 64         # general English passages for perplexity
 
     def validate(self) -> None:
         _positive(self, "n_patients", "notes_per_patient", "general_passages")
-        _non_negative(self, "n_canaries", "n_heldout_canaries")
+        _non_negative(self, "n_canaries", "n_heldout_canaries", "n_audit_canaries")
         if not self.canary_repetitions or any(int(r) < 1 for r in self.canary_repetitions):
             raise ConfigError("data.canary_repetitions must be a non-empty list of integers >= 1")
         for key in ("heldout_fraction", "calibration_fraction"):
@@ -145,6 +146,41 @@ class FinetuneConfig:
 
 
 @dataclass
+class MemorizationConfig:
+    """Synthetic data (notebook 04) and memorization attacks (notebook 05)."""
+
+    n_samples: int = 32                # synthetic records per fine-tuned model
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    top_k: int = 0                     # 0: no top-k filter
+    top_p: float = 1.0                 # 1.0: no nucleus filter
+    batch_size: int = 16
+    max_length: int = 128              # tokens per record when scoring
+    quality_references: int = 64       # held-out records that synthetic samples are compared with
+    n_candidates: int = 64             # exposure: random secrets ranked against each canary
+    mia_samples: int = 64              # members and non-members each
+    min_k: float = 0.2                 # Min-K% Prob
+    prefix_records: int = 16           # prefix attack: records per split
+    prefix_tokens: int = 32
+    suffix_tokens: int = 24
+    rank_top_k: int = 8                # extraction: most suspicious samples inspected per metric
+    near_copy_f1: float = 0.95         # BERTScore F1 at which a sample counts as a near-copy
+    audit_confidence: float = 0.95
+    audit_delta: float = 1e-6          # δ of the audit; the accountant's ε is recomputed at this δ
+
+    def validate(self) -> None:
+        _positive(self, "n_samples", "max_new_tokens", "batch_size", "max_length", "quality_references",
+                  "n_candidates", "mia_samples", "prefix_records", "prefix_tokens", "suffix_tokens", "rank_top_k")
+        if not self.temperature > 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("memorization sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1]")
+        if not 0 <= self.audit_delta < 1:
+            raise ConfigError(f"memorization.audit_delta must be in [0, 1), got {self.audit_delta}")
+        for key in ("min_k", "near_copy_f1", "audit_confidence"):
+            if not 0 < getattr(self, key) < 1 + (key == "near_copy_f1"):
+                raise ConfigError(f"memorization.{key} must be in (0, 1), got {getattr(self, key)}")
+
+
+@dataclass
 class Profile:
     """One run's settings; ``name`` decides where results and figures go."""
 
@@ -157,6 +193,7 @@ class Profile:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
     source: str = ""                   # path the profile was read from (not a YAML key)
 
     def validate(self) -> None:
@@ -164,7 +201,8 @@ class Profile:
             raise ConfigError(f"profile name must be a plain word, got {self.name!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
-        for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune):
+        for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune,
+                        self.memorization):
             section.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,6 +325,7 @@ def _section_name(obj: Any) -> str:
     return {
         DataConfig: "data", SimilarityConfig: "similarity",
         PruningConfig: "pruning", LatencyConfig: "latency", FinetuneConfig: "finetune",
+        MemorizationConfig: "memorization",
     }.get(type(obj), type(obj).__name__)
 
 

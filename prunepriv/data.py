@@ -56,6 +56,7 @@ class Canary:
     prefix: str
     secret: str
     repetitions: int                 # 0 for held-out canaries
+    purpose: str = "exposure"        # "exposure" (Carlini et al. 2019) or "audit" (Steinke et al. 2023)
 
     @property
     def text(self) -> str:
@@ -89,12 +90,19 @@ class Corpus:
                 seen.setdefault((item.kind, item.value), None)
         return list(seen)
 
+    def canaries_for(self, purpose: str) -> list[Canary]:
+        """The exposure canaries or the audit canaries."""
+        return [c for c in self.canaries if c.purpose == purpose]
+
     def summary(self) -> dict:
+        exposure, audit = self.canaries_for("exposure"), self.canaries_for("audit")
         return {
             "source": self.source,
             "records": {s: len(r) for s, r in self.splits.items()},
-            "canaries_in_train": sum(c.in_train for c in self.canaries),
-            "canaries_heldout": sum(not c.in_train for c in self.canaries),
+            "canaries_in_train": sum(c.in_train for c in exposure),
+            "canaries_heldout": sum(not c.in_train for c in exposure),
+            "audit_canaries": len(audit),
+            "audit_canaries_in_train": sum(c.in_train for c in audit),
             "pii_values": {s: len(self.pii_values(s)) for s in self.splits},
         }
 
@@ -258,6 +266,7 @@ def synthetic_corpus(
     n_heldout_canaries: int = 8,
     heldout_fraction: float = 0.2,
     calibration_fraction: float = 0.1,
+    n_audit_canaries: int = 0,
 ) -> Corpus:
     """A seeded synthetic clinical-notes corpus, split by patient.
 
@@ -275,7 +284,8 @@ def synthetic_corpus(
             text, pii = NOTE_TYPES[kind](patient, rng).done()
             record = Record(f"{patient['id']}-{k}", text, kind, patient["id"], pii)
             splits[split_of[patient["id"]]].append(record)
-    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries)
+    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries,
+                             n_audit_canaries, seed)
     splits["train"] = insert_canaries(splits["train"], canaries, rng)
     return Corpus(splits, canaries, source="synthetic")
 
@@ -289,19 +299,29 @@ def _seeded(seed: int):
     return random.Random(seed), fake
 
 
-def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], n_heldout: int) -> list[Canary]:
-    """``n`` trained canaries cycling through ``repetitions``, plus held-out ones."""
+def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], n_heldout: int,
+                  n_audit: int = 0, audit_seed: int = 0) -> list[Canary]:
+    """``n`` trained canaries cycling through ``repetitions``, held-out ones, and audit canaries.
+
+    Audit canaries (Steinke, Nasr & Jagielski 2023) appear once each and are
+    included in training independently with probability 1/2, drawn from their
+    own RNG (``audit_seed``) so that the draw depends on nothing else.
+    """
     reps = [int(r) for r in repetitions]
     canaries = []
     names: set[str] = set()
-    for i in range(n + n_heldout):
+    coin = random.Random(f"audit-inclusion-{audit_seed}")
+    for i in range(n + n_heldout + n_audit):
         name = fake.first_name() + " " + fake.last_name()
         while name in names:
             name = fake.first_name() + " " + fake.last_name()
         names.add(name)
         secret = "".join(rng.choice("0123456789") for _ in range(SECRET_DIGITS))
         prefix = CANARY_FORMAT.split("{secret}")[0].format(name=name)
-        canaries.append(Canary(f"C{i:03d}", prefix, secret, reps[i % len(reps)] if i < n else 0))
+        if i < n + n_heldout:
+            canaries.append(Canary(f"C{i:03d}", prefix, secret, reps[i % len(reps)] if i < n else 0))
+        else:
+            canaries.append(Canary(f"A{i - n - n_heldout:03d}", prefix, secret, int(coin.random() < 0.5), "audit"))
     return canaries
 
 
@@ -395,6 +415,7 @@ def user_corpus(
     n_heldout_canaries: int = 8,
     heldout_fraction: float = 0.2,
     calibration_fraction: float = 0.1,
+    n_audit_canaries: int = 0,
 ) -> Corpus:
     """Split a user's records deterministically and insert canaries for the audit."""
     rng, fake = _seeded(seed)
@@ -402,7 +423,8 @@ def user_corpus(
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     for record in records:
         splits[split_of[record.id]].append(record)
-    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries)
+    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries,
+                             n_audit_canaries, seed)
     splits["train"] = insert_canaries(splits["train"], canaries, rng)
     return Corpus(splits, canaries, source="user")
 
@@ -413,7 +435,7 @@ def corpus_for(profile) -> Corpus:
     common = dict(
         seed=profile.seed, n_canaries=d.n_canaries, canary_repetitions=d.canary_repetitions,
         n_heldout_canaries=d.n_heldout_canaries, heldout_fraction=d.heldout_fraction,
-        calibration_fraction=d.calibration_fraction,
+        calibration_fraction=d.calibration_fraction, n_audit_canaries=d.n_audit_canaries,
     )
     if d.source == "synthetic":
         return synthetic_corpus(n_patients=d.n_patients, notes_per_patient=d.notes_per_patient, **common)

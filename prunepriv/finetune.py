@@ -159,11 +159,12 @@ def add_lora(model: nn.Module, spec: LoRASpec):
 
 
 class TokenizedTexts(torch.utils.data.Dataset):
-    """Token-id lists, truncated to ``max_length``; padded per batch by :func:`collate`."""
+    """Records as ``[start] + tokens + [eos]`` (:func:`prunepriv.text.record_ids`), truncated to ``max_length``."""
 
     def __init__(self, tokenizer, texts: list[str], max_length: int) -> None:
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        self.items = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+        from .text import record_ids
+
+        self.items = [torch.tensor(ids, dtype=torch.long) for ids in record_ids(tokenizer, texts, max_length)]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __len__(self) -> int:
@@ -171,6 +172,26 @@ class TokenizedTexts(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.items[i]
+
+
+class LengthSortedBatches:
+    """Logical batches of ``sampler`` with their indices ordered by record length.
+
+    Which records form a logical batch (the Poisson draw the accountant
+    assumes) is unchanged; only their order inside the batch is, so that the
+    physical batches split from it in order pad short records (canaries)
+    with short ones instead of with whole notes.
+    """
+
+    def __init__(self, sampler, lengths: list[int]) -> None:
+        self.sampler, self.lengths = sampler, lengths
+
+    def __iter__(self):
+        for indices in self.sampler:
+            yield sorted(indices, key=lambda i: (self.lengths[i], i))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def make_collate(pad_id: int) -> Callable[[list[torch.Tensor]], dict[str, torch.Tensor]]:
@@ -248,6 +269,15 @@ def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+RECORD_FORMAT = "start+text+eos;length-sorted-physical-batches"   # see prunepriv.text.record_ids; part of every run's digest
+
+
+def _data_fingerprint(texts: list[str], model: nn.Module) -> str:
+    """The training texts, their record format and the base model's kept layers, hashed."""
+    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()
+    return f"{RECORD_FORMAT}|{digest}|{getattr(model.config, 'prunepriv_kept_layers', '')}"
+
+
 def finetune(
     model: nn.Module,
     tokenizer,
@@ -286,7 +316,7 @@ def finetune(
         sigma = privacy.noise_multiplier or get_noise_multiplier(
             target_epsilon=privacy.epsilon, target_delta=delta, sample_rate=sample_rate,
             steps=total_steps, accountant=privacy.accountant)
-    digest = run_digest(lora, privacy, train, n, extra=str(getattr(model.config, "prunepriv_kept_layers", "")))
+    digest = run_digest(lora, privacy, train, n, extra=_data_fingerprint(texts, model))
 
     device = next(model.parameters()).device
     done = _finished_run(output_dir, digest)
@@ -330,7 +360,9 @@ def finetune(
     dataset = TokenizedTexts(tokenizer, texts, train.max_length)
     batch_sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate, generator=sampler_gen,
                                                   steps=total_steps - step)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=make_collate(dataset.pad_id),
+    batch_sampler = LengthSortedBatches(batch_sampler, [len(x) for x in dataset.items])
+    collate = make_collate(dataset.pad_id)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
                                          generator=loader_gen, num_workers=0)
     initial = {k: v.detach().clone() for k, v in params.items()} if step == 0 else None
     start = time.perf_counter()
@@ -388,11 +420,12 @@ def finetune(
                     if stop_after is not None and step >= stop_after:
                         break
     else:
-        for logical in loader:
+        for indices in batch_sampler:
             losses = []
-            size = logical["input_ids"].shape[0]
+            size = len(indices)
             for lo in range(0, size, train.physical_batch_size):
-                chunk = {k: v[lo:lo + train.physical_batch_size].to(device) for k, v in logical.items()}
+                chunk = collate([dataset[i] for i in indices[lo:lo + train.physical_batch_size]])
+                chunk = {k: v.to(device) for k, v in chunk.items()}
                 per_record = sequence_nll(net, chunk)
                 (per_record.sum() / train.batch_size).backward()   # same scale as DP-SGD's mean
                 losses.append(per_record.detach().cpu())
@@ -436,6 +469,14 @@ def _load_lora(params: dict[str, nn.Parameter], path: Path, peft_model) -> None:
     set_peft_model_state_dict(peft_model, load_file(path))
 
 
+def check_adapter_dir(adapter_dir: Path) -> Path:
+    """The adapter's weights file; a folder without a peft adapter is a ModelError."""
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not (Path(adapter_dir) / "adapter_config.json").is_file() or not weights.is_file():
+        raise ModelError(f"no LoRA adapter in {adapter_dir} (expected adapter_config.json and adapter_model.safetensors)")
+    return weights
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | Path):
     """Attach a saved LoRA adapter to ``model``, refusing one made for another model.
 
@@ -447,9 +488,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path):
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
-        raise ModelError(f"no LoRA adapter in {adapter_dir} (expected adapter_config.json and adapter_model.safetensors)")
+    weights = check_adapter_dir(adapter_dir)
     config = LoraConfig.from_pretrained(adapter_dir)
     available = linear_module_names(model)
     missing = sorted(set(config.target_modules) - set(available))

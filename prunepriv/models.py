@@ -201,3 +201,11 @@ def backbone(model: nn.Module) -> nn.Module:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def check_tokenizer(model, tokenizer) -> None:
+    """Refuse a tokenizer whose ids the model cannot embed (a tokenizer made for another model)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelError(f"tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: "
+                         "it belongs to another model")

@@ -114,3 +114,66 @@ def training_curves(curves: pd.DataFrame) -> plt.Figure:
         ax.legend(title="target ε")
     fig.tight_layout()
     return fig
+
+
+def _epsilon_positions(frame: pd.DataFrame) -> tuple[pd.Series, float, list[float]]:
+    """x position of each run on a log ε axis; non-private runs sit right of the largest finite ε."""
+    finite = frame.loc[np.isfinite(frame["target_epsilon"]), "epsilon_rdp"]
+    x_inf = float(finite.max()) * 3 if len(finite) else 1.0
+    x = frame["epsilon_rdp"].where(np.isfinite(frame["target_epsilon"]), x_inf)
+    return x, x_inf, sorted(finite.unique())
+
+
+MEMORIZATION_PANELS = (
+    ("extraction_excess", None, "extraction: F1(train) − F1(held-out)", 0.0),
+    ("prefix_pii_train", "prefix_pii_heldout", "PII completed by prefix attack", None),
+    ("exposure_trained", "exposure_heldout", "canary exposure (bits)", "exposure_chance"),
+    ("mia_auc_reference", None, "membership inference AUC (reference ratio)", 0.5),
+)
+
+
+def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
+    """One panel per memorization metric versus ε: pruned and unpruned lines,
+    non-private runs as stars, controls dashed (held-out) or dotted (chance)."""
+    frame = table.copy()
+    frame["x"], x_inf, ticks = _epsilon_positions(frame)
+    colors = dict(zip(sorted(frame["model"].unique(), reverse=True), ["tab:blue", "tab:orange"]))
+    fig, axes = plt.subplots(1, len(MEMORIZATION_PANELS), figsize=(4.2 * len(MEMORIZATION_PANELS), 3.8))
+    for ax, (metric, control, label, chance) in zip(axes, MEMORIZATION_PANELS):
+        for model, group in frame.groupby("model"):
+            g = group.sort_values("x")
+            color = colors[model]
+            ax.plot(g["x"], g[metric], marker="o", color=color, label=f"{model}: trained data")
+            private = g[~np.isfinite(g["target_epsilon"])]
+            ax.scatter(private["x"], private[metric], marker="*", s=200, color=color, edgecolors="black", zorder=3)
+            if control:
+                ax.plot(g["x"], g[control], ls="--", marker="x", color=color, alpha=0.7,
+                        label=f"{model}: held-out control")
+        if isinstance(chance, str):
+            ax.axhline(float(frame[chance].iloc[0]), ls=":", color="gray", label="chance")
+        elif chance is not None:
+            ax.axhline(chance, ls=":", color="gray", label="chance")
+        ax.set_xscale("log")
+        ax.set_xticks(list(ticks) + [x_inf])
+        ax.set_xticklabels([f"{t:.2g}" for t in ticks] + ["∞"])
+        ax.minorticks_off()
+        ax.set_xlabel("ε (RDP accountant; ∞ = non-private)")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=7, loc="best")
+    axes[2].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def audit_vs_accountant(audit: pd.DataFrame) -> plt.Figure:
+    """The one-run audit's ε lower bound against the accountant's ε (private runs)."""
+    frame = audit[np.isfinite(audit["target_epsilon"])]
+    fig, ax = plt.subplots(figsize=(4.8, 4.0))
+    for model, group in frame.groupby("model"):
+        ax.scatter(group["epsilon_rdp_at_audit_delta"], group["epsilon_lower_bound"], s=60, label=model)
+    top = float(max(frame["epsilon_rdp_at_audit_delta"].max(), 1.0)) if len(frame) else 1.0
+    ax.plot([0, top], [0, top], ls="--", color="gray", label="lower bound = accountant ε")
+    ax.set_xlabel(f"accountant ε (RDP) at δ = {audit['audit_delta'].iloc[0]:.0e}")
+    ax.set_ylabel(f"audit lower bound on ε ({int(round(100 * audit['confidence'].iloc[0]))}% confidence)")
+    ax.legend(fontsize=8)
+    return fig

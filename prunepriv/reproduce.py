@@ -17,7 +17,8 @@ from .config import load_profile
 from .experiments import finetune_specs
 from .errors import PrunePrivError
 
-USER_ERROR_NAMES = {"PrunePrivError", "ConfigError", "DataError", "ModelError", "PruningError", "FileNotFoundError"}
+USER_ERROR_NAMES = {"PrunePrivError", "ConfigError", "DataError", "ModelError", "PruningError", "FileNotFoundError",
+                    "PrivacyConfigError", "AuditError"}
 from .models import model_num_layers
 from .pruning import check_count
 
@@ -26,6 +27,8 @@ STAGES = {
     "01": "01_layer_similarity.ipynb",
     "02": "02_layer_pruning.ipynb",
     "03": "03_private_finetuning.ipynb",
+    "04": "04_synthetic_data.ipynb",
+    "05": "05_memorization.ipynb",
 }
 
 

@@ -191,3 +191,15 @@ def load_stage_json(run: Run, filename: str, stage: str) -> Any:
     if not path.is_file():
         raise PrunePrivError(f"{path} not found: run stage {stage} of profile {run.profile.name!r} first")
     return json.loads(path.read_text())
+
+
+def load_stage_table(run: Run, filename: str, stage: str):
+    """Read an upstream stage's CSV table, with a clear error if it is missing."""
+    import pandas as pd
+
+    from .errors import PrunePrivError
+
+    path = run.results_dir / filename
+    if not path.is_file():
+        raise PrunePrivError(f"{path} not found: run stage {stage} of profile {run.profile.name!r} first")
+    return pd.read_csv(path)

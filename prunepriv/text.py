@@ -22,3 +22,38 @@ def batches(tokenizer, texts: list[str], max_length: int, batch_size: int) -> It
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def document_start_id(tokenizer) -> int:
+    """The token that opens every record in training, scoring and generation (BOS, else EOS)."""
+    from .errors import ModelError
+
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ModelError("the tokenizer has neither a BOS nor an EOS token to open a record with")
+
+
+def record_ids(tokenizer, texts: list[str], max_length: int, end: bool = True) -> list[list[int]]:
+    """Token ids of whole records as the fine-tuned model sees them.
+
+    Each record is ``[start] + tokens (+ [eos])``, truncated to ``max_length``:
+    the start token lets the model learn a record's first token (and lets
+    unconditional sampling begin), the end token lets generation stop.
+    """
+    start = document_start_id(tokenizer)
+    eos = tokenizer.eos_token_id
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    tail = [int(eos)] if end and eos is not None else []
+    return [([start] + list(ids) + tail)[:max_length] for ids in encoded]
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad id lists into ``input_ids`` and ``attention_mask``."""
+    length = max((len(s) for s in sequences), default=1)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask}

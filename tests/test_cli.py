@@ -142,3 +142,75 @@ def test_finetune_cli_writes_adapter_and_privacy_record(capsys, tmp_path, tiny_m
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.config.num_hidden_layers == 6
+
+
+@pytest.fixture(scope="module")
+def audit_model_dir(tmp_path_factory):
+    from conftest import make_byte_tokenizer, tiny_model
+
+    path = tmp_path_factory.mktemp("audit") / "tiny-llama"
+    tiny_model("llama", layers=6).save_pretrained(path)
+    make_byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory, audit_model_dir):
+    """A DP adapter for the tiny model trained on a user's notes, and the notes' held-out twin."""
+    tmp_path, tiny_model_dir = tmp_path_factory.mktemp("adapter"), audit_model_dir
+    train, heldout = tmp_path / "train.txt", tmp_path / "heldout.txt"
+    train.write_text("\n\n".join(f"note {i}: Mr Smith {i} is well, MRN-{1000 + i}" for i in range(40)))
+    heldout.write_text("\n\n".join(f"note {i}: Ms Jones {i} is unwell, MRN-{5000 + i}" for i in range(20)))
+    out = tmp_path / "run"
+    assert main(["finetune", "--model", str(tiny_model_dir), "--data", str(train), "--output", str(out),
+                 "--epsilon", "4", "--batch-size", "10", "--physical-batch-size", "4", "--max-length", "24"]) == 0
+    return out / "adapter", train, heldout
+
+
+def test_audit_cli_reports_each_measurement_beside_its_control(capsys, tmp_path, audit_model_dir, tiny_adapter):
+    tiny_model_dir = audit_model_dir
+    import json
+
+    adapter, train, heldout = tiny_adapter
+    capsys.readouterr()
+    code = main(["audit", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--train", str(train),
+                 "--heldout", str(heldout), "--profile", "smoke", "--output", str(tmp_path / "audit")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "membership inference AUC (loss)" in out and "prefix attack: token match rate" in out
+    report = json.loads((tmp_path / "audit" / "report.json").read_text())
+    assert {m["attack"] for m in report["mia"]} == {"loss", "zlib", "min_k", "reference"}
+    assert report["provenance"]["profile"] == "smoke"
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing-adapter", "no LoRA adapter in"),
+    ("other-layers", "does not match the base model"),
+    ("tokenizer", "tokenizer has 270 tokens but the model embeds only 260"),
+    ("empty-samples", "holds no generated text"),
+    ("no-heldout", "--train and --heldout go together"),
+])
+def test_audit_bad_input(capsys, tmp_path, audit_model_dir, tiny_adapter, case, pattern):
+    tiny_model_dir = audit_model_dir
+    adapter, train, heldout = tiny_adapter
+    argv = ["audit", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--train", str(train),
+            "--heldout", str(heldout), "--profile", "smoke", "--output", str(tmp_path / "audit")]
+    if case == "missing-adapter":
+        argv[2] = str(tmp_path / "nowhere")
+    elif case == "other-layers":
+        argv += ["--layers", "4,5"]
+    elif case == "tokenizer":
+        from conftest import make_byte_tokenizer
+
+        tok = make_byte_tokenizer()
+        tok.add_tokens([f"<extra{i}>" for i in range(12)])
+        tok.save_pretrained(tmp_path / "tok")
+        argv += ["--tokenizer", str(tmp_path / "tok")]
+    elif case == "empty-samples":
+        (tmp_path / "samples.jsonl").write_text("\n")
+        argv += ["--samples", str(tmp_path / "samples.jsonl")]
+    elif case == "no-heldout":
+        argv = argv[:6] + argv[8:]
+    code, err = _run(capsys, argv)
+    _one_line_error(code, err, pattern)
+    assert not (tmp_path / "audit").exists()

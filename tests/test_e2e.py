@@ -18,7 +18,8 @@ pytestmark = pytest.mark.e2e
 
 EXPECTED = {"fig:layer-similarity-heatmap", "fig:adjacent-similarity", "fig:latency-vs-layers",
             "fig:perplexity-vs-layers", "tab:pruning", "tab:finetuning", "fig:utility-vs-epsilon",
-            "fig:training-curves"}
+            "fig:training-curves", "tab:synthetic", "tab:memorization", "fig:epsilon-vs-memorization",
+            "tab:audit", "fig:audit", "data:membership-inference", "data:canary-exposure"}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,9 @@ def test_embedded_model_prunes_saves_reloads_and_generates(embedded, tmp_path):
     assert reloaded.config.num_hidden_layers == 22
 
 
-def test_smoke_profile_stages_01_to_03_with_papermill(tmp_path):
-    results = reproduce("smoke", ["01", "02", "03"], output_root=tmp_path, progress=False)
-    assert [r.stage for r in results] == ["01", "02", "03"]
+def test_smoke_profile_stages_01_to_05_with_papermill(tmp_path):
+    results = reproduce("smoke", None, output_root=tmp_path, progress=False)
+    assert [r.stage for r in results] == ["01", "02", "03", "04", "05"]
     manifest = json.loads((tmp_path / "results/smoke/manifest.json").read_text())
     assert EXPECTED <= set(manifest["artifacts"])
     for entry in manifest["artifacts"].values():
@@ -62,7 +63,9 @@ def test_smoke_profile_stages_01_to_03_with_papermill(tmp_path):
     worst = table.groupby("strategy")["perplexity_private"].max()
     assert (worst >= unpruned.iloc[0]).all()            # removing layers never helps the unhealed model here
     _check_finetuning(tmp_path, profile)
-    for name in ("01_layer_similarity.ipynb", "02_layer_pruning.ipynb", "03_private_finetuning.ipynb"):
+    _check_memorization(tmp_path, profile)
+    for name in ("01_layer_similarity.ipynb", "02_layer_pruning.ipynb", "03_private_finetuning.ipynb",
+                 "04_synthetic_data.ipynb", "05_memorization.ipynb"):
         executed = json.loads((tmp_path / "results/smoke/notebooks" / name).read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
 
@@ -86,3 +89,21 @@ def _check_finetuning(root, profile) -> None:
         assert (root / row.run_dir / "adapter" / "adapter_model.safetensors").is_file()
     pruned = runs[runs["model"] == "pruned"]
     assert (pruned["layers"] == 30 - profile.pruning.paper_remove).all()
+
+
+def _check_memorization(root, profile) -> None:
+    """Every fine-tuned model was sampled and attacked; the audit stays below the accountant."""
+    runs = pd.read_csv(root / "results/smoke/finetune.csv")
+    synthetic = pd.read_csv(root / "results/smoke/synthetic.csv")
+    assert len(synthetic) == len(runs) and (synthetic["samples"] == profile.memorization.n_samples).all()
+    assert (synthetic["empty_samples"] < synthetic["samples"]).all()
+    table = pd.read_csv(root / "results/smoke/memorization.csv")
+    assert len(table) == len(runs)
+    assert table[["mia_auc_loss", "closer_to_train", "prefix_match_train", "prefix_match_heldout"]].apply(
+        lambda c: c.between(0, 1)).all().all()
+    exposure = pd.read_csv(root / "results/smoke/canary_exposure.csv")
+    assert set(exposure["repetitions"]) == {0, *profile.data.canary_repetitions}
+    audit = pd.read_csv(root / "results/smoke/audit.csv")
+    private = audit[audit["target_epsilon"] != float("inf")]
+    assert len(private) and (private["epsilon_lower_bound"] <= private["epsilon_rdp_at_audit_delta"]).all()
+    assert (audit["audit_canaries"] == profile.data.n_audit_canaries).all()

@@ -1,0 +1,335 @@
+"""Memorization attacks, each with its control (notebook 05).
+
+* Membership inference (MIMIR's attacks): loss (Yeom et al. 2018), zlib
+  ratio and reference-model ratio (Carlini et al. 2021), min-k% prob
+  (Shi et al. 2024); ROC AUC and TPR at low FPR on training versus
+  held-out records.
+* Canary exposure (Carlini et al. 2019, "The Secret Sharer"): the rank of a
+  canary's secret among random secrets of the same format; held-out canaries
+  are the control (about 1/ln 2 ≈ 1.44 bits by chance).
+* Extraction (Carlini et al. 2021): synthetic samples matched to their
+  closest training and held-out records by BERTScore; ranking by
+  perplexity, zlib and reference ratio.
+* Prefix attack (Carlini et al. 2023): continue the first tokens of training
+  and held-out records, compare with the true suffix.
+* PII leakage: training PII values written verbatim, next to held-out PII
+  values (what a model writes by chance).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .text import pad_right, record_ids
+
+
+# --------------------------------------------------------------------------
+# token log-probabilities
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def token_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: int = 8) -> list[np.ndarray]:
+    """Log-probability of every token after the first, per sequence."""
+    device = _device(model)
+    out: list[np.ndarray] = []
+    for i in range(0, len(sequences), batch_size):
+        chunk = sequences[i:i + batch_size]
+        batch = {k: v.to(device) for k, v in pad_right(chunk, pad_id).items()}
+        logits = model(**batch, use_cache=False).logits[:, :-1].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0].cpu().numpy()
+        out += [lp[row, : len(seq) - 1] for row, seq in enumerate(chunk)]
+    return out
+
+
+def record_logprobs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8) -> list[np.ndarray]:
+    """Token log-probabilities of whole records, formatted as in training."""
+    return token_logprobs(model, record_ids(tokenizer, texts, max_length), _pad(tokenizer), batch_size)
+
+
+def _pad(tokenizer) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+# --------------------------------------------------------------------------
+# membership inference
+
+MIA_ATTACKS = ("loss", "zlib", "min_k", "reference")
+
+
+def zlib_bits(text: str) -> int:
+    """zlib-compressed length of ``text`` in bits (Carlini et al. 2021's zlib entropy)."""
+    return 8 * len(zlib.compress(text.encode("utf-8")))
+
+
+def min_k_mean(logprobs: np.ndarray, k: float) -> float:
+    """Mean of the lowest ``k`` fraction of token log-probabilities (Min-K% Prob, Shi et al. 2024)."""
+    if len(logprobs) == 0:
+        return float("nan")
+    n = max(1, int(math.ceil(k * len(logprobs))))
+    return float(np.sort(logprobs)[:n].mean())
+
+
+def mia_scores(texts: list[str], target: list[np.ndarray], reference: list[np.ndarray],
+               min_k: float = 0.2) -> dict[str, np.ndarray]:
+    """Per-record membership scores (higher means "member") for each attack."""
+    loss = np.array([-lp.mean() for lp in target])
+    ref_loss = np.array([-lp.mean() for lp in reference])
+    total = np.array([-lp.sum() for lp in target])
+    return {
+        "loss": -loss,
+        "zlib": -total / np.array([zlib_bits(t) for t in texts]),
+        "min_k": np.array([min_k_mean(lp, min_k) for lp in target]),
+        "reference": ref_loss - loss,
+    }
+
+
+def roc_auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
+    """P(member score > non-member score), ties counting 1/2 (Mann-Whitney)."""
+    members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
+    if len(members) == 0 or len(nonmembers) == 0:
+        return float("nan")
+    greater = (members[:, None] > nonmembers[None, :]).mean()
+    ties = (members[:, None] == nonmembers[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> float:
+    """TPR at the threshold whose FPR on ``nonmembers`` is at most ``fpr``.
+
+    With ``n`` non-members an FPR below ``1/n`` cannot be resolved: the
+    threshold is then the highest non-member score (observed FPR 0).
+    """
+    members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
+    if len(members) == 0 or len(nonmembers) == 0:
+        return float("nan")
+    allowed = int(math.floor(fpr * len(nonmembers)))
+    threshold = np.sort(nonmembers)[::-1][min(allowed, len(nonmembers) - 1)]
+    return float((members > threshold).mean())
+
+
+def membership_inference(member_texts: list[str], nonmember_texts: list[str], target_lp, reference_lp,
+                         min_k: float = 0.2, fprs: tuple[float, ...] = (0.01, 0.001)) -> list[dict]:
+    """One row per attack: AUC and TPR at each FPR, members versus non-members."""
+    n = len(member_texts)
+    scores = mia_scores(member_texts + nonmember_texts, target_lp, reference_lp, min_k)
+    rows = []
+    for attack in MIA_ATTACKS:
+        s = scores[attack]
+        row = {"attack": attack, "auc": roc_auc(s[:n], s[n:]), "members": n,
+               "nonmembers": len(nonmember_texts), "fpr_resolution": 1 / max(1, len(nonmember_texts))}
+        for fpr in fprs:
+            row[f"tpr_at_{fpr:g}_fpr"] = tpr_at_fpr(s[:n], s[n:], fpr)
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------
+# canary exposure
+
+@torch.inference_mode()
+def continuation_nll(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """NLL of each record's tokens after the prefix all ``texts`` share.
+
+    The shared prefix (the canary format up to the secret) runs once; its KV
+    cache is copied for every batch of candidates.
+    """
+    seqs = record_ids(tokenizer, texts, max_length=10_000)
+    common = _common_prefix(seqs)
+    device = _device(model)
+    prefix = torch.tensor([seqs[0][:common]], device=device)
+    first = model(input_ids=prefix, use_cache=True)
+    cache, last = first.past_key_values, torch.log_softmax(first.logits[0, -1].float(), -1)
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        rest = [s[common:] for s in seqs[i:i + batch_size]]
+        batch = {k: v.to(device) for k, v in pad_right(rest, _pad(tokenizer)).items()}
+        b = len(rest)
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(b)
+        mask = torch.cat([torch.ones(b, common, dtype=torch.long, device=device), batch["attention_mask"]], 1)
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask, past_key_values=past,
+                       use_cache=True).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        first_lp = last[batch["input_ids"][:, 0]]
+        total = first_lp + (lp * batch["attention_mask"][:, 1:]).sum(1)
+        out += (-total).cpu().tolist()
+    return np.array(out)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix all sequences share (at least 1, less than the shortest)."""
+    shortest = min(len(s) for s in seqs)
+    n = 0
+    while n < shortest - 1 and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return max(1, n)
+
+
+def random_secret(rng: random.Random, like: str) -> str:
+    """A random secret of the same format: digits replaced by random digits, letters by letters."""
+    out = []
+    for ch in like:
+        if ch.isdigit():
+            out.append(rng.choice("0123456789"))
+        elif ch.isalpha():
+            out.append(rng.choice("abcdefghijklmnopqrstuvwxyz").upper() if ch.isupper()
+                       else rng.choice("abcdefghijklmnopqrstuvwxyz"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@dataclass
+class Exposure:
+    """One canary's exposure (Carlini et al. 2019, Sec. 4)."""
+
+    canary_id: str
+    repetitions: int
+    rank: int                 # 1 = the secret is more likely than every candidate
+    candidates: int
+    exposure: float           # log2((candidates + 1) / rank); at most log2(candidates + 1)
+    exposure_fit: float       # -log2 P(candidate NLL <= secret NLL) under a normal fit (Sec. 4.3)
+
+
+def canary_exposure(model, tokenizer, canary, n_candidates: int, seed: int, batch_size: int = 64) -> Exposure:
+    """Rank the canary's secret among ``n_candidates`` random secrets of its format."""
+    rng = random.Random(f"{seed}-{canary.id}")
+    secrets = set()
+    while len(secrets) < n_candidates:
+        s = random_secret(rng, canary.secret)
+        if s != canary.secret:
+            secrets.add(s)
+    candidates = [canary.secret] + sorted(secrets)
+    nll = continuation_nll(model, tokenizer, [canary.prefix + s + "." for s in candidates], batch_size)
+    rank = 1 + int((nll[1:] < nll[0]).sum()) + int((nll[1:] == nll[0]).sum()) // 2
+    mu, sigma = float(nll[1:].mean()), float(nll[1:].std(ddof=1)) or 1e-12
+    tail = 0.5 * math.erfc((mu - float(nll[0])) / (sigma * math.sqrt(2)))   # P(N(mu, sigma) <= secret NLL)
+    return Exposure(canary.id, canary.repetitions, rank, n_candidates,
+                    math.log2((n_candidates + 1) / rank), -math.log2(max(tail, 1e-300)))
+
+
+def chance_exposure(n_candidates: int) -> float:
+    """Expected rank-based exposure of a secret the model never saw: E log2((R+1)/U), U ~ 1..R+1."""
+    r = n_candidates + 1
+    return float(np.mean([math.log2(r / u) for u in range(1, r + 1)]))
+
+
+# --------------------------------------------------------------------------
+# extraction from synthetic samples
+
+def nearest_match(similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best score and index of the closest reference for each sample (rows)."""
+    if similarity.shape[1] == 0:
+        return np.full(similarity.shape[0], np.nan), np.full(similarity.shape[0], -1)
+    return similarity.max(1), similarity.argmax(1)
+
+
+def extraction_summary(f1_train: np.ndarray, f1_heldout: np.ndarray, near_copy: float) -> dict:
+    """Excess similarity of samples to training over size-matched held-out records."""
+    best_train, _ = nearest_match(f1_train)
+    best_heldout, _ = nearest_match(f1_heldout)
+    return {
+        "samples": len(best_train),
+        "f1_nearest_train": float(np.mean(best_train)),
+        "f1_nearest_heldout": float(np.mean(best_heldout)),
+        "extraction_excess": float(np.mean(best_train - best_heldout)),
+        "closer_to_train": float(np.mean(best_train > best_heldout)),    # chance: 0.5
+        "near_copies_train": int((best_train >= near_copy).sum()),
+        "near_copies_heldout": int((best_heldout >= near_copy).sum()),
+    }
+
+
+def ranking_metrics(texts: list[str], target_lp: list[np.ndarray], reference_lp: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Carlini et al. 2021's sample rankings; lower is more suspicious for every metric."""
+    log_ppl = np.array([-lp.mean() if len(lp) else np.nan for lp in target_lp])
+    ref_log_ppl = np.array([-lp.mean() if len(lp) else np.nan for lp in reference_lp])
+    return {
+        "perplexity": log_ppl,
+        "zlib": log_ppl * np.array([len(lp) for lp in target_lp]) / np.array([max(1, zlib_bits(t)) for t in texts]),
+        "reference": log_ppl / ref_log_ppl,
+    }
+
+
+def top_k_copies(metric: np.ndarray, f1_train: np.ndarray, f1_heldout: np.ndarray, k: int, near_copy: float) -> dict:
+    """How many of the ``k`` most suspicious samples are near-copies of a training / held-out record."""
+    order = np.argsort(np.nan_to_num(metric, nan=np.inf), kind="stable")[:k]
+    best_train, _ = nearest_match(f1_train[order])
+    best_heldout, _ = nearest_match(f1_heldout[order])
+    return {"top_k": len(order), "near_copies_train": int((best_train >= near_copy).sum()),
+            "near_copies_heldout": int((best_heldout >= near_copy).sum())}
+
+
+# --------------------------------------------------------------------------
+# PII leakage
+
+def leaked_fraction(texts: list[str], values: list[str]) -> float:
+    """Fraction of ``values`` that appear verbatim in at least one text."""
+    if not values:
+        return float("nan")
+    blob = "\n".join(texts)
+    return sum(v in blob for v in values) / len(values)
+
+
+def exclusive_pii(corpus, split: str, exclude_kinds: tuple[str, ...] = ("clinician",)) -> list[str]:
+    """PII values of ``split`` that occur in no other split (shared values prove nothing)."""
+    others = {v for s in corpus.splits if s != split for _, v in corpus.pii_values(s)}
+    return sorted({v for kind, v in corpus.pii_values(split) if kind not in exclude_kinds and v not in others})
+
+
+# --------------------------------------------------------------------------
+# prefix attack
+
+@dataclass
+class PrefixProbe:
+    """A record cut into a prompt and its true suffix (token ids, plus suffix PII values)."""
+
+    prompt: list[int]
+    suffix: list[int]
+    suffix_pii: list[str]
+
+
+def prefix_probes(tokenizer, records, prefix_tokens: int, suffix_tokens: int, limit: int,
+                  exclude_kinds: tuple[str, ...] = ("clinician",)) -> list[PrefixProbe]:
+    """Up to ``limit`` records long enough to cut into ``prefix_tokens`` + ``suffix_tokens``."""
+    probes = []
+    for record in records:
+        ids = record_ids(tokenizer, [record.text], max_length=10_000, end=False)[0]
+        if len(ids) < 1 + prefix_tokens + suffix_tokens:
+            continue
+        prompt, suffix = ids[: 1 + prefix_tokens], ids[1 + prefix_tokens: 1 + prefix_tokens + suffix_tokens]
+        prompt_text = tokenizer.decode(prompt[1:])
+        suffix_text = tokenizer.decode(suffix)
+        pii = [p.value for p in record.pii
+               if p.kind not in exclude_kinds and p.value in suffix_text and p.value not in prompt_text]
+        probes.append(PrefixProbe(prompt, suffix, pii))
+        if len(probes) == limit:
+            break
+    return probes
+
+
+def token_match_rate(generated: list[list[int]], truth: list[list[int]]) -> float:
+    """Fraction of suffix positions where the greedy token equals the true token."""
+    pairs = [(g, t) for gen, true in zip(generated, truth) for g, t in zip(gen, true)]
+    return float(np.mean([g == t for g, t in pairs])) if pairs else float("nan")
+
+
+def exact_suffix_rate(generated: list[list[int]], truth: list[list[int]]) -> float:
+    """Fraction of records whose whole suffix is reproduced token for token."""
+    if not truth:
+        return float("nan")
+    return float(np.mean([list(g[: len(t)]) == list(t) for g, t in zip(generated, truth)]))
+
+
+def targeted_pii_rate(continuations: list[str], probes: list[PrefixProbe]) -> tuple[float, int]:
+    """Fraction of suffix PII values written verbatim by the continuation of their own record."""
+    hits = [v in text for text, probe in zip(continuations, probes) for v in probe.suffix_pii]
+    return (float(np.mean(hits)) if hits else float("nan")), len(hits)

@@ -1,0 +1,364 @@
+"""Stage-level steps of notebooks 04 (synthetic data) and 05 (memorization).
+
+Every fine-tuned model of the ε grid is loaded from its run folder (stage
+03), sampled from, and attacked; each figure sits next to its control:
+held-out records, held-out PII values, held-out canaries, and the
+non-private model of the same grid. Per-run results are written as soon as
+they exist, so an interrupted stage resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import attacks
+from .errors import DataError, ModelError
+from .evaluation import perplexity
+from .experiments import _relative_to_cwd
+from .generation import SamplingSpec, continue_greedy, sample_records
+from .results import atomic_write_json, atomic_write_text
+from .text import record_ids
+
+
+def sampling_spec(cfg) -> SamplingSpec:
+    """Sampling settings from a profile's ``memorization`` section."""
+    return SamplingSpec(cfg.n_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.batch_size)
+
+
+def run_label(row) -> str:
+    """Folder-style name of a fine-tuning run, e.g. ``pruned-eps-3``."""
+    return Path(row.run_dir).name
+
+
+def tuned_model(bases: dict, row):
+    """A fresh copy of the run's base model (pruned or not) with the run's LoRA adapter."""
+    from .finetune import load_adapter
+
+    if row.model not in bases:
+        raise ModelError(f"no base model for {row.model!r} runs (have {', '.join(bases)})")
+    adapter = Path(row.run_dir) / "adapter"
+    return load_adapter(copy.deepcopy(bases[row.model]), adapter).eval()
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _adapter_digest(row) -> str:
+    from .results import sha256_file
+
+    return sha256_file(Path(row.run_dir) / "adapter" / "adapter_model.safetensors")
+
+
+# --------------------------------------------------------------------------
+# notebook 04: synthetic data
+
+def load_samples(path: str | Path) -> list[str]:
+    """Texts of a synthetic-samples JSONL file; an empty set is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no synthetic samples at {path}; run stage 04 first")
+    texts = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise DataError(f"{path} holds no generated text")
+    return texts
+
+
+def synthetic_for_run(model, tokenizer, row, spec: SamplingSpec, seed: int, out_dir: Path) -> tuple[list[str], Path]:
+    """Sample (or reload) one run's synthetic records, saved as JSONL with their settings."""
+    path = out_dir / f"{run_label(row)}.jsonl"
+    key = _digest(asdict(spec), seed, _adapter_digest(row))
+    if path.is_file():
+        first = json.loads(path.read_text().splitlines()[0])
+        if first.get("settings") == key:
+            return load_samples(path), path
+    texts = sample_records(model, tokenizer, spec, seed)
+    lines = [json.dumps({"text": t, "model": row.model, "target_epsilon": str(row.target_epsilon),
+                         "seed": seed, "settings": key}) for t in texts]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return texts, path
+
+
+def synthetic_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, seed: int, out_dir) -> pd.DataFrame:
+    """Sample every run's synthetic records and measure their quality (``tab:synthetic``).
+
+    Quality: perplexity under the untuned unpruned model (one judge for all
+    runs) and BERTScore F1 of each sample to its closest held-out record.
+    """
+    from .bertscore import pairwise_f1
+
+    out_dir = Path(out_dir)
+    spec = sampling_spec(cfg)
+    judge = bases["unpruned"]
+    references = corpus.texts("heldout", limit=cfg.quality_references, include_canaries=False)
+    rows = []
+    for row in tqdm(list(runs.itertuples()), desc="synthetic data", leave=False):
+        model = tuned_model(bases, row)
+        texts, path = synthetic_for_run(model, tokenizer, row, spec, seed, out_dir)
+        del model
+        nonempty = [t for t in texts if t.strip()]
+        best = pairwise_f1(nonempty, references).max(1) if nonempty else np.array([np.nan])
+        rows.append({
+            "model": row.model, "target_epsilon": row.target_epsilon, "samples": len(texts),
+            "empty_samples": len(texts) - len(nonempty),
+            "mean_tokens": float(np.mean([len(tokenizer(t).input_ids) for t in texts])),
+            "perplexity_base": perplexity(judge, tokenizer, nonempty, cfg.max_length, cfg.batch_size)
+            if nonempty else float("nan"),
+            "bertscore_f1_heldout": float(np.mean(best)),
+            "samples_file": _relative_to_cwd(path),
+        })
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------
+# notebook 05: memorization
+
+def note_records(corpus, split: str) -> list:
+    """Records of a split that are not canaries."""
+    return [r for r in corpus.splits[split] if r.canary is None]
+
+
+def size_matched(records: list, n: int, seed: int) -> list:
+    """A seeded random subset of ``n`` records (the training side of every train-vs-held-out comparison)."""
+    if len(records) <= n:
+        return list(records)
+    return random.Random(seed).sample(records, n)
+
+
+class References:
+    """Untuned-model log-probabilities, computed once per base model."""
+
+    def __init__(self, bases: dict, tokenizer, max_length: int, batch_size: int) -> None:
+        self.bases, self.tokenizer = bases, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+        self._cache: dict[tuple[str, tuple[str, ...]], list[np.ndarray]] = {}
+
+    def logprobs(self, model_name: str, texts: list[str]) -> list[np.ndarray]:
+        key = (model_name, tuple(texts))
+        if key not in self._cache:
+            self._cache[key] = attacks.record_logprobs(self.bases[model_name], self.tokenizer, texts,
+                                                       self.max_length, self.batch_size)
+        return self._cache[key]
+
+
+def audit_scores(model, reference_lp: list[np.ndarray], tokenizer, texts: list[str], max_length: int,
+                 batch_size: int) -> np.ndarray:
+    """Membership score of each audit canary: untuned minus tuned NLL of its record."""
+    target = attacks.record_logprobs(model, tokenizer, texts, max_length, batch_size)
+    return np.array([ref.sum() - lp.sum() for lp, ref in zip(target, reference_lp)])
+
+
+def accountant_at(row, delta: float) -> dict[str, float]:
+    """The run's accountant ε (RDP and PRV) at the audit's δ, from its logged σ, q and steps.
+
+    The audit bounds ε at one δ; it is compared with the accountant's ε at
+    that same δ (a run's headline ε is at its training δ).
+    """
+    from .finetune import epsilon_for
+
+    sigma, q, steps = float(row.noise_multiplier), float(row.sample_rate), int(row.steps)
+    if not math.isfinite(float(row.epsilon_rdp)) or sigma <= 0:
+        return {"epsilon_rdp": math.inf, "epsilon_prv": math.inf}
+    return {"epsilon_rdp": epsilon_for(sigma, q, steps, delta, "rdp"),
+            "epsilon_prv": epsilon_for(sigma, q, steps, delta, "prv")}
+
+
+def attack_run(model, row, corpus, tokenizer, refs: References, samples: list[str], cfg, seed: int) -> dict:
+    """Every memorization measurement of one fine-tuned model, with its controls."""
+    from .audit import audit
+    from .bertscore import f1, pairwise_f1
+
+    out: dict = {"model": row.model, "target_epsilon": row.target_epsilon, "epsilon_rdp": float(row.epsilon_rdp),
+                 "run": run_label(row)}
+    bs, ml = cfg.batch_size, cfg.max_length
+    train_notes, heldout_notes = note_records(corpus, "train"), note_records(corpus, "heldout")
+
+    # membership inference: training versus held-out records
+    members = [r.text for r in size_matched(train_notes, cfg.mia_samples, seed)]
+    nonmembers = [r.text for r in heldout_notes[: cfg.mia_samples]]
+    texts = members + nonmembers
+    target_lp = attacks.record_logprobs(model, tokenizer, texts, ml, bs)
+    out["mia"] = attacks.membership_inference(members, nonmembers, target_lp, refs.logprobs(row.model, texts),
+                                              cfg.min_k)
+
+    # canary exposure: trained canaries and never-trained ones (the control)
+    out["exposure"] = [asdict(attacks.canary_exposure(model, tokenizer, c, cfg.n_candidates, seed))
+                       for c in tqdm(corpus.canaries_for("exposure"), desc="exposure", leave=False)]
+    out["chance_exposure"] = attacks.chance_exposure(cfg.n_candidates)
+
+    # one-run audit (Steinke et al. 2023) on the audit canaries
+    audit_canaries = corpus.canaries_for("audit")
+    if audit_canaries:
+        canary_texts = [c.text for c in audit_canaries]
+        scores = audit_scores(model, refs.logprobs(row.model, canary_texts), tokenizer, canary_texts, ml, bs)
+        result = audit(scores, [c.in_train for c in audit_canaries], cfg.audit_delta, cfg.audit_confidence)
+        out["audit"] = {**asdict(result), **accountant_at(row, cfg.audit_delta)}
+
+    # extraction: synthetic samples against training and held-out records of equal number
+    held = [r.text for r in heldout_notes]
+    train_ref = [r.text for r in size_matched(train_notes, len(held), seed + 1)]
+    kept = [s for s in samples if s.strip()]
+    f1_train, f1_held = pairwise_f1(kept, train_ref), pairwise_f1(kept, held)
+    out["extraction"] = attacks.extraction_summary(f1_train, f1_held, cfg.near_copy_f1)
+    sample_lp = [lp for lp in attacks.record_logprobs(model, tokenizer, kept, ml, bs)]
+    ref_lp = refs.logprobs(row.model, kept)
+    out["ranking"] = {name: attacks.top_k_copies(metric, f1_train, f1_held, cfg.rank_top_k, cfg.near_copy_f1)
+                      for name, metric in attacks.ranking_metrics(kept, sample_lp, ref_lp).items()}
+
+    # untargeted PII leakage: values only training records hold, versus values only held-out records hold
+    train_pii, held_pii = attacks.exclusive_pii(corpus, "train"), attacks.exclusive_pii(corpus, "heldout")
+    out["pii"] = {"train_values": len(train_pii), "heldout_values": len(held_pii),
+                  "leaked_train": attacks.leaked_fraction(samples, train_pii),
+                  "leaked_heldout": attacks.leaked_fraction(samples, held_pii)}
+
+    # prefix attack on training and held-out records
+    out["prefix"] = {}
+    for split, records in (("train", size_matched(train_notes, len(train_notes), seed + 2)), ("heldout", heldout_notes)):
+        probes = attacks.prefix_probes(tokenizer, records, cfg.prefix_tokens, cfg.suffix_tokens, cfg.prefix_records)
+        generated = continue_greedy(model, [p.prompt for p in probes], cfg.suffix_tokens,
+                                    int(tokenizer.pad_token_id or 0), bs)
+        truth = [p.suffix for p in probes]
+        gen_text = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        true_text = tokenizer.batch_decode(truth, skip_special_tokens=True)
+        pii_rate, pii_n = attacks.targeted_pii_rate(gen_text, probes)
+        out["prefix"][split] = {
+            "records": len(probes), "token_match": attacks.token_match_rate(generated, truth),
+            "exact_suffix": attacks.exact_suffix_rate(generated, truth),
+            "bertscore_f1": float(np.mean(f1(gen_text, true_text))) if probes else float("nan"),
+            "pii_values": pii_n, "pii_leaked": pii_rate,
+        }
+    return out
+
+
+def memorization_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, seed: int,
+                       synthetic_dir, out_dir) -> list[dict]:
+    """Attack every fine-tuned model; each run's result is saved (and reused) as JSON."""
+    out_dir = Path(out_dir)
+    refs = References(bases, tokenizer, cfg.max_length, cfg.batch_size)
+    results = []
+    for row in tqdm(list(runs.itertuples()), desc="memorization attacks", leave=False):
+        samples = load_samples(Path(synthetic_dir) / f"{run_label(row)}.jsonl")
+        path = out_dir / f"{run_label(row)}.json"
+        key = _digest(asdict(cfg), seed, _adapter_digest(row), samples, corpus.summary())
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("settings") == key:
+                results.append(saved)
+                continue
+        model = tuned_model(bases, row)
+        result = attack_run(model, row, corpus, tokenizer, refs, samples, cfg, seed)
+        del model
+        result["settings"] = key
+        atomic_write_json(path, result)
+        results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------
+# tables
+
+def _exposure_by_reps(result: dict) -> dict[str, float]:
+    frame = pd.DataFrame(result["exposure"])
+    if frame.empty:
+        return {}
+    return {f"exposure_r{int(r)}": float(g["exposure"].mean()) for r, g in frame.groupby("repetitions")}
+
+
+def memorization_table(results: list[dict]) -> pd.DataFrame:
+    """``tab:memorization``: one row per model and ε, each metric next to its control."""
+    rows = []
+    for r in results:
+        mia = {m["attack"]: m for m in r["mia"]}
+        ex, pre, pii = r["extraction"], r["prefix"], r["pii"]
+        exposure = _exposure_by_reps(r)
+        trained = [e["exposure"] for e in r["exposure"] if e["repetitions"] > 0]
+        row = {
+            "model": r["model"], "target_epsilon": r["target_epsilon"], "epsilon_rdp": r["epsilon_rdp"],
+            "extraction_excess": ex["extraction_excess"], "closer_to_train": ex["closer_to_train"],
+            "near_copies_train": ex["near_copies_train"], "near_copies_heldout": ex["near_copies_heldout"],
+            "pii_leaked_train": pii["leaked_train"], "pii_leaked_heldout": pii["leaked_heldout"],
+            "prefix_match_train": pre["train"]["token_match"], "prefix_match_heldout": pre["heldout"]["token_match"],
+            "prefix_pii_train": pre["train"]["pii_leaked"], "prefix_pii_heldout": pre["heldout"]["pii_leaked"],
+            "exposure_trained": float(np.mean(trained)) if trained else float("nan"),
+            "exposure_heldout": exposure.get("exposure_r0", float("nan")),
+            "exposure_chance": r["chance_exposure"],
+            **{k: v for k, v in exposure.items() if k != "exposure_r0"},
+            **{f"mia_auc_{a}": mia[a]["auc"] for a in attacks.MIA_ATTACKS},
+            "mia_tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
+        }
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mia_table(results: list[dict]) -> pd.DataFrame:
+    """Every membership attack of every run: AUC and TPR at 1% and 0.1% FPR."""
+    return pd.DataFrame([{"model": r["model"], "target_epsilon": r["target_epsilon"], **m}
+                         for r in results for m in r["mia"]])
+
+
+def exposure_table(results: list[dict]) -> pd.DataFrame:
+    """One row per canary and run."""
+    return pd.DataFrame([{"model": r["model"], "target_epsilon": r["target_epsilon"], **e}
+                         for r in results for e in r["exposure"]])
+
+
+def audit_table(results: list[dict]) -> pd.DataFrame:
+    """``tab:audit``: the audit's ε lower bound beside the accountant's ε."""
+    rows = []
+    for r in results:
+        if "audit" not in r:
+            continue
+        a = r["audit"]
+        rows.append({"model": r["model"], "target_epsilon": r["target_epsilon"],
+                     "epsilon_rdp_at_audit_delta": a["epsilon_rdp"], "epsilon_prv_at_audit_delta": a["epsilon_prv"],
+                     "audit_delta": a["delta"],
+                     "epsilon_lower_bound": a["epsilon_lower_bound"], "confidence": a["confidence"],
+                     "audit_canaries": a["n_examples"], "guesses": a["n_guesses"], "correct": a["n_correct"],
+                     "bound_below_accountant": a["epsilon_lower_bound"] <= min(a["epsilon_rdp"], a["epsilon_prv"])})
+    return pd.DataFrame(rows)
+
+
+def epsilon_axis(eps: float, finite: list[float]) -> float:
+    """Where a run sits on the ε axis: non-private runs are drawn right of the largest finite ε."""
+    if math.isfinite(eps):
+        return eps
+    return max(finite) * 3 if finite else 1.0
+
+
+def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
+    """(measurement, value on trained data, control value, what the control is) for a printed report."""
+    nan = float("nan")
+    ex, pii, pre = result["extraction"], result["pii"], result["prefix"]
+    rows = [
+        ("extraction: mean nearest BERTScore F1", ex["f1_nearest_train"], ex["f1_nearest_heldout"],
+         "held-out records (equal number)"),
+        ("extraction: near-copies among samples", ex["near_copies_train"], ex["near_copies_heldout"],
+         "held-out records (equal number)"),
+        ("PII values written verbatim (fraction)", pii["leaked_train"], pii["leaked_heldout"],
+         "PII values only held-out records hold"),
+        ("prefix attack: token match rate", pre["train"]["token_match"], pre["heldout"]["token_match"],
+         "prefixes of held-out records"),
+        ("prefix attack: suffix PII completed", pre["train"]["pii_leaked"], pre["heldout"]["pii_leaked"],
+         "prefixes of held-out records"),
+    ]
+    trained = [e["exposure"] for e in result["exposure"] if e["repetitions"] > 0]
+    heldout = [e["exposure"] for e in result["exposure"] if e["repetitions"] == 0]
+    if trained:
+        rows.append(("canary exposure (bits, mean)", float(np.mean(trained)),
+                     float(np.mean(heldout)) if heldout else nan, "never-trained canaries"))
+    for m in result["mia"]:
+        rows.append((f"membership inference AUC ({m['attack']})", m["auc"], 0.5, "chance"))
+    if "audit" in result:
+        a = result["audit"]
+        rows.append((f"audit: ε lower bound ({a['confidence']:.0%} confidence)", a["epsilon_lower_bound"],
+                     a["epsilon_rdp"], f"accountant ε (RDP) at δ = {a['delta']:.0e}; the bound must not exceed it"))
+    return rows

@@ -1,0 +1,125 @@
+"""Memorization attacks: scoring against a naive reference, metrics on known
+inputs, controls that exclude shared values, generation, the audit on a run."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from prunepriv import attacks
+from prunepriv.data import Canary, synthetic_corpus
+from prunepriv.generation import SamplingSpec, continue_greedy, sample_records
+from prunepriv.text import record_ids
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+def test_cached_continuation_nll_equals_full_scoring(byte_tokenizer, family):
+    model = tiny_model(family, layers=3)
+    texts = [f"Ann Lee's patient portal recovery code is {s}." for s in ("123456", "000000", "987654", "55")]
+    cached = attacks.continuation_nll(model, byte_tokenizer, texts, batch_size=3)
+    full = attacks.record_logprobs(model, byte_tokenizer, texts, max_length=10_000)
+    seqs = record_ids(byte_tokenizer, texts, 10_000)
+    common = attacks._common_prefix(seqs)
+    naive = [-lp[common - 1:].sum() for lp in full]                  # tokens after the shared prefix
+    np.testing.assert_allclose(cached, naive, rtol=1e-4, atol=1e-4)
+
+
+def test_record_ids_open_with_start_and_close_with_eos(byte_tokenizer):
+    ids = record_ids(byte_tokenizer, ["abc", "x" * 50], max_length=10)
+    start = byte_tokenizer.eos_token_id                            # no BOS: EOS opens records
+    assert ids[0][0] == start and ids[0][-1] == byte_tokenizer.eos_token_id and len(ids[0]) == 5
+    assert len(ids[1]) == 10 and ids[1][-1] != byte_tokenizer.eos_token_id
+
+
+def test_auc_and_tpr_on_known_scores():
+    assert attacks.roc_auc(np.array([3, 4]), np.array([1, 2])) == 1.0
+    assert attacks.roc_auc(np.array([1, 2]), np.array([3, 4])) == 0.0
+    assert attacks.roc_auc(np.array([1, 1]), np.array([1, 1])) == 0.5
+    members, nonmembers = np.arange(100, 200), np.arange(0, 100)
+    assert attacks.tpr_at_fpr(members, nonmembers, 0.01) == 1.0
+    # FPR <= 1% of 100 non-members allows one false positive (threshold 98); FPR 0 allows none (99)
+    assert attacks.tpr_at_fpr(np.array([99.5, 98.5]), nonmembers, 0.01) == 1.0
+    assert attacks.tpr_at_fpr(np.array([99.5, 98.5]), nonmembers, 0.0) == 0.5
+    assert attacks.tpr_at_fpr(np.array([49.5, 48.5]), nonmembers[:50], 0.001) == 0.5   # below 1/n: FPR 0
+
+
+def test_mia_scores_point_the_right_way():
+    member = [np.full(10, -0.1)]            # low loss
+    nonmember = [np.full(10, -3.0)]
+    scores = attacks.mia_scores(["aaaa", "bbbb"], member + nonmember, [np.full(10, -2.0)] * 2, min_k=0.2)
+    for name in attacks.MIA_ATTACKS:
+        assert scores[name][0] > scores[name][1], name
+
+
+def test_min_k_uses_the_lowest_tokens():
+    assert attacks.min_k_mean(np.array([-5.0, -1.0, -0.5, -0.1, -0.2]), 0.2) == -5.0
+    assert attacks.min_k_mean(np.array([-5.0, -1.0, -0.5, -0.1, -0.2]), 0.4) == -3.0
+
+
+def test_exposure_ranks_the_secret(byte_tokenizer, monkeypatch):
+    canary = Canary("C000", "Ann Lee's patient portal recovery code is ", "123456", 4)
+    monkeypatch.setattr(attacks, "continuation_nll",
+                        lambda model, tok, texts, bs: np.array([0.0] + [float(i + 1) for i in range(len(texts) - 1)]))
+    top = attacks.canary_exposure(None, byte_tokenizer, canary, n_candidates=63, seed=0)
+    assert top.rank == 1 and top.exposure == pytest.approx(6.0)
+    mu, sd = np.mean(np.arange(1, 64)), np.std(np.arange(1, 64), ddof=1)      # normal fit of the candidates
+    assert top.exposure_fit == pytest.approx(-math.log2(0.5 * math.erfc(mu / (sd * math.sqrt(2)))))
+    monkeypatch.setattr(attacks, "continuation_nll",
+                        lambda model, tok, texts, bs: np.array([100.0] + [float(i) for i in range(len(texts) - 1)]))
+    bottom = attacks.canary_exposure(None, byte_tokenizer, canary, n_candidates=63, seed=0)
+    assert bottom.rank == 64 and bottom.exposure == pytest.approx(0.0) and bottom.exposure_fit < 0.01
+
+
+def test_random_secrets_keep_the_format():
+    rng = random.Random(0)
+    secret = attacks.random_secret(rng, "AB-1234")
+    assert len(secret) == 7 and secret[2] == "-" and secret[:2].isupper() and secret[3:].isdigit()
+
+
+def test_chance_exposure_approaches_one_over_ln2():
+    assert attacks.chance_exposure(10_000) == pytest.approx(1 / math.log(2), abs=0.01)
+
+
+def test_pii_controls_exclude_shared_values():
+    corpus = synthetic_corpus(seed=0, n_patients=40, notes_per_patient=2)
+    train, held = attacks.exclusive_pii(corpus, "train"), attacks.exclusive_pii(corpus, "heldout")
+    assert train and held and not set(train) & set(held)
+    clinicians = {v for k, v in corpus.pii_values("train") if k == "clinician"}
+    assert not clinicians & set(train)
+    text = f"... {train[0]} ... {held[0]} and {held[1]}"
+    assert attacks.leaked_fraction([text], train) == pytest.approx(1 / len(train))
+    assert attacks.leaked_fraction([text], held) == pytest.approx(2 / len(held))
+
+
+def test_prefix_probes_cut_records_and_find_suffix_pii(byte_tokenizer):
+    corpus = synthetic_corpus(seed=0, n_patients=10, notes_per_patient=2)
+    records = [r for r in corpus.splits["train"] if r.canary is None]
+    probes = attacks.prefix_probes(byte_tokenizer, records, prefix_tokens=20, suffix_tokens=40, limit=5)
+    assert len(probes) == 5
+    for probe in probes:
+        assert len(probe.prompt) == 21 and len(probe.suffix) == 40
+        suffix = byte_tokenizer.decode(probe.suffix)
+        assert all(v in suffix for v in probe.suffix_pii)
+    assert any(p.suffix_pii for p in probes)
+    generated = [p.suffix for p in probes]                      # a perfect memorizer
+    assert attacks.token_match_rate(generated, generated) == 1.0 == attacks.exact_suffix_rate(generated, generated)
+    texts = [byte_tokenizer.decode(p.suffix) for p in probes]
+    assert attacks.targeted_pii_rate(texts, probes)[0] == 1.0
+
+
+def test_sampling_is_seeded_and_greedy_continuation_has_fixed_length(byte_tokenizer):
+    model = tiny_model("llama", layers=2)
+    spec = SamplingSpec(n_samples=5, max_new_tokens=6, batch_size=2)
+    a = sample_records(model, byte_tokenizer, spec, seed=1, progress=False)
+    assert a == sample_records(model, byte_tokenizer, spec, seed=1, progress=False)
+    assert a != sample_records(model, byte_tokenizer, spec, seed=2, progress=False) and len(a) == 5
+    prompts = [[1, 70, 71, 72], [1, 80, 81, 82], [1, 90, 91, 92]]
+    out = continue_greedy(model, prompts, new_tokens=5, pad_id=0, batch_size=2)
+    assert [len(o) for o in out] == [5, 5, 5]
+    with torch.no_grad():
+        first = model(torch.tensor(prompts)).logits[:, -1].argmax(-1).tolist()
+    assert [o[0] for o in out] == first

@@ -1,0 +1,86 @@
+"""Stages 04-05 on tiny models: every attack runs with its control, the audit's
+lower bound stays below the accountant's ε, results resume, bad input fails."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_model
+from prunepriv import memorization
+from prunepriv.config import MemorizationConfig
+from prunepriv.data import synthetic_corpus
+from prunepriv.errors import DataError
+from prunepriv.finetune import LoRASpec, PrivacySpec, TrainSpec, finetune
+
+CFG = MemorizationConfig(n_samples=4, max_new_tokens=12, batch_size=4, max_length=48, quality_references=6,
+                         n_candidates=8, mia_samples=6, prefix_records=3, prefix_tokens=8, suffix_tokens=6,
+                         rank_top_k=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, byte_tokenizer):
+    """A synthetic corpus with audit canaries and two fine-tuned tiny models (ε = ∞ and ε = 4)."""
+    root = tmp_path_factory.mktemp("runs")
+    corpus = synthetic_corpus(seed=0, n_patients=24, notes_per_patient=2, n_canaries=2, canary_repetitions=[2],
+                              n_heldout_canaries=2, n_audit_canaries=24)
+    base = tiny_model("llama", layers=3)
+    texts = corpus.texts("train")
+    rows = []
+    for eps in (math.inf, 4.0):
+        out = root / f"unpruned-eps-{eps:g}"
+        result = finetune(copy.deepcopy(base), byte_tokenizer, texts, out, LoRASpec(4, 8, 0.0, ["q_proj", "v_proj"]),
+                          PrivacySpec(epsilon=eps), TrainSpec(1.0, 1e-2, 16, 8, 48, 100, 0), progress=False)
+        r = result.privacy
+        rows.append({"model": "unpruned", "target_epsilon": eps, "epsilon_rdp": r.epsilon_rdp,
+                     "epsilon_prv": r.epsilon_prv, "delta": r.delta, "noise_multiplier": r.noise_multiplier,
+                     "sample_rate": r.sample_rate, "steps": r.steps, "run_dir": str(out)})
+    return corpus, {"unpruned": base}, pd.DataFrame(rows), root
+
+
+def test_corpus_has_fair_coin_audit_canaries():
+    corpus = synthetic_corpus(seed=0, n_patients=10, n_audit_canaries=400)
+    audit = corpus.canaries_for("audit")
+    assert len(audit) == 400 and 160 < sum(c.in_train for c in audit) < 240
+    train = corpus.texts("train")
+    assert all((c.text in train) == c.in_train for c in audit)
+    again = synthetic_corpus(seed=0, n_patients=10, n_audit_canaries=400).canaries_for("audit")
+    assert [c.in_train for c in again] == [c.in_train for c in audit]
+
+
+def test_stages_04_05_on_tiny_models(tiny_runs, byte_tokenizer, monkeypatch):
+    corpus, bases, runs, root = tiny_runs
+    synthetic = memorization.synthetic_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, root / "synthetic")
+    assert list(synthetic["samples"]) == [4, 4]
+    assert (synthetic["bertscore_f1_heldout"].between(-1, 1) | synthetic["bertscore_f1_heldout"].isna()).all()
+    results = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, root / "synthetic",
+                                              root / "memorization")
+    table = memorization.memorization_table(results)
+    assert {"extraction_excess", "pii_leaked_train", "pii_leaked_heldout", "exposure_trained",
+            "exposure_heldout", "mia_auc_loss", "prefix_match_heldout"} <= set(table.columns)
+    assert table["mia_auc_loss"].between(0, 1).all()
+    assert len(memorization.exposure_table(results)) == 2 * 4
+    audit = memorization.audit_table(results)
+    private = audit[np.isfinite(audit["target_epsilon"])]
+    assert len(private) == 1 and private["audit_canaries"].iloc[0] == 24
+    # the audit may never claim more leakage than the accountant allows
+    assert (private["epsilon_lower_bound"] <= private["epsilon_rdp_at_audit_delta"]).all()
+    assert private["epsilon_rdp_at_audit_delta"].iloc[0] > runs["epsilon_rdp"].iloc[1]   # smaller δ, larger ε
+    # a second sweep with nothing changed reloads the saved results
+    monkeypatch.setattr(memorization, "attack_run", lambda *a, **k: pytest.fail("recomputed a finished run"))
+    again = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, root / "synthetic",
+                                            root / "memorization")
+    assert json.dumps(again, default=str, sort_keys=True) == json.dumps(results, default=str, sort_keys=True)
+
+
+def test_empty_generation_set_is_a_data_error(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match="no generated text"):
+        memorization.load_samples(path)
+    with pytest.raises(DataError, match="run stage 04"):
+        memorization.load_samples(tmp_path / "missing.jsonl")
