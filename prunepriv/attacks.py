@@ -50,9 +50,10 @@ def token_logprobs(model, sequences: list[list[int]], pad_id: int, batch_size: i
     return out
 
 
-def record_logprobs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8) -> list[np.ndarray]:
-    """Token log-probabilities of whole records, formatted as in training."""
-    return token_logprobs(model, record_ids(tokenizer, texts, max_length), _pad(tokenizer), batch_size)
+def record_logprobs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8,
+                    end: bool = True) -> list[np.ndarray]:
+    """Token log-probabilities of whole records, formatted as in training (``end=False``: no EOS, for samples)."""
+    return token_logprobs(model, record_ids(tokenizer, texts, max_length, end=end), _pad(tokenizer), batch_size)
 
 
 def _pad(tokenizer) -> int:

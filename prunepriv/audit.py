@@ -2,7 +2,8 @@
 "Privacy Auditing with One (1) Training Run", NeurIPS 2023, arXiv:2305.08846).
 
 Setting (the paper's): ``m`` auditing examples, each included in the training
-set independently with probability 1/2 (:func:`inclusion_draw`). After one run
+set independently with probability 1/2 (:func:`inclusion_draw` for simulations;
+the pipeline's audit canaries are drawn in :func:`prunepriv.data.make_canaries`). After one run
 the auditor scores every example, guesses "in" for some, "out" for others and
 abstains on the rest. With ``r`` guesses of which ``v`` are correct:
 

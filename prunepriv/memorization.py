@@ -29,6 +29,9 @@ from .results import atomic_write_json, atomic_write_text
 from .text import record_ids
 
 
+ATTACKS_VERSION = 2   # bump when an attack's computation changes, so saved per-run results are redone
+
+
 def sampling_spec(cfg) -> SamplingSpec:
     """Sampling settings from a profile's ``memorization`` section."""
     return SamplingSpec(cfg.n_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.batch_size)
@@ -47,6 +50,22 @@ def tuned_model(bases: dict, row):
         raise ModelError(f"no base model for {row.model!r} runs (have {', '.join(bases)})")
     adapter = Path(row.run_dir) / "adapter"
     return load_adapter(copy.deepcopy(bases[row.model]), adapter).eval()
+
+
+def stage_inputs(run):
+    """What notebooks 04 and 05 start from: stage 03's runs table, the untuned
+    base models (unpruned, and pruned by stage 02's choice), the tokenizer and the corpus."""
+    from .data import corpus_for
+    from .models import load_model
+    from .pruning import remove_layers
+    from .results import load_stage_json, load_stage_table
+
+    profile = run.profile
+    runs = load_stage_table(run, "finetune.csv", "03")
+    pruned = load_stage_json(run, "pruned_layers.json", "02")
+    base, tokenizer = load_model(profile.model, device=profile.device)
+    bases = {"unpruned": base.eval(), "pruned": remove_layers(copy.deepcopy(base), pruned["layers"]).eval()}
+    return runs, bases, tokenizer, corpus_for(profile)
 
 
 def _digest(*parts) -> str:
@@ -140,13 +159,13 @@ class References:
     def __init__(self, bases: dict, tokenizer, max_length: int, batch_size: int) -> None:
         self.bases, self.tokenizer = bases, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
-        self._cache: dict[tuple[str, tuple[str, ...]], list[np.ndarray]] = {}
+        self._cache: dict[tuple[str, tuple[str, ...], bool], list[np.ndarray]] = {}
 
-    def logprobs(self, model_name: str, texts: list[str]) -> list[np.ndarray]:
-        key = (model_name, tuple(texts))
+    def logprobs(self, model_name: str, texts: list[str], end: bool = True) -> list[np.ndarray]:
+        key = (model_name, tuple(texts), end)
         if key not in self._cache:
             self._cache[key] = attacks.record_logprobs(self.bases[model_name], self.tokenizer, texts,
-                                                       self.max_length, self.batch_size)
+                                                       self.max_length, self.batch_size, end=end)
         return self._cache[key]
 
 
@@ -209,8 +228,8 @@ def attack_run(model, row, corpus, tokenizer, refs: References, samples: list[st
     kept = [s for s in samples if s.strip()]
     f1_train, f1_held = pairwise_f1(kept, train_ref), pairwise_f1(kept, held)
     out["extraction"] = attacks.extraction_summary(f1_train, f1_held, cfg.near_copy_f1)
-    sample_lp = [lp for lp in attacks.record_logprobs(model, tokenizer, kept, ml, bs)]
-    ref_lp = refs.logprobs(row.model, kept)
+    sample_lp = attacks.record_logprobs(model, tokenizer, kept, ml, bs, end=False)   # samples carry no EOS
+    ref_lp = refs.logprobs(row.model, kept, end=False)
     out["ranking"] = {name: attacks.top_k_copies(metric, f1_train, f1_held, cfg.rank_top_k, cfg.near_copy_f1)
                       for name, metric in attacks.ranking_metrics(kept, sample_lp, ref_lp).items()}
 
@@ -248,7 +267,7 @@ def memorization_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, 
     for row in tqdm(list(runs.itertuples()), desc="memorization attacks", leave=False):
         samples = load_samples(Path(synthetic_dir) / f"{run_label(row)}.jsonl")
         path = out_dir / f"{run_label(row)}.json"
-        key = _digest(asdict(cfg), seed, _adapter_digest(row), samples, corpus.summary())
+        key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(row), samples, corpus.summary())
         if path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("settings") == key:
@@ -326,39 +345,3 @@ def audit_table(results: list[dict]) -> pd.DataFrame:
                      "bound_below_accountant": a["epsilon_lower_bound"] <= min(a["epsilon_rdp"], a["epsilon_prv"])})
     return pd.DataFrame(rows)
 
-
-def epsilon_axis(eps: float, finite: list[float]) -> float:
-    """Where a run sits on the ε axis: non-private runs are drawn right of the largest finite ε."""
-    if math.isfinite(eps):
-        return eps
-    return max(finite) * 3 if finite else 1.0
-
-
-def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
-    """(measurement, value on trained data, control value, what the control is) for a printed report."""
-    nan = float("nan")
-    ex, pii, pre = result["extraction"], result["pii"], result["prefix"]
-    rows = [
-        ("extraction: mean nearest BERTScore F1", ex["f1_nearest_train"], ex["f1_nearest_heldout"],
-         "held-out records (equal number)"),
-        ("extraction: near-copies among samples", ex["near_copies_train"], ex["near_copies_heldout"],
-         "held-out records (equal number)"),
-        ("PII values written verbatim (fraction)", pii["leaked_train"], pii["leaked_heldout"],
-         "PII values only held-out records hold"),
-        ("prefix attack: token match rate", pre["train"]["token_match"], pre["heldout"]["token_match"],
-         "prefixes of held-out records"),
-        ("prefix attack: suffix PII completed", pre["train"]["pii_leaked"], pre["heldout"]["pii_leaked"],
-         "prefixes of held-out records"),
-    ]
-    trained = [e["exposure"] for e in result["exposure"] if e["repetitions"] > 0]
-    heldout = [e["exposure"] for e in result["exposure"] if e["repetitions"] == 0]
-    if trained:
-        rows.append(("canary exposure (bits, mean)", float(np.mean(trained)),
-                     float(np.mean(heldout)) if heldout else nan, "never-trained canaries"))
-    for m in result["mia"]:
-        rows.append((f"membership inference AUC ({m['attack']})", m["auc"], 0.5, "chance"))
-    if "audit" in result:
-        a = result["audit"]
-        rows.append((f"audit: ε lower bound ({a['confidence']:.0%} confidence)", a["epsilon_lower_bound"],
-                     a["epsilon_rdp"], f"accountant ε (RDP) at δ = {a['delta']:.0e}; the bound must not exceed it"))
-    return rows
