@@ -345,3 +345,32 @@ def audit_table(results: list[dict]) -> pd.DataFrame:
                      "bound_below_accountant": a["epsilon_lower_bound"] <= min(a["epsilon_rdp"], a["epsilon_prv"])})
     return pd.DataFrame(rows)
 
+
+def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
+    """(measurement, value on trained data, control value, what the control is) for a printed report."""
+    nan = float("nan")
+    ex, pii, pre = result["extraction"], result["pii"], result["prefix"]
+    rows = [
+        ("extraction: mean nearest BERTScore F1", ex["f1_nearest_train"], ex["f1_nearest_heldout"],
+         "held-out records (equal number)"),
+        ("extraction: near-copies among samples", ex["near_copies_train"], ex["near_copies_heldout"],
+         "held-out records (equal number)"),
+        ("PII values written verbatim (fraction)", pii["leaked_train"], pii["leaked_heldout"],
+         "PII values only held-out records hold"),
+        ("prefix attack: token match rate", pre["train"]["token_match"], pre["heldout"]["token_match"],
+         "prefixes of held-out records"),
+        ("prefix attack: suffix PII completed", pre["train"]["pii_leaked"], pre["heldout"]["pii_leaked"],
+         "prefixes of held-out records"),
+    ]
+    trained = [e["exposure"] for e in result["exposure"] if e["repetitions"] > 0]
+    heldout = [e["exposure"] for e in result["exposure"] if e["repetitions"] == 0]
+    if trained:
+        rows.append(("canary exposure (bits, mean)", float(np.mean(trained)),
+                     float(np.mean(heldout)) if heldout else nan, "never-trained canaries"))
+    for m in result["mia"]:
+        rows.append((f"membership inference AUC ({m['attack']})", m["auc"], 0.5, "chance"))
+    if "audit" in result:
+        a = result["audit"]
+        rows.append((f"audit: ε lower bound ({a['confidence']:.0%} confidence)", a["epsilon_lower_bound"],
+                     a["epsilon_rdp"], f"accountant ε (RDP) at δ = {a['delta']:.0e}; the bound must not exceed it"))
+    return rows
