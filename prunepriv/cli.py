@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="execute the numbered notebooks of a profile with papermill")
     rep.add_argument("--profile", default="paper", help="profile name (profiles/NAME.yaml) or a YAML path")
-    rep.add_argument("--stages", nargs="+", help="only these stages, e.g. 01 02")
+    rep.add_argument("--stages", nargs="+", help="only these stages, e.g. 01 02 (run even if unchanged)")
+    rep.add_argument("--force", action="store_true", help="rerun stages whose inputs have not changed")
     rep.add_argument("--output-root", default=".", help="folder that receives results/ and figures/")
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -134,8 +135,13 @@ def _fail(exc: BaseException, user_error: bool) -> int:
 def _reproduce(args) -> int:
     from .reproduce import reproduce
 
-    for result in reproduce(args.profile, args.stages, args.output_root):
+    results = reproduce(args.profile, args.stages, args.output_root, force=args.force,
+                        log=lambda line: print(line, flush=True))
+    ran = [r for r in results if not r.skipped]
+    for result in ran:
         print(f"{result.stage}: {result.notebook} ({result.seconds:.0f} s)")
+    print(f"{len(ran)} stage(s) run, {len(results) - len(ran)} unchanged and skipped; "
+          f"{sum(r.seconds for r in ran):.0f} s in notebooks")
     return 0
 
 

