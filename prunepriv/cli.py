@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--force", action="store_true", help="rerun stages whose inputs have not changed")
     rep.add_argument("--output-root", default=".", help="folder that receives results/ and figures/")
 
+    ver = sub.add_parser("verify", help="compare a run's claims with the committed reference run")
+    ver.add_argument("--profile", default="paper", help="profile name or YAML path (its results/NAME/)")
+    ver.add_argument("--output-root", default=".", help="folder holding results/")
+    ver.add_argument("--reference", help="reference folder (default results/NAME/reference/)")
+    ver.add_argument("--update-reference", action="store_true",
+                     help="freeze the current results as the reference instead of verifying")
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     lat = bench_sub.add_parser("latency", help="prefill/decode time of a pruned vs the unpruned model")
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "reproduce":
             return _reproduce(args)
+        if args.command == "verify":
+            return _verify(args)
         if args.command == "bench":
             return _bench_latency(args) if args.bench == "latency" else _bench_dp(args)
         if args.command == "finetune":
@@ -143,6 +152,20 @@ def _reproduce(args) -> int:
     print(f"{len(ran)} stage(s) run, {len(results) - len(ran)} unchanged and skipped; "
           f"{sum(r.seconds for r in ran):.0f} s in notebooks")
     return 0
+
+
+def _verify(args) -> int:
+    from .config import load_profile
+    from .verify import freeze_reference, report, save_report, verify
+
+    results_dir = Path(args.output_root) / "results" / load_profile(args.profile).name
+    if args.update_reference:
+        print(f"reference frozen in {freeze_reference(results_dir)}")
+        return 0
+    result = verify(results_dir, args.reference)
+    print(report(result))
+    print(f"claims table written to {save_report(result, results_dir)}")
+    return 0 if result.passed else 1
 
 
 def _bench_latency(args) -> int:

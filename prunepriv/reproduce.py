@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .claims import TABLES as CLAIM_TABLES
 from .config import load_profile
 from .errors import PrunePrivError
 from .experiments import finetune_specs
@@ -51,6 +52,7 @@ STAGES = {
     "03": "03_private_finetuning.ipynb",
     "04": "04_synthetic_data.ipynb",
     "05": "05_memorization.ipynb",
+    "07": "07_paper.ipynb",
 }
 _BASE = ("seed", "device", "model", "data")
 STAGE_SECTIONS = {
@@ -59,6 +61,7 @@ STAGE_SECTIONS = {
     "03": _BASE + ("finetune",),
     "04": _BASE + ("memorization",),
     "05": _BASE + ("memorization",),
+    "07": (),
 }
 # Files under results/NAME/ that a stage reads from earlier stages.
 STAGE_INPUTS = {
@@ -67,6 +70,7 @@ STAGE_INPUTS = {
     "03": ("pruned_layers.json",),
     "04": ("pruned_layers.json", "finetune.csv"),
     "05": ("pruned_layers.json", "finetune.csv", "synthetic.csv"),
+    "07": CLAIM_TABLES,
 }
 STATE_FILE = "stages.json"
 

@@ -42,9 +42,10 @@ def test_embedded_model_prunes_saves_reloads_and_generates(embedded, tmp_path):
     assert reloaded.config.num_hidden_layers == 22
 
 
-def test_smoke_profile_stages_01_to_05_with_papermill(tmp_path):
+def test_smoke_profile_every_stage_with_papermill_then_cached(tmp_path):
     results = reproduce("smoke", None, output_root=tmp_path, progress=False)
-    assert [r.stage for r in results] == ["01", "02", "03", "04", "05"]
+    assert [r.stage for r in results] == ["01", "02", "03", "04", "05", "07"]
+    assert not any(r.skipped for r in results)
     manifest = json.loads((tmp_path / "results/smoke/manifest.json").read_text())
     assert EXPECTED <= set(manifest["artifacts"])
     for entry in manifest["artifacts"].values():
@@ -64,10 +65,30 @@ def test_smoke_profile_stages_01_to_05_with_papermill(tmp_path):
     assert (worst >= unpruned.iloc[0]).all()            # removing layers never helps the unhealed model here
     _check_finetuning(tmp_path, profile)
     _check_memorization(tmp_path, profile)
-    for name in ("01_layer_similarity.ipynb", "02_layer_pruning.ipynb", "03_private_finetuning.ipynb",
-                 "04_synthetic_data.ipynb", "05_memorization.ipynb"):
-        executed = json.loads((tmp_path / "results/smoke/notebooks" / name).read_text())
+    for name in ("01_layer_similarity", "02_layer_pruning", "03_private_finetuning", "04_synthetic_data",
+                 "05_memorization", "07_paper"):
+        executed = json.loads((tmp_path / "results/smoke/notebooks" / f"{name}.ipynb").read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+        assert (tmp_path / "results/smoke/notebooks" / f"{name}.html").stat().st_size > 10_000
+    _check_paper(tmp_path)
+    again = reproduce("smoke", None, output_root=tmp_path, progress=False)
+    assert all(r.skipped for r in again)                  # nothing changed: every stage cached
+
+
+def _check_paper(root) -> None:
+    """Notebook 07 wrote parseable LaTeX for the smoke profile, outside paper/generated/."""
+    from prunepriv import latex
+
+    generated = root / "results/smoke/paper"
+    names = {p.relative_to(generated).as_posix() for p in generated.rglob("*.tex")}
+    assert names == {"numbers.tex"} | {f"tables/{t}.tex" for t in
+                                       ("pruning", "latency", "finetune", "memorization", "audit")}
+    for path in generated.rglob("*.tex"):
+        assert latex.problems(path.read_text()) == [], path
+    assert r"\newcommand{\ppClaimPrivacyEpsilonEpsThree}" in (generated / "numbers.tex").read_text()
+    assert not (root / "paper/generated").exists()
+    claims = pd.read_csv(root / "results/smoke/claims.csv")
+    assert {"audit.below_accountant", "finetune.healing.pruned"} <= set(claims["claim"])
 
 
 def _check_finetuning(root, profile) -> None:

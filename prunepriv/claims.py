@@ -1,0 +1,235 @@
+"""The paper's claims, read from a profile's result tables, and their comparison with a reference run.
+
+Each :class:`Claim` carries the value measured by one run, the tolerance within
+which another run counts as reproducing it (with the reason for that width),
+and, where the claim is qualitative ("pruning cuts latency", "the audit stays
+below the accountant"), whether it holds in that run. ``prunepriv verify``
+and notebook ``07_paper`` (which writes the paper's numbers) both use
+:func:`claims_from`, so the paper and the check can never disagree.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import PrunePrivError
+
+TABLES = ("layer_similarity.csv", "pruned_layers.json", "pruning.csv", "latency.csv", "finetune.csv",
+          "synthetic.csv", "memorization.csv", "membership_inference.csv", "canary_exposure.csv", "audit.csv")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    kind: str        # "rel", "abs", "overlap" (share of a layer set) or "none" (the predicate alone decides)
+    amount: float
+    why: str
+
+    def describe(self) -> str:
+        if self.kind == "rel":
+            return f"±{self.amount * 100:g}%"
+        if self.kind == "abs":
+            return f"±{self.amount:g}"
+        if self.kind == "overlap":
+            return f"≥{self.amount:.0%} shared"
+        return "predicate"
+
+    def accepts(self, reference, reproduced) -> bool:
+        if self.kind == "none":
+            return True
+        if self.kind == "overlap":
+            ref, rep = set(str(reference).split()), set(str(reproduced).split())
+            return len(ref & rep) >= self.amount * max(len(ref), 1)
+        reference, reproduced = float(reference), float(reproduced)
+        if math.isinf(reference) or math.isinf(reproduced):
+            return reference == reproduced
+        bound = self.amount * abs(reference) if self.kind == "rel" else self.amount
+        return abs(reproduced - reference) <= bound + 1e-12
+
+
+# Widths and their reasons (REPRODUCE.md repeats them).
+EXACT_MATH = Tolerance("rel", 1e-3, "accountant arithmetic on (σ, q, steps): deterministic up to the search for σ")
+FORWARD = Tolerance("rel", 0.02, "forward passes only: float reductions differ across CPUs, thread counts and GPUs")
+TRAINED = Tolerance("rel", 0.10, "22 optimiser steps amplify float differences; another device draws other batches")
+TRAINED_DP = Tolerance("rel", 0.15, "as above, plus DP noise: another device's generator draws other noise")
+TIMING = Tolerance("abs", 0.10, "a ratio of times taken in one run; thread count and device change it a little")
+LAYERS = Tolerance("overlap", 0.75, "near-tied adjacent similarities can swap one layer on another device")
+EXPOSURE = Tolerance("abs", 1.5, "4 canaries per repetition group: single-group means move by about a bit")
+AUC = Tolerance("abs", 0.15, "40 members vs 40 non-members: the AUC's standard error is about 0.065")
+PREDICATE = Tolerance("none", 0.0, "a qualitative claim; the verdict is whether it holds")
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    text: str
+    value: object
+    tolerance: Tolerance
+    holds: bool | None = None     # qualitative part of the claim, evaluated on this run's own tables
+
+
+def _eps_tag(eps: float) -> str:
+    return "inf" if math.isinf(eps) else f"{eps:g}"
+
+
+def _eps_text(eps: float) -> str:
+    return "ε = ∞ (non-private)" if math.isinf(eps) else f"ε = {eps:g}"
+
+
+def top_repetitions(memorization: pd.DataFrame) -> int:
+    """The largest canary repetition count with an ``exposure_rN`` column."""
+    counts = [int(m.group(1)) for c in memorization.columns if (m := re.fullmatch(r"exposure_r(\d+)", c))]
+    if not counts:
+        raise PrunePrivError("memorization.csv has no exposure_rN column (no repeated canaries)")
+    return max(counts)
+
+
+def load_tables(results_dir: str | Path) -> dict[str, object]:
+    """The tables claims are made from; a missing one is an error naming the stage that writes it."""
+    results_dir = Path(results_dir)
+    tables: dict[str, object] = {}
+    for name in TABLES:
+        path = results_dir / name
+        if not path.is_file():
+            raise PrunePrivError(f"{path} not found: run `prunepriv reproduce` for this profile first")
+        tables[name] = json.loads(path.read_text()) if name.endswith(".json") else pd.read_csv(path)
+    return tables
+
+
+def claims_from(results_dir: str | Path) -> list[Claim]:
+    """Every claim of the paper, measured from one profile's result tables."""
+    t = load_tables(results_dir)
+    return (_pruning_claims(t) + _latency_claims(t) + _finetune_claims(t) + _memorization_claims(t)
+            + _audit_claims(t))
+
+
+def _pruning_claims(t) -> list[Claim]:
+    chosen = t["pruned_layers.json"]
+    k, n = chosen["removed"], chosen["num_layers"]
+    table = t["pruning.csv"]
+    row = table[(table["strategy"] == chosen["strategy"]) & (table["removed"] == k)].iloc[0]
+    full = table[table["removed"] == 0].iloc[0]
+    last = table[(table["strategy"] == "last") & (table["removed"] == k)]
+    claims = [
+        Claim("pruning.layers", f"{chosen['strategy']} similarity removes these {k} of {n} layers",
+              " ".join(map(str, chosen["layers"])), LAYERS),
+        Claim("pruning.perplexity.unpruned", "perplexity of the unpruned model on held-out private notes",
+              float(full["perplexity_private"]), FORWARD),
+        Claim("pruning.perplexity.pruned", f"perplexity after removing {k} layers, before healing",
+              float(row["perplexity_private"]), FORWARD, bool(row["perplexity_private"] > full["perplexity_private"])),
+        Claim("pruning.parameters", f"parameter fraction left after removing {k} layers",
+              float(row["parameter_fraction"]), Tolerance("rel", 1e-6, "parameter counting is exact")),
+    ]
+    if len(last):
+        worse = float(last.iloc[0]["perplexity_private"])
+        claims.append(Claim("pruning.last.perplexity", f"perplexity after removing the last {k} layers instead "
+                            "(similarity-chosen layers lose less)", worse, PREDICATE,
+                            bool(worse > row["perplexity_private"])))
+    return claims
+
+
+def _latency_claims(t) -> list[Claim]:
+    claims = []
+    for row in t["latency.csv"].itertuples():
+        if row.removed == 0:
+            continue
+        for phase in ("prefill", "decode"):
+            ratio = float(getattr(row, f"{phase}_ratio"))
+            claims.append(Claim(f"latency.{phase}.k{row.removed}",
+                                f"{phase} time with {row.removed} layers removed, relative to the unpruned model",
+                                ratio, TIMING, ratio < 1.0))
+    return claims
+
+
+def _finetune_claims(t) -> list[Claim]:
+    runs = t["finetune.csv"]
+    claims = []
+    for eps in sorted({e for e in runs["target_epsilon"] if not math.isinf(e)}, reverse=True):
+        row = runs[runs["target_epsilon"] == eps].iloc[0]
+        claims.append(Claim(f"privacy.epsilon.eps{_eps_tag(eps)}",
+                            f"accountant ε (RDP, δ = {row['delta']:.2g}) of the runs targeting ε = {eps:g}",
+                            float(row["epsilon_rdp"]), EXACT_MATH, bool(row["epsilon_rdp"] <= eps)))
+    for row in runs.itertuples():
+        private = not math.isinf(row.target_epsilon)
+        claims.append(Claim(f"finetune.perplexity.{row.model}.eps{_eps_tag(row.target_epsilon)}",
+                            f"{row.model} model fine-tuned at {_eps_text(row.target_epsilon)}: held-out perplexity",
+                            float(row.perplexity_private), TRAINED_DP if private else TRAINED,
+                            bool(row.perplexity_private < row.perplexity_private_before)))
+    pruned = runs[(runs["model"] == "pruned") & runs["target_epsilon"].map(math.isinf)]
+    if len(pruned):
+        row = pruned.iloc[0]
+        claims.append(Claim("finetune.healing.pruned", "non-private fine-tuning heals the pruned model "
+                            "(perplexity before / after)", float(row["perplexity_private_before"] / row["perplexity_private"]),
+                            TRAINED, bool(row["perplexity_private_before"] > row["perplexity_private"])))
+    return claims
+
+
+def _memorization_claims(t) -> list[Claim]:
+    table = t["memorization.csv"]
+    top = top_repetitions(table)
+    claims = []
+    for model, rows in table.groupby("model", sort=False):
+        non_private = rows[rows["target_epsilon"].map(math.isinf)]
+        base_excess = (float(non_private.iloc[0][f"exposure_r{top}"] - non_private.iloc[0]["exposure_heldout"])
+                       if len(non_private) else None)
+        for row in rows.itertuples():
+            eps = row.target_epsilon
+            excess = float(getattr(row, f"exposure_r{top}") - row.exposure_heldout)
+            if math.isinf(eps):
+                holds = excess > 2.0
+                text = (f"{model}, {_eps_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
+                        "(bits; memorized if > 2)")
+            else:
+                holds = base_excess is None or excess < base_excess - 1.0
+                text = (f"{model}, {_eps_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
+                        "(bits; at least 1 bit below the non-private model)")
+            claims.append(Claim(f"memorization.exposure.{model}.eps{_eps_tag(eps)}", text, excess, EXPOSURE, holds))
+            claims.append(Claim(f"memorization.mia.{model}.eps{_eps_tag(eps)}",
+                                f"{model}, {_eps_text(eps)}: reference-calibrated membership AUC (chance 0.5)",
+                                float(row.mia_auc_reference), AUC))
+    return claims
+
+
+def _audit_claims(t) -> list[Claim]:
+    audit = t["audit.csv"]
+    private = audit[~audit["target_epsilon"].map(math.isinf)]
+    worst = float((private["epsilon_lower_bound"] - private["epsilon_rdp_at_audit_delta"]).max())
+    return [
+        Claim("audit.below_accountant", "every one-run audit lower bound ≤ its accountant ε "
+              "(largest bound − ε shown; ≤ 0 holds)", worst, PREDICATE, bool(worst <= 1e-9)),
+        Claim("audit.max_bound", "largest one-run audit lower bound on ε over all models",
+              float(audit["epsilon_lower_bound"].max()), Tolerance("abs", 0.5, "a 95% bound from ≤ 128 coin flips")),
+    ]
+
+
+# --------------------------------------------------------------------------
+# comparison
+
+def compare(reference: list[Claim], reproduced: list[Claim]) -> pd.DataFrame:
+    """One row per reference claim: values, tolerance, verdict (``reproduced``, ``differs``, ``fails``, ``missing``)."""
+    mine = {c.id: c for c in reproduced}
+    rows = []
+    for ref in reference:
+        rep = mine.get(ref.id)
+        if rep is None:
+            verdict = "missing"
+        elif rep.holds is False:
+            verdict = "fails"
+        elif not ref.tolerance.accepts(ref.value, rep.value):
+            verdict = "differs"
+        else:
+            verdict = "reproduced"
+        rows.append({"claim": ref.id, "text": ref.text, "reference": ref.value,
+                     "reproduced": None if rep is None else rep.value,
+                     "tolerance": ref.tolerance.describe(), "verdict": verdict, "why": ref.tolerance.why})
+    return pd.DataFrame(rows)
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return "∞" if math.isinf(value) else f"{value:.4g}"
+    return "—" if value is None else str(value)

@@ -1,0 +1,100 @@
+"""``prunepriv verify``: a fresh run's claims next to the committed reference run's, with verdicts.
+
+The reference is a frozen copy of the reference run's tables and manifest in
+``results/NAME/reference/`` (written by ``prunepriv verify --update-reference``),
+so a rerun that overwrites ``results/NAME/`` can still be compared with it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .claims import TABLES, claims_from, compare
+from .errors import PrunePrivError
+from .results import atomic_write_bytes, atomic_write_text, load_manifest
+
+REFERENCE_DIR = "reference"
+
+
+@dataclass
+class Verification:
+    table: pd.DataFrame
+    reference: dict        # provenance of the reference run
+    reproduced: dict       # provenance of the run checked
+    same_run: bool         # the results are the reference's own files (nothing was rerun)
+
+    @property
+    def passed(self) -> bool:
+        return not self.same_run and bool((self.table["verdict"] == "reproduced").all())
+
+
+def reference_dir(results_dir: Path) -> Path:
+    return Path(results_dir) / REFERENCE_DIR
+
+
+def freeze_reference(results_dir: str | Path) -> Path:
+    """Copy the claim tables and manifest of ``results_dir`` into its reference folder."""
+    results_dir = Path(results_dir)
+    claims_from(results_dir)                                  # refuses incomplete results
+    target = reference_dir(results_dir)
+    for name in TABLES + ("manifest.json",):
+        atomic_write_bytes(target / name, (results_dir / name).read_bytes())
+    return target
+
+
+def _provenance(results_dir: Path) -> dict:
+    """The provenance recorded with the fine-tuning table (the stage that decides the models)."""
+    artifacts = load_manifest(results_dir / "manifest.json")["artifacts"]
+    entry = artifacts.get("tab:finetuning") or next(iter(artifacts.values()), {})
+    return entry.get("provenance", {})
+
+
+def verify(results_dir: str | Path, reference: str | Path | None = None) -> Verification:
+    """Compare ``results_dir``'s claims with the reference run's."""
+    results_dir = Path(results_dir)
+    ref_dir = Path(reference) if reference else reference_dir(results_dir)
+    if not (ref_dir / "manifest.json").is_file():
+        raise PrunePrivError(f"no reference run in {ref_dir}: pass --reference DIR (the committed one is "
+                             "results/paper/reference/), or freeze the current results as one with --update-reference")
+    table = compare(claims_from(ref_dir), claims_from(results_dir))
+    ref_prov, rep_prov = _provenance(ref_dir), _provenance(results_dir)
+    same = all((ref_dir / n).read_bytes() == (results_dir / n).read_bytes() for n in TABLES) and \
+        ref_prov.get("created") == rep_prov.get("created")
+    return Verification(table, ref_prov, rep_prov, same)
+
+
+def describe_run(prov: dict) -> str:
+    device = prov.get("cuda") or f"CPU, {prov.get('torch_threads', '?')} threads"
+    return (f"{prov.get('created', '?')}, {device}, {prov.get('platform', '?')}, "
+            f"git {str(prov.get('git_revision', '?'))[:12]}, profile sha256 {str(prov.get('profile_sha256', '?'))[:12]}")
+
+
+def report(result: Verification) -> str:
+    """The claims table as plain text, with provenance and a closing verdict line."""
+    from .claims import format_value
+
+    lines = [f"reference:  {describe_run(result.reference)}", f"reproduced: {describe_run(result.reproduced)}"]
+    if result.reference.get("profile_sha256") != result.reproduced.get("profile_sha256"):
+        lines.append("note: the two runs used different profile settings; differences are expected")
+    shown = result.table.assign(reference=result.table["reference"].map(format_value),
+                                reproduced=result.table["reproduced"].map(format_value))
+    lines.append("")
+    lines.append(shown[["claim", "reference", "reproduced", "tolerance", "verdict"]].to_string(index=False))
+    bad = shown[shown["verdict"] != "reproduced"]
+    for row in bad.itertuples():
+        lines.append(f"  {row.verdict}: {row.claim}: {row.text} (tolerance {row.tolerance}: {row.why})")
+    counts = result.table["verdict"].value_counts()
+    lines.append("")
+    lines.append(f"{counts.get('reproduced', 0)} of {len(result.table)} claims reproduced"
+                 + "".join(f", {n} {v}" for v, n in counts.items() if v != "reproduced"))
+    if result.same_run:
+        lines.append("these results are the reference run's own files: run `make reproduce` (or "
+                     "`prunepriv reproduce`) first, then verify")
+    return "\n".join(lines)
+
+
+def save_report(result: Verification, results_dir: str | Path) -> Path:
+    """``results/NAME/verify.csv``: the claims table of the last verification."""
+    return atomic_write_text(Path(results_dir) / "verify.csv", result.table.to_csv(index=False))
