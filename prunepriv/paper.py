@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .claims import Claim, claims_from, load_tables, top_repetitions
-from .latex import escape, macros, number, tabular
+from .latex import escape, macros, number, problems, tabular
 
 
 def output_dir(profile_name: str) -> str:
@@ -152,10 +152,16 @@ def _audit_table(frame: pd.DataFrame) -> str:
 
 
 def write(run, results_dir: str | Path) -> list[Path]:
-    """Write ``numbers.tex`` and ``tables/*.tex`` through ``run`` (staged, in the manifest)."""
+    """Write ``numbers.tex`` and ``tables/*.tex`` through ``run`` (staged, in the manifest).
+
+    Every file passes :func:`prunepriv.latex.problems` first; LaTeX that would not compile is not written.
+    """
     target = output_dir(run.profile.name)
-    written = [run.save_text("tex:numbers", macros(numbers(results_dir), f"numbers of profile {run.profile.name}"),
-                             f"{target}/numbers.tex")]
-    for stem, text in tables(results_dir).items():
-        written.append(run.save_text(f"tex:table-{stem}", text, f"{target}/tables/{stem}.tex"))
-    return written
+    files = {f"{target}/numbers.tex": ("tex:numbers", macros(numbers(results_dir),
+                                                               f"numbers of profile {run.profile.name}"))}
+    files.update({f"{target}/tables/{stem}.tex": (f"tex:table-{stem}", text)
+                  for stem, text in tables(results_dir).items()})
+    for path, (_, text) in files.items():
+        if found := problems(text):
+            raise ValueError(f"generated {path} would not compile: {'; '.join(found)}")
+    return [run.save_text(artifact_id, text, path) for path, (artifact_id, text) in files.items()]
