@@ -20,7 +20,9 @@ import pandas as pd
 from .errors import PrunePrivError
 
 TABLES = ("layer_similarity.csv", "pruned_layers.json", "pruning.csv", "latency.csv", "finetune.csv",
-          "synthetic.csv", "memorization.csv", "membership_inference.csv", "canary_exposure.csv", "audit.csv")
+          "synthetic.csv", "memorization.csv", "membership_inference.csv", "canary_exposure.csv", "audit.csv",
+          "federated.csv", "federated.json", "private_selection.csv", "private_selection_draws.csv",
+          "private_selection.json", "compression_baselines.csv")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ TIMING = Tolerance("abs", 0.10, "a ratio of times taken in one run; thread count
 LAYERS = Tolerance("overlap", 0.75, "near-tied adjacent similarities can swap one layer on another device")
 EXPOSURE = Tolerance("abs", 1.5, "4 canaries per repetition group: single-group means move by about a bit")
 AUC = Tolerance("abs", 0.15, "40 members vs 40 non-members: the AUC's standard error is about 0.065")
+AGREEMENT = Tolerance("abs", 0.15, "a share of layers: one near-tied layer swapping moves it by about 1/k")
+MASKS = Tolerance("abs", 0.02, "share of millions of pruned weights: only near-tied scores can swap")
 PREDICATE = Tolerance("none", 0.0, "a qualitative claim; the verdict is whether it holds")
 
 
@@ -104,7 +108,7 @@ def claims_from(results_dir: str | Path) -> list[Claim]:
     """Every claim of the paper, measured from one profile's result tables."""
     t = load_tables(results_dir)
     return (_pruning_claims(t) + _latency_claims(t) + _finetune_claims(t) + _memorization_claims(t)
-            + _audit_claims(t))
+            + _audit_claims(t) + _federated_claims(t) + _selection_claims(t) + _compression_claims(t))
 
 
 def _pruning_claims(t) -> list[Claim]:
@@ -204,6 +208,99 @@ def _audit_claims(t) -> list[Claim]:
         Claim("audit.max_bound", "largest one-run audit lower bound on ε over all models",
               float(audit["epsilon_lower_bound"].max()), Tolerance("abs", 0.5, "a 95% bound from ≤ 128 coin flips")),
     ]
+
+
+def _federated_claims(t) -> list[Claim]:
+    table, summary = t["federated.csv"], t["federated.json"]
+    layers = table[table["method"].str.startswith("layer removal")].set_index("source")
+    wanda = table[table["method"].str.startswith("Wanda")].set_index("source")
+    clients = [s for s in layers.index if s.startswith("client")]
+    diff = float(summary["similarity_max_abs_difference"])
+    return [
+        Claim("federated.similarity.difference", "token-weighted federated averaging reproduces the centralized "
+              "similarity matrix (largest absolute difference; holds below 1e-4, float32 rounding)", diff, PREDICATE,
+              bool(diff < 1e-4)),
+        Claim("federated.layers", "layers the federated server removes (equal to the centralized choice)",
+              str(layers.loc["federated", "removed"]), LAYERS,
+              bool(layers.loc["federated", "removed"] == layers.loc["centralized", "removed"])),
+        Claim("federated.layers.local.agreement", f"mean Jaccard of the {len(clients)} local-only layer choices "
+              "with the centralized choice", float(layers.loc[clients, "agreement"].mean()), AGREEMENT),
+        Claim("federated.wanda.agreement", "FedPrLLM count-aggregated Wanda mask: Jaccard of pruned weights with the "
+              "centralized mask (above every local-only mask's)", float(wanda.loc["federated", "agreement"]), MASKS,
+              bool(wanda.loc["federated", "agreement"] >= wanda.loc[clients, "agreement"].max())),
+        Claim("federated.wanda.local.agreement", "mean Jaccard of local-only Wanda masks with the centralized mask",
+              float(wanda.loc[clients, "agreement"].mean()), MASKS),
+        Claim("federated.wanda.perplexity", "held-out perplexity with the federated Wanda mask, before fine-tuning",
+              float(wanda.loc["federated", "perplexity_private"]), FORWARD),
+        Claim("federated.wanda.perplexity.centralized", "held-out perplexity with the centralized Wanda mask",
+              float(wanda.loc["centralized", "perplexity_private"]), FORWARD),
+    ]
+
+
+def _selection_claims(t) -> list[Claim]:
+    draws, chosen, info = t["private_selection_draws.csv"], t["private_selection.csv"], t["private_selection.json"]
+    agreement = draws.groupby("selection_epsilon")["agreement"].mean()
+    finite = sorted(e for e in agreement.index if math.isfinite(e))
+    claims = [Claim(f"selection.agreement.eps{_eps_tag(e)}", f"private selection at selection ε = {e:g}: mean "
+                    "Jaccard with the non-private choice over the noise draws", float(agreement[e]), AGREEMENT)
+              for e in finite]
+    if len(finite) > 1:
+        low, high = float(agreement[finite[0]]), float(agreement[finite[-1]])
+        claims.append(Claim("selection.agreement.grows", f"agreement grows with the selection ε (at ε = {finite[-1]:g} "
+                            f"minus at ε = {finite[0]:g})", high - low, PREDICATE, bool(high >= low)))
+    claims.append(Claim("selection.public.agreement", "the choice made from public text alone: Jaccard with the "
+                        "non-private choice", float(info["public_reference_agreement"]), AGREEMENT))
+    for row in chosen.itertuples():
+        if not math.isfinite(row.selection_epsilon):
+            claims.append(Claim("selection.perplexity.epsinf", "non-private selection, DP fine-tuned at "
+                                f"ε = {row.finetune_epsilon:g}: held-out perplexity", float(row.perplexity_private),
+                                TRAINED_DP))
+            continue
+        tag = _eps_tag(row.selection_epsilon)
+        e2e, sel, tune = row.end_to_end_epsilon_rdp, row.selection_epsilon_rdp, row.finetune_epsilon_rdp
+        claims.append(Claim(f"selection.endtoend.eps{tag}", f"end-to-end ε (RDP, δ = {row.delta:.2g}) of selection "
+                            f"at ε = {row.selection_epsilon:g} then DP-LoRA at ε = {row.finetune_epsilon:g}, composed "
+                            "by one accountant (between the larger and the sum)", float(e2e), EXACT_MATH,
+                            bool(max(sel, tune) <= e2e <= sel + tune + 1e-9)))
+        claims.append(Claim(f"selection.perplexity.eps{tag}", f"privately selected (ε = {row.selection_epsilon:g}) "
+                            f"and DP fine-tuned (ε = {row.finetune_epsilon:g}) model: held-out perplexity",
+                            float(row.perplexity_private), TRAINED_DP))
+    return claims
+
+
+def compression_slug(name: str) -> str:
+    """``magnitude 50%`` → ``magnitude``; ``layer removal (k=15)`` → ``layers``."""
+    first = name.split()[0].lower()
+    return "layers" if first == "layer" else first
+
+
+def _compression_claims(t) -> list[Claim]:
+    table = t["compression_baselines.csv"]
+    eps = float(table["target_epsilon"].iloc[0])
+    claims = []
+    for row in table.itertuples():
+        slug = compression_slug(row.model)
+        claims.append(Claim(f"compression.perplexity.{slug}", f"{row.model}, DP-LoRA at ε = {eps:g}: held-out perplexity",
+                            float(row.perplexity_private), TRAINED_DP))
+        claims.append(Claim(f"compression.mia.{slug}", f"{row.model}, DP-LoRA at ε = {eps:g}: reference-calibrated "
+                            "membership AUC (chance 0.5)", float(row.mia_auc_reference), AUC))
+        if slug == "dense":
+            continue
+        claims.append(Claim(f"compression.parameters.{slug}", f"{row.model}: non-zero parameters relative to dense",
+                            float(row.parameter_fraction), Tolerance("rel", 1e-6, "parameter counting is exact")))
+        if slug == "layers":
+            text, holds = "decode time relative to dense (removing layers is faster)", row.decode_ratio < 1.0
+        else:
+            text, holds = ("decode time relative to dense (dense kernels gain nothing from zeros: ≥ 0.85)",
+                           row.decode_ratio >= 0.85)
+        claims.append(Claim(f"compression.decode.{slug}", f"{row.model}: {text}", float(row.decode_ratio), TIMING,
+                            bool(holds)))
+    audited = table.dropna(subset=["audit_lower_bound"]) if "audit_lower_bound" in table else table.iloc[:0]
+    if len(audited):
+        worst = float((audited["audit_lower_bound"] - audited["audit_epsilon_rdp"]).max())
+        claims.append(Claim("compression.audit.below_accountant", "every compressed model's audit lower bound ≤ its "
+                            "accountant ε (largest bound − ε; ≤ 0 holds)", worst, PREDICATE, bool(worst <= 1e-9)))
+    return claims
 
 
 # --------------------------------------------------------------------------

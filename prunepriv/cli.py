@@ -215,12 +215,13 @@ def _bench_dp(args) -> int:
 
 def _finetune(args) -> int:
     import math
+    import os
 
     from .data import load_records, synthetic_corpus
     from transformers import AutoConfig
 
-    from .finetune import (LoRASpec, PrivacySpec, TrainSpec, check_lora_targets, check_privacy, finetune,
-                           merge_and_save, meta_model)
+    from .finetune import (LoRASpec, PrivacySpec, TrainSpec, check_distributed, check_lora_targets, check_privacy,
+                           meta_model)
     from .models import load_model, model_num_layers, resolve_model_path
 
     output = Path(args.output)
@@ -236,18 +237,100 @@ def _finetune(args) -> int:
     if len(texts) < train.batch_size:
         raise PrunePrivError(f"training set has {len(texts)} records, fewer than one batch ({train.batch_size})")
     check_privacy(privacy, len(texts))                      # bad input fails before the weights load
-    model_num_layers(args.model)
     lora = LoRASpec(args.lora_rank, args.lora_alpha, 0.0, [t for t in args.target_modules.split(",") if t])
-    check_lora_targets(meta_model(AutoConfig.from_pretrained(resolve_model_path(args.model))), lora.target_modules)
-    model, tokenizer = load_model(args.model, device=args.device)
-    result = finetune(model, tokenizer, texts, output, lora, privacy, train)
+    world = int(os.environ.get("WORLD_SIZE", "1"))           # set by torchrun
+    check_distributed(privacy, world)                       # DP-SGD only across processes
+
+    def load(device: str):
+        model_num_layers(args.model)
+        check_lora_targets(meta_model(AutoConfig.from_pretrained(resolve_model_path(args.model))),
+                           lora.target_modules)
+        return load_model(args.model, device=device)
+
+    if world <= 1:
+        return _finetune_run(args, output, texts, lora, privacy, train, lambda: load(args.device), rank=0)
+    import torch.distributed as dist
+
+    device, created = _join_process_group(args.device)
+    try:
+        return _finetune_run(args, output, texts, lora, privacy, train, lambda: _rank0_first(lambda: load(device)),
+                             rank=dist.get_rank())
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _finetune_run(args, output: Path, texts, lora, privacy, train, load, rank: int) -> int:
+    from .finetune import finetune, merge_and_save
+
+    model, tokenizer = load()
+    result = finetune(model, tokenizer, texts, output, lora, privacy, train, progress=rank == 0)
+    if rank != 0:                                            # rank 0 saves and reports
+        return 0
     if args.merge:
         merge_and_save(result.model, tokenizer, output / "merged")
     r = result.privacy
     eps = f"ε = {r.epsilon_rdp:.3f} (RDP), {r.epsilon_prv:.3f} (PRV) at δ = {r.delta:.2g}" if r.private else "non-private"
-    print(f"{r.steps} steps on {r.n_train} records, σ = {r.noise_multiplier:.4g}, q = {r.sample_rate:.4g}: {eps}; "
-          f"adapter in {result.adapter_dir}")
+    procs = f" in {result.world_size} processes" if result.world_size > 1 else ""
+    print(f"{r.steps} steps on {r.n_train} records{procs}, σ = {r.noise_multiplier:.4g}, q = {r.sample_rate:.4g}: "
+          f"{eps}; adapter in {result.adapter_dir}")
     return 0
+
+
+def _join_process_group(device_arg: str) -> tuple[str, bool]:
+    """Join the ``torchrun`` process group (env://): NCCL on ``cuda:LOCAL_RANK``, else gloo on the CPU.
+
+    Returns this rank's device and whether the group was created here (an
+    already initialised group is used as it is and left for its owner to end).
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from .errors import ModelError
+
+    if device_arg not in ("auto", "cpu", "cuda"):
+        raise PrunePrivError(f"under torchrun --device must be auto, cuda or cpu (each process takes cuda:LOCAL_RANK), "
+                             f"got {device_arg!r}")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_arg == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was asked for but no CUDA GPU is available")
+    if device_arg != "cpu" and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise PrunePrivError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                                 "start at most one process per GPU")
+        torch.cuda.set_device(local_rank)
+        device, backend = f"cuda:{local_rank}", "nccl"
+    else:
+        device, backend = "cpu", "gloo"
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group(backend=backend)
+    return device, True
+
+
+def _rank0_first(fn):
+    """``fn()`` on rank 0, then on the other ranks: a model cache or download is filled once.
+
+    A failure on rank 0 is raised on every rank (the others do not wait forever).
+    """
+    import torch.distributed as dist
+
+    rank, result, failure = dist.get_rank(), None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as exc:                              # noqa: BLE001 - re-raised below on every rank
+            failure = exc
+    box = [None if failure is None else (isinstance(failure, (PrunePrivError, FileNotFoundError)), str(failure))]
+    dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        user_error, message = box[0]
+        raise (PrunePrivError if user_error else RuntimeError)(message)
+    return fn() if rank != 0 else result
 
 
 def _calibration_texts(data: str, text_field: str, seed: int) -> list[str]:
@@ -318,9 +401,6 @@ def _save_atomically(model, tokenizer, output: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _audit_corpus(args, profile):
@@ -398,3 +478,7 @@ def _audit(args) -> int:
         print(f"{name:44s} {value:10.4g} {control if control is not None else float('nan'):10.4g}  {what}")
     print(f"report: {output / 'report.json'}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -181,6 +181,42 @@ class MemorizationConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """The related systems compared in notebook 06 (federated pruning, private
+    layer selection, DP unstructured compression)."""
+
+    epsilon: float = 3.0               # DP-LoRA ε shared by every compressed model of the comparison
+    sparsity: float = 0.5              # unstructured sparsity of the magnitude and Wanda baselines
+    n_clients: int = 4                 # federated pruning: simulated clients
+    client_samples: int = 10           # records per client for its local statistics
+    selection_epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, math.inf])
+    selection_draws: int = 20          # noise draws per selection ε (which layers are chosen)
+    selection_clip: float = 0.15       # L2 bound on one record's Block Influence minus the public reference
+    selection_samples: int = 0         # training records scored for private selection (0: all of them)
+    selection_finetune: list[float] = field(default_factory=lambda: [1.0])   # selection ε values fine-tuned (and ∞)
+    eval_samples: int = 24             # held-out records / general passages per perplexity
+    max_length: int = 128
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        _positive(self, "n_clients", "client_samples", "selection_draws", "eval_samples", "max_length",
+                  "batch_size")
+        _non_negative(self, "selection_samples")
+        if not self.epsilon > 0 or not math.isfinite(self.epsilon):
+            raise ConfigError(f"baselines.epsilon must be a finite number > 0, got {self.epsilon}")
+        if not 0 < self.sparsity < 1:
+            raise ConfigError(f"baselines.sparsity must be in (0, 1), got {self.sparsity}")
+        if not self.selection_clip > 0:
+            raise ConfigError(f"baselines.selection_clip must be > 0, got {self.selection_clip}")
+        if not self.selection_epsilons or any(not e > 0 for e in self.selection_epsilons):
+            raise ConfigError("baselines.selection_epsilons must be numbers > 0 (.inf: non-private selection)")
+        for eps in self.selection_finetune:
+            if not math.isfinite(eps) or eps not in self.selection_epsilons:
+                raise ConfigError(f"baselines.selection_finetune must list finite values of "
+                                  f"baselines.selection_epsilons, got {eps}")
+
+
+@dataclass
 class Profile:
     """One run's settings; ``name`` decides where results and figures go."""
 
@@ -194,6 +230,7 @@ class Profile:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     source: str = ""                   # path the profile was read from (not a YAML key)
 
     def validate(self) -> None:
@@ -202,13 +239,14 @@ class Profile:
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune,
-                        self.memorization):
+                        self.memorization, self.baselines):
             section.validate()
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("source")
         out["finetune"]["epsilons"] = [str(e) for e in out["finetune"]["epsilons"]]   # JSON has no inf
+        out["baselines"]["selection_epsilons"] = [str(e) for e in out["baselines"]["selection_epsilons"]]
         return out
 
     def digest(self) -> str:
@@ -325,7 +363,7 @@ def _section_name(obj: Any) -> str:
     return {
         DataConfig: "data", SimilarityConfig: "similarity",
         PruningConfig: "pruning", LatencyConfig: "latency", FinetuneConfig: "finetune",
-        MemorizationConfig: "memorization",
+        MemorizationConfig: "memorization", BaselinesConfig: "baselines",
     }.get(type(obj), type(obj).__name__)
 
 

@@ -17,6 +17,15 @@ fine-tuning of language models" (LoRA + DP), Opacus (Yousefpour et al. 2021).
 * Checkpoints every ``checkpoint_every`` logical steps hold the LoRA weights,
   optimizer state, accountant history, every RNG state and the step count; a
   killed run started again resumes and ends with the same steps and ε.
+* Under ``torchrun`` (an initialised ``torch.distributed`` group of world
+  size W > 1) the private run is spread over W processes with Opacus's
+  ``DifferentiallyPrivateDistributedDataParallel`` and
+  ``DistributedDPOptimizer``. Every rank draws the *same* global Poisson
+  batch (q = batch_size / N, identically seeded generators) and trains on
+  every W-th record of it after length sorting, so the logical batches, σ,
+  q and the number of steps — hence ε — are those of the one-process run.
+  Noise is added once (rank 0), the clipped sums are all-reduced, and only
+  rank 0 writes files. See :class:`RankShare`.
 """
 from __future__ import annotations
 
@@ -39,6 +48,10 @@ from .results import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 class PrivacyConfigError(PrunePrivError):
     """Impossible privacy parameters (ε ≤ 0, δ outside (0, 1/N), clip ≤ 0)."""
+
+
+class DistributedConfigError(PrunePrivError):
+    """A distributed run that is not supported (non-private, or model on the wrong device)."""
 
 
 @dataclass
@@ -114,6 +127,14 @@ def check_privacy(spec: PrivacySpec, n_train: int) -> float:
     return delta
 
 
+def check_distributed(privacy: PrivacySpec, world_size: int) -> None:
+    """Distributed runs (world size > 1) are for DP-SGD; the non-private twin runs in one process."""
+    if world_size > 1 and not privacy.private:
+        raise DistributedConfigError(
+            f"distributed fine-tuning (world size {world_size}) is for DP-SGD only: give a finite epsilon or a "
+            "noise multiplier, or run the non-private twin (epsilon = inf) in a single process")
+
+
 def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
                 accountant: str = "rdp") -> float:
     """ε of ``steps`` Poisson-subsampled Gaussian steps, from Opacus's accountant."""
@@ -172,6 +193,29 @@ class TokenizedTexts(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.items[i]
+
+
+class RankShare:
+    """This rank's share of each logical batch: every ``world``-th record from ``rank`` on.
+
+    Every rank iterates the same length-sorted global Poisson batches (its
+    sampler generator is seeded like every other rank's), so the shares of
+    the ranks partition exactly the logical batch a one-process run draws.
+    An empty share is still yielded: each rank takes one optimizer step —
+    one all-reduce — per logical batch, so no rank waits for another.
+    (Opacus's ``DistributedUniformWithReplacementSampler`` skips a rank's
+    empty batches, which would leave the ranks with different step counts.)
+    """
+
+    def __init__(self, batches, rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self):
+        for indices in self.batches:
+            yield indices[self.rank::self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class LengthSortedBatches:
@@ -233,6 +277,7 @@ class TrainResult:
     seconds: float
     resumed_from_step: int
     model: Any = None                   # the trained PeftModel (wraps the caller's model in place)
+    world_size: int = 1                 # processes that trained it (torch.distributed), 1 without
 
     @property
     def adapter_dir(self) -> Path:
@@ -256,6 +301,66 @@ def _set_rng_state(state: dict[str, Any], sampler_gen: torch.Generator, noise_ge
     np.random.set_state(state["numpy"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised ``torch.distributed`` group, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    """Where small tensors for collectives live: the rank's GPU under NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _from_rank0(obj: Any, device: torch.device) -> Any:
+    """Rank 0's ``obj`` on every rank (what rank 0 read from disk: no shared folder needed)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_collective_device(device))
+    return box[0]
+
+
+def _barrier(device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def _global_loss(losses: list[torch.Tensor], batch_size: int, device: torch.device) -> tuple[float, int]:
+    """Mean per-record loss and size of the whole logical batch, summed over the ranks."""
+    import torch.distributed as dist
+
+    local = torch.cat(losses).double().sum() if losses else torch.zeros((), dtype=torch.float64)
+    total = torch.stack([local, torch.tensor(float(batch_size), dtype=torch.float64)]).to(_collective_device(device))
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    loss_sum, count = float(total[0]), int(round(float(total[1])))
+    return (loss_sum / count if count else float("nan")), count
+
+
+def _check_ranks_agree(params: dict[str, nn.Parameter], device: torch.device) -> None:
+    """Every rank must end with rank 0's LoRA weights (the all-reduce keeps them in step)."""
+    import torch.distributed as dist
+
+    mine = torch.cat([p.detach().reshape(-1).float() for p in params.values()]).to(_collective_device(device))
+    reference = mine.clone()
+    dist.broadcast(reference, src=0)
+    gap = (mine - reference).abs().max().reshape(1)
+    dist.all_reduce(gap, op=dist.ReduceOp.MAX)
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    if float(gap) > 1e-5 * max(1.0, scale):
+        raise RuntimeError(f"LoRA weights differ across ranks after training (max |difference| {float(gap):.3g}); "
+                           "the processes did not apply the same updates")
 
 
 def _lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -295,6 +400,14 @@ def finetune(
     ``privacy.json`` and, while running, ``checkpoint.pt``. A run whose
     ``checkpoint.pt`` exists resumes from it. ``stop_after`` ends the call
     after that many logical steps in total (used to test resumption).
+
+    Inside an initialised ``torch.distributed`` group of world size W > 1
+    (``torchrun``), call it on every rank with the model on that rank's
+    device: DP-SGD runs across the W processes with the accounting of one
+    process (same σ, q and steps, so the same ε); only rank 0 reads and
+    writes ``output_dir`` (what it reads is broadcast), every rank returns
+    the same weights and record. A non-private run (``epsilon = inf``)
+    under W > 1 is refused with :class:`DistributedConfigError`.
     """
     from opacus import GradSampleModule
     from opacus.accountants import RDPAccountant
@@ -306,9 +419,12 @@ def finetune(
 
     output_dir = Path(output_dir)
     n = len(texts)
+    rank, world = distributed_rank_world()
+    distributed = world > 1
     if n < train.batch_size:
         raise PrunePrivError(f"training set has {n} records, fewer than one batch ({train.batch_size})")
     delta = check_privacy(privacy, n)
+    check_distributed(privacy, world)
     sample_rate = train.batch_size / n
     total_steps = max(1, math.ceil(train.epochs / sample_rate))
     sigma = 0.0
@@ -316,10 +432,20 @@ def finetune(
         sigma = privacy.noise_multiplier or get_noise_multiplier(
             target_epsilon=privacy.epsilon, target_delta=delta, sample_rate=sample_rate,
             steps=total_steps, accountant=privacy.accountant)
-    digest = run_digest(lora, privacy, train, n, extra=_data_fingerprint(texts, model))
+    extra = _data_fingerprint(texts, model)
+    if distributed:                                          # one-process digests stay as they were
+        extra += f"|world_size={world}"
+    digest = run_digest(lora, privacy, train, n, extra=extra)
 
     device = next(model.parameters()).device
-    done = _finished_run(output_dir, digest)
+    if distributed:
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl" and device.type != "cuda":
+            raise DistributedConfigError(f"the NCCL backend needs the model on this rank's GPU, it is on {device}")
+    done = _finished_run(output_dir, digest) if rank == 0 else None
+    if distributed:
+        done = _from_rank0(done, device)
     torch.manual_seed(train.seed)
     random.seed(train.seed)
     np.random.seed(train.seed)
@@ -327,7 +453,10 @@ def finetune(
     peft_model.train()
     params = _lora_parameters(peft_model)
     if done is not None:                                     # finished earlier with these settings
-        _load_lora(params, output_dir / "adapter" / "adapter_model.safetensors", peft_model)
+        if distributed:
+            _load_lora_from_rank0(output_dir / "adapter" / "adapter_model.safetensors", peft_model, rank, device)
+        else:
+            _load_lora(params, output_dir / "adapter" / "adapter_model.safetensors", peft_model)
         done.model = peft_model
         return done
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(params.values(), lr=train.learning_rate, weight_decay=0.0)
@@ -336,7 +465,19 @@ def finetune(
     noise_gen = torch.Generator(device=device).manual_seed(train.seed + 2) if privacy.private else None
     accountant = RDPAccountant()
     net: nn.Module = peft_model
-    if privacy.private:
+    if privacy.private and distributed:
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+        from opacus.optimizers import DistributedDPOptimizer
+
+        # DPDDP broadcasts rank 0's weights; DistributedDPOptimizer adds the noise on rank 0 only, divides
+        # each rank's (clipped sum [+ noise]) by expected_batch_size, all-reduces (SUM) and divides by W:
+        # with expected_batch_size = B / W the update is (Σ clipped + N(0, σ²C²)) / B, as in one process.
+        net = GradSampleModule(DPDDP(peft_model), batch_first=True, loss_reduction="mean")
+        optimizer = DistributedDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm,
+                                           expected_batch_size=train.batch_size / world, loss_reduction="mean",
+                                           generator=noise_gen)
+        optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    elif privacy.private:
         net = GradSampleModule(peft_model, batch_first=True, loss_reduction="mean")
         optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm,
                                 expected_batch_size=train.batch_size, loss_reduction="mean", generator=noise_gen)
@@ -344,8 +485,10 @@ def finetune(
 
     step, log = 0, []
     checkpoint = output_dir / "checkpoint.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=False) if rank == 0 and checkpoint.is_file() else None
+    if distributed:                                          # rank 0 reads, every rank resumes from it
+        state = _from_rank0(state, device)
+    if state is not None:
         if state["digest"] != digest:
             raise PrunePrivError(f"{checkpoint} belongs to a run with other settings; remove it or use another folder")
         with torch.no_grad():
@@ -361,13 +504,15 @@ def finetune(
     batch_sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate, generator=sampler_gen,
                                                   steps=total_steps - step)
     batch_sampler = LengthSortedBatches(batch_sampler, [len(x) for x in dataset.items])
+    if distributed:
+        batch_sampler = RankShare(batch_sampler, rank, world)
     collate = make_collate(dataset.pad_id)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
                                          generator=loader_gen, num_workers=0)
     initial = {k: v.detach().clone() for k, v in params.items()} if step == 0 else None
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc=f"finetune ε={_eps_label(privacy)}", disable=not progress,
-               leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc=f"finetune ε={_eps_label(privacy)}",
+               disable=not progress or rank != 0, leave=False)
 
     def save_checkpoint() -> None:
         state = {
@@ -388,15 +533,19 @@ def finetune(
         if initial is not None:
             _check_lora_moved(initial, params)
             initial = None
-        loss = float(torch.cat(losses).mean()) if losses else float("nan")
+        if distributed:
+            loss, batch_size = _global_loss(losses, batch_size, device)
+        else:
+            loss = float(torch.cat(losses).mean()) if losses else float("nan")
         eps = (float(accountant.get_epsilon(delta)) if privacy.private else math.inf)
         log.append({"step": step, "loss": loss, "batch_size": batch_size, "epsilon": eps})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}")
-        if step % train.checkpoint_every == 0 or step == total_steps:
+        if rank == 0 and (step % train.checkpoint_every == 0 or step == total_steps):
             save_checkpoint()
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
     if privacy.private:
         with BatchMemoryManager(data_loader=loader, max_physical_batch_size=train.physical_batch_size,
                                 optimizer=optimizer) as physical:
@@ -437,17 +586,26 @@ def finetune(
                 break
     bar.close()
     seconds = time.perf_counter() - start
+    if distributed:
+        seconds = float(_from_rank0(seconds, device))        # one number for the run, rank 0's
+        _check_ranks_agree(params, device)
     if step < total_steps:                                   # stopped early on request
+        if distributed:
+            _barrier(device)                                 # rank 0's checkpoint is on disk for a resume
         return TrainResult(output_dir, _record(privacy, sigma, sample_rate, step, delta, n, prv=False),
-                           log, seconds, resumed_from, peft_model)
+                           log, seconds, resumed_from, peft_model, world)
     record = _record(privacy, sigma, sample_rate, step, delta, n, prv=True)
-    peft_model.save_pretrained(output_dir / "adapter")
-    atomic_write_text(output_dir / "train_log.csv", _csv(log))
-    atomic_write_json(output_dir / "privacy.json", asdict(record))
-    atomic_write_json(output_dir / "run.json", {"digest": digest, "seconds": seconds, "resumed_from_step": resumed_from,
-                                                "log": log})
-    checkpoint.unlink(missing_ok=True)
-    return TrainResult(output_dir, record, log, seconds, resumed_from, peft_model)
+    if rank == 0:
+        peft_model.save_pretrained(output_dir / "adapter")
+        atomic_write_text(output_dir / "train_log.csv", _csv(log))
+        atomic_write_json(output_dir / "privacy.json", asdict(record))
+        atomic_write_json(output_dir / "run.json", {"digest": digest, "seconds": seconds,
+                                                    "resumed_from_step": resumed_from, "world_size": world,
+                                                    "log": log})
+        checkpoint.unlink(missing_ok=True)
+    if distributed:
+        _barrier(device)                                     # every rank returns once the files are written
+    return TrainResult(output_dir, record, log, seconds, resumed_from, peft_model, world)
 
 
 def _finished_run(output_dir: Path, digest: str) -> TrainResult | None:
@@ -459,7 +617,8 @@ def _finished_run(output_dir: Path, digest: str) -> TrainResult | None:
     if run.get("digest") != digest:
         return None
     record = PrivacyRecord(**json.loads(privacy_file.read_text()))
-    return TrainResult(output_dir, record, run["log"], run["seconds"], run["resumed_from_step"])
+    return TrainResult(output_dir, record, run["log"], run["seconds"], run["resumed_from_step"],
+                       world_size=run.get("world_size", 1))
 
 
 def _load_lora(params: dict[str, nn.Parameter], path: Path, peft_model) -> None:
@@ -467,6 +626,14 @@ def _load_lora(params: dict[str, nn.Parameter], path: Path, peft_model) -> None:
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(peft_model, load_file(path))
+
+
+def _load_lora_from_rank0(path: Path, peft_model, rank: int, device: torch.device) -> None:
+    """Rank 0 reads the saved adapter, every rank loads its tensors."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(peft_model, _from_rank0(load_file(path) if rank == 0 else None, device))
 
 
 def check_adapter_dir(adapter_dir: Path) -> Path:

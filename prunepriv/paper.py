@@ -22,7 +22,10 @@ def output_dir(profile_name: str) -> str:
 
 
 def _digits(claim_id: str) -> int:
-    if claim_id.startswith(("pruning.perplexity", "finetune.perplexity")):
+    if claim_id.startswith(("pruning.perplexity", "finetune.perplexity", "federated.wanda.perplexity",
+                            "selection.perplexity", "compression.perplexity")):
+        return 1
+    if claim_id == "federated.similarity.difference":
         return 1
     if claim_id.startswith(("memorization.mia", "latency", "pruning.parameters")):
         return 3 if claim_id.startswith("pruning.parameters") else 2
@@ -89,7 +92,33 @@ def numbers(results_dir: str | Path) -> dict[str, str]:
         "memorization.extraction.max": number(float(memo["extraction_excess"].max()), 2),
         "memorization.pii.max": number(float(memo[["pii_leaked_train", "pii_leaked_heldout"]].max().max()), 2),
     })
+    values.update(_baseline_numbers(t))
     return values
+
+
+def _baseline_numbers(t) -> dict[str, str]:
+    """Settings of notebook 06 that the paper's text names."""
+    import re
+
+    fed, fed_info = t["federated.csv"], t["federated.json"]
+    info, draws, comp = t["private_selection.json"], t["private_selection_draws.csv"], t["compression_baselines.csv"]
+    layer_rows = comp[comp["model"].str.startswith("layer removal")]
+    matched = re.search(r"k=(\d+)", layer_rows["model"].iloc[0]) if len(layer_rows) else None
+    finite = sorted(e for e in draws["selection_epsilon"].unique() if math.isfinite(e))
+    sparsity = next((m for name in comp["model"] if (m := re.search(r"(\d+)%", name))), None)
+    return {
+        "setup.clients": str(int(fed_info["n_clients"])),
+        "setup.client.records": str(int(fed_info["records_per_client"][0])),
+        "setup.sparsity": sparsity.group(1) if sparsity else "--",
+        "setup.selection.records": str(int(info["records"])),
+        "setup.selection.clip": f"{float(info['clip']):g}",
+        "setup.selection.clipped": f"{100 * float(info['fraction_clipped']):.0f}",
+        "setup.selection.draws": str(int(draws["draw"].max()) + 1),
+        "setup.selection.epsilons": ", ".join(f"{e:g}" for e in finite),
+        "setup.public.passages": str(int(info["public_passages"])),
+        "setup.baselines.epsilon": f"{float(comp['target_epsilon'].iloc[0]):g}",
+        "setup.matched.layers": matched.group(1) if matched else "--",
+    }
 
 
 def tables(results_dir: str | Path) -> dict[str, str]:
@@ -99,7 +128,10 @@ def tables(results_dir: str | Path) -> dict[str, str]:
             "latency": _latency_table(t["latency.csv"]),
             "finetune": _finetune_table(t["finetune.csv"]),
             "memorization": _memorization_table(t["memorization.csv"]),
-            "audit": _audit_table(t["audit.csv"])}
+            "audit": _audit_table(t["audit.csv"]),
+            "federated": _federated_table(t["federated.csv"]),
+            "selection": _selection_table(t["private_selection.csv"], t["private_selection_draws.csv"]),
+            "compression": _compression_table(t["compression_baselines.csv"])}
 
 
 def _pruning_table(frame: pd.DataFrame, chosen: dict) -> str:
@@ -149,6 +181,46 @@ def _audit_table(frame: pd.DataFrame) -> str:
     return tabular(["model", r"target $\varepsilon$", r"accountant $\varepsilon$", "audit bound", "correct"],
                    rows, "lrrrr", "One-run privacy audit: the 95\\% lower bound on $\\varepsilon$ next to the "
                    "accountant's $\\varepsilon$ at the audit's $\\delta$.", "tab:gen-audit")
+
+
+def _federated_table(frame: pd.DataFrame) -> str:
+    rows = [[escape(r.method), escape(r.source), f"{r.agreement:.3f}", _sci(r.perplexity_private),
+             _sci(r.perplexity_general)] for r in frame.itertuples()]
+    return tabular(["method", "choice", "agreement", "ppl private", "ppl general"], rows, "llrrr",
+                   "Federated pruning (FedPrLLM): layer removal by averaged similarity and Wanda masks by count "
+                   "aggregation, against the centralized and each client's local-only choice. Agreement: Jaccard "
+                   "index of the removed layers or pruned weights with the centralized choice.", "tab:gen-federated")
+
+
+def _selection_table(chosen: pd.DataFrame, draws: pd.DataFrame) -> str:
+    agreement = draws.groupby("selection_epsilon")["agreement"].mean()
+    rows = []
+    for e, value in agreement.items():
+        row = chosen[chosen["selection_epsilon"] == e]
+        tuned = row.iloc[0] if len(row) else None
+        rows.append([_eps(e), f"{value:.2f}",
+                     "--" if tuned is None else f"{tuned.perplexity_private:.1f}",
+                     "--" if tuned is None else _eps(tuned.end_to_end_epsilon_rdp) if math.isinf(
+                         tuned.end_to_end_epsilon_rdp) else f"{tuned.end_to_end_epsilon_rdp:.2f}"])
+    return tabular([r"selection $\varepsilon$", "agreement", "ppl after DP-LoRA", r"end-to-end $\varepsilon$"],
+                   rows, "rrrr", "Private layer selection: mean Jaccard index of the privately chosen layers with "
+                   "the non-private choice over noise draws, and for the fine-tuned choices the held-out perplexity "
+                   "and the end-to-end $\\varepsilon$ (selection and DP-LoRA composed by the RDP accountant).",
+                   "tab:gen-selection")
+
+
+def _compression_table(frame: pd.DataFrame) -> str:
+    rows = [[escape(r.model), f"{r.parameter_fraction:.2f}", _sci(r.perplexity_private_before),
+             _sci(r.perplexity_private), f"{r.prefill_ratio:.2f}", f"{r.decode_ratio:.2f}",
+             f"{r.mia_auc_reference:.2f}", f"{r.exposure_trained - r.exposure_heldout:.2f}",
+             f"{r.audit_lower_bound:.2f}"] for r in frame.itertuples()]
+    eps = float(frame["target_epsilon"].iloc[0])
+    return tabular(["model", "params", "ppl before", "ppl after", "prefill", "decode", "MIA ref.", "exposure",
+                    "audit"], rows, "lrrrrrrrr",
+                   f"Compression baselines, each fine-tuned with DP-LoRA at $\\varepsilon = {eps:g}$: non-zero "
+                   "parameters relative to dense, held-out perplexity, prefill and decode time relative to dense "
+                   "(measured on CPU), membership AUC, canary exposure minus the never-trained control (bits), "
+                   "and the one-run audit's lower bound on $\\varepsilon$.", "tab:gen-compression")
 
 
 def write(run, results_dir: str | Path) -> list[Path]:

@@ -177,3 +177,112 @@ def audit_vs_accountant(audit: pd.DataFrame) -> plt.Figure:
     ax.set_ylabel(f"audit lower bound on ε ({int(round(100 * audit['confidence'].iloc[0]))}% confidence)")
     ax.legend(fontsize=8)
     return fig
+
+
+# --------------------------------------------------------------------------
+# notebook 06: baselines
+
+def federated_agreement(table: pd.DataFrame, layer_choice: dict[str, list[int]], num_layers: int) -> plt.Figure:
+    """FedPrLLM: which layers each source removes, and perplexity of every choice."""
+    sources = ["centralized", "federated"] + sorted((s for s in layer_choice if s.startswith("client")),
+                                                     key=lambda s: int(s.split()[-1]))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(sources) + 2.6),
+                                      gridspec_kw={"width_ratios": [1.6, 1]})
+    grid = np.zeros((len(sources), num_layers))
+    for i, source in enumerate(sources):
+        grid[i, layer_choice[source]] = 1
+    sns.heatmap(grid, ax=left, cmap=sns.color_palette(["#f0f0f0", "tab:red"], as_cmap=True), cbar=False,
+                linewidths=0.5, linecolor="white", yticklabels=sources, xticklabels=max(1, num_layers // 15))
+    left.set_yticklabels(sources, rotation=0)
+    left.set_xlabel("decoder layer")
+    left.set_title("Layers removed (cosine similarity): centralized, federated, local-only")
+    methods = list(dict.fromkeys(table["method"]))
+    order = ["centralized", "federated"] + [s for s in dict.fromkeys(table["source"]) if s.startswith("client")]
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        rows = table[table["method"] == method].set_index("source").reindex(order)
+        bars = right.barh(np.arange(len(order)) + j * width, rows["perplexity_private"], height=width, label=method)
+        for bar, agree in zip(bars, rows["agreement"]):
+            right.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {agree:.2f}", va="center", fontsize=7)
+    right.set_yticks(np.arange(len(order)) + width * (len(methods) - 1) / 2)
+    right.set_yticklabels(order)
+    right.invert_yaxis()
+    right.set_xlim(0, float(table["perplexity_private"].max()) * 1.15)
+    right.set_xlabel("held-out perplexity after pruning\n(label: agreement with the centralized choice)")
+    right.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(methods), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def private_selection(sweep: pd.DataFrame, frequencies: pd.DataFrame, finetuned: pd.DataFrame,
+                      public_agreement: float | None = None) -> plt.Figure:
+    """Private layer selection: how often each layer is removed, agreement and perplexity versus selection ε.
+
+    ``public_agreement``: Jaccard of the choice made from public text alone (no private data, ε = 0).
+    """
+    eps = frequencies["selection_epsilon"].tolist()
+    labels = ["∞" if np.isinf(e) else f"{e:g}" for e in eps]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.9), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    freq = frequencies.drop(columns="selection_epsilon").to_numpy()
+    sns.heatmap(freq, ax=axes[0], cmap="Reds", vmin=0, vmax=1, yticklabels=labels,
+                xticklabels=max(1, freq.shape[1] // 15), cbar_kws={"label": "fraction of draws"})
+    axes[0].set_yticklabels(labels, rotation=0)
+    axes[0].set_xlabel("decoder layer")
+    axes[0].set_ylabel("selection ε")
+    axes[0].set_title("How often each layer is removed")
+    finite = [e for e in eps if np.isfinite(e)]
+    x_inf = max(finite) * 3 if finite else 1.0
+    x = sweep["selection_epsilon"].where(np.isfinite(sweep["selection_epsilon"]), x_inf)
+    agree = sweep.assign(x=x).groupby("x")["agreement"].agg(["mean", "std"]).reset_index()
+    axes[1].errorbar(agree["x"], agree["mean"], yerr=agree["std"], marker="o", capsize=3, label="private selection")
+    if public_agreement is not None:
+        axes[1].axhline(public_agreement, ls=":", color="gray", label="public text only (ε = 0)")
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].set_ylabel("Jaccard with the non-private choice")
+    axes[1].set_title("Agreement (mean ± sd over draws)")
+    scored = sweep.assign(x=x).dropna(subset=["perplexity_private"])
+    axes[2].scatter(scored["x"], scored["perplexity_private"], color="tab:gray", alpha=0.6, label="after pruning")
+    if len(finetuned):
+        fx = finetuned["selection_epsilon"].where(np.isfinite(finetuned["selection_epsilon"]), x_inf)
+        axes[2].scatter(fx, finetuned["perplexity_private"], marker="*", s=180, color="tab:green",
+                        edgecolors="black", label="after DP fine-tuning", zorder=3)
+    axes[2].set_ylabel("held-out perplexity")
+    axes[2].set_title("Perplexity of the privately pruned model")
+    axes[2].legend(fontsize=8)
+    for ax in axes[1:]:
+        ax.set_xscale("log")
+        ax.set_xticks(finite + [x_inf])
+        ax.set_xticklabels([f"{e:g}" for e in finite] + ["∞"])
+        ax.minorticks_off()
+        ax.set_xlabel("selection ε (∞ = non-private)")
+    fig.tight_layout()
+    return fig
+
+
+def compression_baselines(table: pd.DataFrame) -> plt.Figure:
+    """Compressed models at one DP ε: perplexity, measured latency and membership AUC side by side."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    names = table["model"].tolist()
+    y = np.arange(len(names))
+    axes[0].barh(y - 0.2, table["perplexity_private_before"], height=0.4, label="before fine-tuning", color="tab:gray")
+    axes[0].barh(y + 0.2, table["perplexity_private"], height=0.4, label="after DP-LoRA", color="tab:blue")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("held-out perplexity (log)")
+    axes[0].legend(fontsize=8)
+    axes[1].barh(y - 0.2, table["prefill_ratio"], height=0.4, label="prefill")
+    axes[1].barh(y + 0.2, table["decode_ratio"], height=0.4, label="decode")
+    axes[1].axvline(1.0, ls="--", color="gray")
+    axes[1].set_xlabel("time relative to the dense model (measured)")
+    axes[1].legend(fontsize=8)
+    axes[2].barh(y, table["mia_auc_reference"], height=0.5, color="tab:purple")
+    axes[2].axvline(0.5, ls=":", color="gray")
+    axes[2].set_xlabel("membership AUC (reference ratio; 0.5 = chance)")
+    for ax in axes:
+        ax.set_yticks(y)
+        ax.set_yticklabels(names if ax is axes[0] else [])
+        ax.invert_yaxis()
+    eps = float(table["target_epsilon"].iloc[0])
+    fig.suptitle(f"Compression baselines, each DP-LoRA fine-tuned at ε = {eps:g}")
+    fig.tight_layout()
+    return fig

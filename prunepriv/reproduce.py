@@ -52,6 +52,7 @@ STAGES = {
     "03": "03_private_finetuning.ipynb",
     "04": "04_synthetic_data.ipynb",
     "05": "05_memorization.ipynb",
+    "06": "06_baselines.ipynb",
     "07": "07_paper.ipynb",
 }
 _BASE = ("seed", "device", "model", "data")
@@ -61,6 +62,7 @@ STAGE_SECTIONS = {
     "03": _BASE + ("finetune",),
     "04": _BASE + ("memorization",),
     "05": _BASE + ("memorization",),
+    "06": _BASE + ("similarity", "pruning", "latency", "finetune", "memorization", "baselines"),
     "07": (),
 }
 # Files under results/NAME/ that a stage reads from earlier stages.
@@ -70,6 +72,7 @@ STAGE_INPUTS = {
     "03": ("pruned_layers.json",),
     "04": ("pruned_layers.json", "finetune.csv"),
     "05": ("pruned_layers.json", "finetune.csv", "synthetic.csv"),
+    "06": ("layer_similarity.json", "finetune.csv"),
     "07": CLAIM_TABLES,
 }
 STATE_FILE = "stages.json"

@@ -1,0 +1,377 @@
+"""Stage-level steps of notebook 06: the related systems, measured the same way.
+
+* :func:`federated_pruning` — FedPrLLM (Guo et al. 2025): centralized,
+  federated and local-only choices of layers (cosine similarity) and of
+  Wanda masks, their agreement and perplexity (``tab:federated``).
+* :func:`private_selection` — the layer choice made differentially private
+  (:mod:`prunepriv.selection`) over a grid of selection ε, and DP-SGD
+  fine-tuning of the privately pruned model with the end-to-end ε composed by
+  the accountant (``tab:private-selection``).
+* :func:`compression_baselines` — DP model compression (Yu et al. 2022):
+  unstructured magnitude and Wanda sparsity, then the same DP-LoRA at the same
+  ε, against structural layer removal at a matched parameter count and the
+  dense model: perplexity, memorization probes with their controls, measured
+  CPU latency (``tab:compression-baselines``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import attacks, federated, selection, sparsity
+from .data import general_english
+from .evaluation import perplexity
+from .experiments import _relative_to_cwd, calibration_texts, epsilon_label, finetune_specs
+from .finetune import check_privacy, finetune
+from .memorization import accountant_at, audit_scores, note_records, size_matched
+from .models import decoder_layers
+from .pruning import choose_layers, remove_layers
+from .similarity import LayerSimilarity, layer_similarity
+from .text import batches
+
+
+def _layers_text(layers) -> str:
+    return " ".join(map(str, layers))
+
+
+class Evaluator:
+    """Held-out private records and general English passages, scored the same way for every model."""
+
+    def __init__(self, tokenizer, corpus, cfg, seed: int) -> None:
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.private = corpus.texts("heldout", limit=cfg.eval_samples, include_canaries=False)
+        self.general = general_english(cfg.eval_samples, seed=seed)
+
+    def private_ppl(self, model) -> float:
+        return perplexity(model, self.tokenizer, self.private, self.cfg.max_length, self.cfg.batch_size)
+
+    def general_ppl(self, model) -> float:
+        return perplexity(model, self.tokenizer, self.general, self.cfg.max_length, self.cfg.batch_size)
+
+    def both(self, model) -> dict[str, float]:
+        return {"perplexity_private": self.private_ppl(model), "perplexity_general": self.general_ppl(model)}
+
+
+# --------------------------------------------------------------------------
+# 1. federated pruning
+
+def federated_pruning(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, dict]:
+    """FedPrLLM on ``n_clients`` shards of the training notes: one row per (method, source).
+
+    Sources: ``centralized`` (shards pooled), ``federated`` (server
+    aggregation of shared statistics) and ``client i`` (its own shard only).
+    ``agreement`` is the Jaccard index of the removed layers (layer removal)
+    or of the pruned weights (Wanda) with the centralized choice.
+    """
+    b, k = profile.baselines, profile.pruning.paper_remove
+    num_layers = len(decoder_layers(model))
+    shards = federated.client_shards(note_records(corpus, "train"), b.n_clients, b.client_samples, profile.seed)
+    sims, norms = [], []
+    for shard in tqdm(shards, desc="client statistics", leave=False):
+        sims.append(layer_similarity(model, list(batches(tokenizer, shard, b.max_length, b.batch_size))))
+        norms.append(sparsity.input_norms(model, batches(tokenizer, shard, b.max_length, b.batch_size)))
+    pooled_texts = [t for shard in shards for t in shard]
+    central_sim = layer_similarity(model, list(batches(tokenizer, pooled_texts, b.max_length, b.batch_size)))
+    fed_sim = federated.average_similarity(sims)
+    pooled_norms = sum(norms[1:], norms[0])
+
+    layer_choice = {"centralized": choose_layers("cosine", k, num_layers, central_sim),
+                    "federated": choose_layers("cosine", k, num_layers, fed_sim)}
+    layer_choice.update({f"client {i + 1}": choose_layers("cosine", k, num_layers, s) for i, s in enumerate(sims)})
+    local_masks = [sparsity.wanda_masks(model, n, b.sparsity) for n in norms]
+    masks = {"centralized": sparsity.wanda_masks(model, pooled_norms, b.sparsity),
+             "federated": federated.count_masks(model, local_masks, b.sparsity)}
+    masks.update({f"client {i + 1}": m for i, m in enumerate(local_masks)})
+
+    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    rows, scored = [], {}
+    for source, layers in tqdm(layer_choice.items(), desc="layer removal: perplexity", leave=False):
+        key = tuple(layers)
+        if key not in scored:
+            pruned = remove_layers(copy.deepcopy(model), layers)
+            scored[key] = {**evaluator.both(pruned), "nonzero_parameters": sparsity.nonzero_parameters(pruned)}
+            del pruned
+        rows.append({"method": f"layer removal (k={k})", "source": source, "removed": _layers_text(layers),
+                     "agreement": federated.jaccard(layers, layer_choice["centralized"]), **scored[key]})
+    for source, mask in tqdm(masks.items(), desc="Wanda: perplexity", leave=False):
+        pruned = sparsity.sparsified(model, mask)
+        rows.append({"method": f"Wanda {b.sparsity:.0%}", "source": source,
+                     "removed": f"{sparsity.mask_sparsity(mask):.1%} of decoder linear weights",
+                     "agreement": sparsity.mask_agreement(mask, masks["centralized"]), **evaluator.both(pruned),
+                     "nonzero_parameters": sparsity.nonzero_parameters(pruned)})
+        del pruned
+    clients = [f"client {i + 1}" for i in range(b.n_clients)]
+    summary = {
+        "n_clients": b.n_clients, "records_per_client": [len(s) for s in shards],
+        "tokens_per_client": [s.n_tokens for s in sims],
+        "similarity_max_abs_difference": float(np.abs(fed_sim.matrix - central_sim.matrix).max()),
+        "layers_client_pairwise_jaccard": federated.mean_pairwise([layer_choice[c] for c in clients], federated.jaccard),
+        "wanda_client_pairwise_agreement": federated.mean_pairwise([masks[c] for c in clients],
+                                                                   sparsity.mask_agreement),
+        "layer_choice": layer_choice,
+        "adjacent": {"centralized": central_sim.adjacent.tolist(), "federated": fed_sim.adjacent.tolist(),
+                     **{c: s.adjacent.tolist() for c, s in zip(clients, sims)}},
+    }
+    return pd.DataFrame(rows), summary
+
+
+# --------------------------------------------------------------------------
+# 2. private layer selection
+
+def selection_records(corpus, cfg, seed: int) -> list[str]:
+    """The records whose statistics choose the layers: the training records that DP-SGD also uses."""
+    texts = corpus.texts("train")
+    if cfg.selection_samples and cfg.selection_samples < len(texts):
+        texts = [texts[i] for i in sorted(np.random.default_rng(seed).choice(len(texts), cfg.selection_samples,
+                                                                            replace=False))]
+    return texts
+
+
+def training_delta(profile, corpus) -> float:
+    """The δ of the fine-tuning runs (profile's, or 1/(10 N)); selection and composition use the same δ."""
+    lora, privacy, train = finetune_specs(profile)
+    spec = replace(next(iter(privacy.values())), epsilon=profile.baselines.epsilon)
+    return check_privacy(spec, len(corpus.texts("train")))
+
+
+def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, dict]:
+    """Private choices of ``paper_remove`` layers for every selection ε and noise draw (:mod:`prunepriv.selection`).
+
+    Draw ``d`` uses the same standard normal vector at every ε (common random
+    numbers), so the curves differ only by σ. ``agreement`` is the Jaccard
+    index with the non-private choice on the same records; perplexity
+    (held-out private text, before fine-tuning) is measured for the first
+    three draws of each ε.
+    """
+    b, k = profile.baselines, profile.pruning.paper_remove
+    num_layers = len(decoder_layers(model))
+    texts = selection_records(corpus, b, profile.seed)
+    stats = selection.record_block_influence(model, tqdm(list(batches(tokenizer, texts, b.max_length, b.batch_size)),
+                                                         desc="per-record Block Influence", leave=False))
+    public = general_english(profile.data.general_passages, seed=profile.seed)
+    reference = selection.record_block_influence(model, batches(tokenizer, public, b.max_length, b.batch_size)).mean(0)
+    clipped, fraction = selection.clip_rows(stats - reference, b.selection_clip)
+    total = clipped.sum(0)
+    delta = training_delta(profile, corpus)
+
+    def choose(sigma: float, rng) -> list[int]:
+        return selection.private_choice(total, len(texts), reference, k, sigma, b.selection_clip, rng)
+
+    non_private = choose(0.0, None)
+    public_only = sorted(int(i) for i in np.argsort(reference, kind="stable")[:k])
+    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    scored: dict[tuple[int, ...], float] = {}
+    rows = []
+    for eps in tqdm(b.selection_epsilons, desc="private selection", leave=False):
+        sigma = selection.noise_multiplier_for(eps, delta)
+        for draw in range(b.selection_draws):
+            layers = choose(sigma, np.random.default_rng([profile.seed, draw]))
+            ppl = math.nan
+            if draw < 3:
+                if tuple(layers) not in scored:
+                    pruned = remove_layers(copy.deepcopy(model), layers)
+                    scored[tuple(layers)] = evaluator.private_ppl(pruned)
+                    del pruned
+                ppl = scored[tuple(layers)]
+            rows.append({"selection_epsilon": eps, "selection_sigma": sigma, "draw": draw,
+                         "removed": _layers_text(layers), "agreement": federated.jaccard(layers, non_private),
+                         "same_layers": layers == non_private, "perplexity_private": ppl})
+    info = {"records": len(texts), "clip": b.selection_clip, "fraction_clipped": fraction, "delta": delta,
+            "layers": num_layers, "removed": k, "non_private_choice": non_private,
+            "public_reference_choice": public_only,
+            "public_reference_agreement": federated.jaccard(public_only, non_private),
+            "public_passages": len(public), "mean_block_influence": stats.mean(0).tolist(),
+            "public_block_influence": reference.tolist(),
+            "residual_norm_quantiles": np.quantile(np.linalg.norm(stats - reference, axis=1), [0.1, 0.5, 0.9]).tolist()}
+    return pd.DataFrame(rows), info
+
+
+def selection_frequencies(sweep: pd.DataFrame, num_layers: int) -> pd.DataFrame:
+    """Fraction of draws removing each layer, one row per selection ε."""
+    rows = []
+    for eps, group in sweep.groupby("selection_epsilon", sort=False):
+        choices = [[int(x) for x in s.split()] for s in group["removed"]]
+        freq = selection.selection_frequencies(choices, num_layers)
+        rows.append({"selection_epsilon": eps, **{f"layer_{i}": float(f) for i, f in enumerate(freq)}})
+    return pd.DataFrame(rows)
+
+
+def _finetune_row(base, tokenizer, corpus, profile, out: Path, evaluator: Evaluator) -> tuple[dict, object]:
+    """DP-LoRA at ``baselines.epsilon`` of ``base`` (a model copy the caller owns); returns row and tuned model."""
+    lora, privacy, train = finetune_specs(profile)
+    spec = replace(next(iter(privacy.values())), epsilon=profile.baselines.epsilon)
+    before = evaluator.both(base)
+    result = finetune(base, tokenizer, corpus.texts("train"), out, lora, spec, train, progress=True)
+    tuned = result.model.eval()
+    r = result.privacy
+    row = {"epsilon_rdp": r.epsilon_rdp, "epsilon_prv": r.epsilon_prv, "delta": r.delta,
+           "noise_multiplier": r.noise_multiplier, "sample_rate": r.sample_rate, "steps": r.steps,
+           "perplexity_private_before": before["perplexity_private"],
+           "perplexity_general_before": before["perplexity_general"],
+           **evaluator.both(tuned), "train_seconds": result.seconds, "run_dir": _relative_to_cwd(out)}
+    return row, tuned
+
+
+def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame, runs_dir) -> pd.DataFrame:
+    """Fine-tune the privately pruned model (draw 0) of each ``selection_finetune`` ε, and the non-private choice.
+
+    ``end_to_end_epsilon_*`` composes the selection's Gaussian release with
+    the run's DP-SGD history in one accountant, at the run's δ.
+    """
+    b = profile.baselines
+    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    rows, done = [], {}
+    for eps in tqdm([math.inf] + list(b.selection_finetune), desc="fine-tuning privately pruned models", leave=False):
+        picked = sweep[(sweep["selection_epsilon"] == eps) & (sweep["draw"] == 0)].iloc[0]
+        sigma, layers = float(picked["selection_sigma"]), [int(x) for x in picked["removed"].split()]
+        key = tuple(layers)
+        if key not in done:
+            out = Path(runs_dir) / f"removed-{'-'.join(map(str, layers))}-eps-{epsilon_label(b.epsilon)}"
+            row, tuned = _finetune_row(remove_layers(copy.deepcopy(model), layers), tokenizer, corpus, profile,
+                                       out, evaluator)
+            done[key] = row
+            del tuned
+        row = done[key]
+        rdp = selection.end_to_end_epsilon(sigma, row["noise_multiplier"], row["sample_rate"], row["steps"],
+                                           row["delta"], "rdp")
+        prv = selection.end_to_end_epsilon(sigma, row["noise_multiplier"], row["sample_rate"], row["steps"],
+                                           row["delta"], "prv")
+        rows.append({"selection_epsilon": eps, "selection_sigma": sigma, "removed": _layers_text(layers),
+                     "selection_epsilon_rdp": rdp.selection_epsilon, "finetune_epsilon": b.epsilon,
+                     "finetune_epsilon_rdp": rdp.finetune_epsilon,
+                     "end_to_end_epsilon_rdp": rdp.end_to_end_epsilon, "end_to_end_epsilon_prv": prv.end_to_end_epsilon,
+                     **{c: row[c] for c in ("delta", "noise_multiplier", "sample_rate", "steps",
+                                            "perplexity_private_before", "perplexity_private",
+                                            "perplexity_general", "run_dir")}})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------
+# 3. DP model compression
+
+def matched_layer_count(model, sparsity_level: float) -> int:
+    """Layers whose removal takes away about as many parameters as ``sparsity_level`` of the decoder's linear weights."""
+    linears = sparsity.prunable_linears(model)
+    target = sparsity_level * sum(m.weight.numel() for m in linears.values())
+    per_layer = [sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model)]
+    mean = float(np.mean(per_layer))
+    return int(min(len(per_layer) - 1, max(1, round(target / mean))))
+
+
+def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, profile) -> tuple[dict, dict]:
+    """The dense model, magnitude and Wanda sparsity, and layer removal at a matched parameter count."""
+    b = profile.baselines
+    texts = calibration_texts(corpus, profile.similarity.n_samples)
+    stats = sparsity.input_norms(model, batches(tokenizer, texts, b.max_length, b.batch_size))
+    k = matched_layer_count(model, b.sparsity)
+    layers = choose_layers("cosine", k, len(decoder_layers(model)), similarity)
+    models = {
+        "dense": model,
+        f"magnitude {b.sparsity:.0%}": sparsity.sparsified(model, sparsity.magnitude_masks(model, b.sparsity)),
+        f"Wanda {b.sparsity:.0%}": sparsity.sparsified(model, sparsity.wanda_masks(model, stats, b.sparsity)),
+        f"layer removal (k={k})": remove_layers(copy.deepcopy(model), layers),
+    }
+    info = {"matched_layers": k, "removed_layers": layers, "wanda_calibration_records": len(texts)}
+    return models, info
+
+
+def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, row: dict) -> dict:
+    """Membership inference, canary exposure and the one-run audit, each with its control.
+
+    The same attacks as notebook 05 without synthetic sampling: training
+    versus held-out records (AUC 0.5 by chance), trained versus never-trained
+    canaries, and the audit's ε lower bound beside the accountant's ε.
+    """
+    from .audit import audit
+
+    bs, ml = cfg.batch_size, cfg.max_length
+    members = [r.text for r in size_matched(note_records(corpus, "train"), cfg.mia_samples, seed)]
+    nonmembers = [r.text for r in note_records(corpus, "heldout")[: cfg.mia_samples]]
+    texts = members + nonmembers
+    mia = attacks.membership_inference(members, nonmembers, attacks.record_logprobs(tuned, tokenizer, texts, ml, bs),
+                                       attacks.record_logprobs(untuned, tokenizer, texts, ml, bs), cfg.min_k)
+    by_attack = {m["attack"]: m for m in mia}
+    exposure = [attacks.canary_exposure(tuned, tokenizer, c, cfg.n_candidates, seed)
+                for c in corpus.canaries_for("exposure")]
+    trained = [e.exposure for e in exposure if e.repetitions > 0]
+    heldout = [e.exposure for e in exposure if e.repetitions == 0]
+    out = {"mia_auc_loss": by_attack["loss"]["auc"], "mia_auc_reference": by_attack["reference"]["auc"],
+           "exposure_trained": float(np.mean(trained)) if trained else math.nan,
+           "exposure_heldout": float(np.mean(heldout)) if heldout else math.nan,
+           "exposure_chance": attacks.chance_exposure(cfg.n_candidates)}
+    canaries = corpus.canaries_for("audit")
+    if canaries:
+        canary_texts = [c.text for c in canaries]
+        reference = attacks.record_logprobs(untuned, tokenizer, canary_texts, ml, bs)
+        scores = audit_scores(tuned, reference, tokenizer, canary_texts, ml, bs)
+        result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
+        accountant = accountant_at(SimpleNamespace(**row), cfg.audit_delta)
+        out.update({"audit_lower_bound": result.epsilon_lower_bound,
+                    "audit_epsilon_rdp": accountant["epsilon_rdp"], "audit_delta": cfg.audit_delta})
+    return out
+
+
+def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity, profile, runs_dir,
+                          dense_run_dir: Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """``tab:compression-baselines``: every compressed model, DP-LoRA at the same ε, measured alike.
+
+    ``dense_run_dir``: where the dense model's run at this ε already lives
+    (stage 03), so that it is reloaded rather than trained again.
+    """
+    from .bench import compare_latency
+
+    b, lat = profile.baselines, profile.latency
+    models, info = compressed_models(model, tokenizer, corpus, similarity, profile)
+    timing = compare_latency(models, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
+                             repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed)
+    dense_params = sparsity.nonzero_parameters(model)
+    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    rows = []
+    for name, base in tqdm(models.items(), desc="compression baselines", leave=False):
+        slug = name.split(" ")[0].lower() if name != "dense" else "dense"
+        out = dense_run_dir if name == "dense" and dense_run_dir else Path(runs_dir) / f"{slug}-eps-{epsilon_label(b.epsilon)}"
+        nonzero = sparsity.nonzero_parameters(base)
+        row, tuned = _finetune_row(copy.deepcopy(base), tokenizer, corpus, profile, Path(out), evaluator)
+        probe = memorization_probe(tuned, base, tokenizer, corpus, profile.memorization, profile.seed, row)
+        base_zeros = sum(int((m.weight == 0).sum()) for m in sparsity.prunable_linears(tuned.get_base_model()).values())
+        rows.append({"model": name, "nonzero_parameters": nonzero, "parameter_fraction": nonzero / dense_params,
+                     "base_zeros_after_finetuning": base_zeros,
+                     "prefill_ratio": timing[name].prefill_s / timing["dense"].prefill_s,
+                     "decode_ratio": timing[name].decode_s / timing["dense"].decode_s,
+                     "prefill_s": timing[name].prefill_s, "decode_s": timing[name].decode_s,
+                     "target_epsilon": b.epsilon, **row, **probe})
+        del tuned
+    info["latency_device"] = str(next(model.parameters()).device)
+    return pd.DataFrame(rows), info
+
+
+def dense_run_dir(run, epsilon: float) -> Path | None:
+    """Stage 03's run folder of the unpruned model at ``epsilon``, if that run exists."""
+    path = run.results_dir / "finetune.csv"
+    if not path.is_file():
+        return None
+    runs = pd.read_csv(path)
+    match = runs[(runs["model"] == "unpruned") & (runs["target_epsilon"] == epsilon)]
+    return Path(match.iloc[0]["run_dir"]) if len(match) else None
+
+
+def summary_json(obj: dict) -> dict:
+    """JSON-safe copy (numpy scalars, tuples, inf)."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, (np.floating, float)):
+            return None if math.isnan(float(x)) else (str(float(x)) if math.isinf(float(x)) else float(x))
+        if isinstance(x, np.integer):
+            return int(x)
+        return x
+    return clean(asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj)

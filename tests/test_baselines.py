@@ -1,0 +1,270 @@
+"""Notebook 06's building blocks: unstructured sparsity, federated aggregation,
+private layer selection and the composition of its ε with DP-SGD's."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import prunepriv
+from prunepriv import baselines, federated, selection, sparsity
+from prunepriv.data import Record
+from prunepriv.errors import DataError, PruningError
+from prunepriv.finetune import LoRASpec, PrivacySpec, TrainSpec, finetune
+from prunepriv.similarity import layer_similarity
+from prunepriv.text import batches
+
+from conftest import tiny_model
+
+TEXTS = [f"Patient {i} was seen on day {i % 7} for a follow-up of condition {i % 5}; vitals stable." for i in range(24)]
+
+
+def linear_weights(model):
+    return {n: m.weight.detach().clone() for n, m in sparsity.prunable_linears(model).items()}
+
+
+# --------------------------------------------------------------------------- sparsity
+
+def test_magnitude_prunes_exactly_half_of_each_matrix_and_keeps_the_largest():
+    model = tiny_model("llama", layers=3)
+    masks = sparsity.magnitude_masks(model, 0.5)
+    for name, m in sparsity.prunable_linears(model).items():
+        mask = masks[name]
+        assert int(mask.sum()) == m.weight.numel() - m.weight.numel() // 2
+        w = m.weight.detach().abs()
+        assert w[mask].min() >= w[~mask].max()
+
+
+def test_wanda_prunes_per_output_row_and_reduces_to_magnitude_with_flat_norms(byte_tokenizer):
+    model = tiny_model("llama", layers=3)
+    stats = sparsity.input_norms(model, batches(byte_tokenizer, TEXTS[:6], 32, 3))
+    masks = sparsity.wanda_masks(model, stats, 0.5)
+    for name, mask in masks.items():
+        assert (mask.sum(1) == mask.shape[1] - mask.shape[1] // 2).all()
+    flat = sparsity.InputNorms({k: torch.ones_like(v) for k, v in stats.sumsq.items()}, stats.tokens)
+    for name, mask in sparsity.wanda_masks(model, flat, 0.5).items():
+        w = sparsity.prunable_linears(model)[name].weight.detach().abs()
+        for row in range(w.shape[0]):
+            assert w[row][mask[row]].min() >= w[row][~mask[row]].max()
+
+
+def test_exact_count_even_with_tied_scores():
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 2.0, 0.0]])
+    mask = sparsity._keep_top(scores, 3, 1)
+    assert int(mask.sum()) == 3 and bool(mask[0, 4]) and not bool(mask[0, 5])
+
+
+def test_input_norms_ignore_padding_and_add_across_shards(byte_tokenizer):
+    model = tiny_model("llama", layers=2)
+    one_by_one = sum((sparsity.input_norms(model, batches(byte_tokenizer, [t], 32, 1)) for t in TEXTS[1:6]),
+                     sparsity.input_norms(model, batches(byte_tokenizer, TEXTS[:1], 32, 1)))
+    padded = sparsity.input_norms(model, batches(byte_tokenizer, TEXTS[:6], 32, 6))
+    assert one_by_one.tokens == padded.tokens
+    for name in padded.sumsq:
+        torch.testing.assert_close(one_by_one.sumsq[name], padded.sumsq[name], rtol=1e-4, atol=1e-6)
+
+
+def test_apply_masks_zeroes_exactly_the_pruned_weights_and_checks_shapes():
+    model = tiny_model("llama", layers=2)
+    masks = sparsity.magnitude_masks(model, 0.5)
+    pruned = sparsity.sparsified(model, masks)
+    for name, m in sparsity.prunable_linears(pruned).items():
+        assert int((m.weight == 0).sum()) == int((~masks[name]).sum())
+    assert sparsity.mask_sparsity(masks) == pytest.approx(0.5, abs=1e-3)
+    assert sparsity.nonzero_parameters(pruned) < sparsity.nonzero_parameters(model)
+    bad = {name: mask[:, :-1] for name, mask in masks.items()}
+    with pytest.raises(PruningError, match="shape"):
+        sparsity.apply_masks(model, bad)
+    with pytest.raises(PruningError, match="sparsity"):
+        sparsity.magnitude_masks(model, 1.0)
+
+
+def test_mask_agreement():
+    a = {"x": torch.tensor([[True, False, False, True]])}
+    b = {"x": torch.tensor([[True, False, True, False]])}
+    assert sparsity.mask_agreement(a, a) == 1.0
+    assert sparsity.mask_agreement(a, b) == pytest.approx(1 / 3)     # pruned {1,2} vs {1,3}
+
+
+# --------------------------------------------------------------------------- federated
+
+def records(n_patients: int, per_patient: int) -> list[Record]:
+    return [Record(f"r{p}-{i}", f"note {i} of patient {p}", "note", f"p{p}") for p in range(n_patients)
+            for i in range(per_patient)]
+
+
+def test_client_shards_are_disjoint_whole_patients_and_sized():
+    shards = federated.client_shards(records(12, 2), 3, 4, seed=0)
+    assert [len(s) for s in shards] == [4, 4, 4]
+    flat = [t for s in shards for t in s]
+    assert len(set(flat)) == len(flat)
+    owner = {}
+    for i, shard in enumerate(shards):
+        for text in shard:
+            owner.setdefault(text.rsplit(" ", 1)[1], set()).add(i)
+    assert all(len(o) == 1 for o in owner.values())
+    with pytest.raises(DataError, match="clients"):
+        federated.client_shards(records(2, 2), 3, 4, seed=0)
+
+
+def test_token_weighted_federated_similarity_equals_centralized(byte_tokenizer):
+    model = tiny_model("llama", layers=4)
+    shards = [TEXTS[:3], TEXTS[3:10], TEXTS[10:12]]          # unequal shards and lengths
+    local = [layer_similarity(model, list(batches(byte_tokenizer, s, 48, 4))) for s in shards]
+    pooled = layer_similarity(model, list(batches(byte_tokenizer, [t for s in shards for t in s], 48, 4)))
+    fed = federated.average_similarity(local)
+    np.testing.assert_allclose(fed.matrix, pooled.matrix, atol=1e-5)   # float32 forwards batched differently
+    np.testing.assert_allclose(fed.adjacent, pooled.adjacent, atol=1e-5)
+    np.testing.assert_allclose(fed.block, pooled.block, atol=1e-5)
+    assert fed.n_tokens == pooled.n_tokens
+
+
+def test_count_aggregation_keeps_the_majority_and_equals_unanimous_masks():
+    model = tiny_model("llama", layers=1)
+    local = [sparsity.magnitude_masks(model, 0.5)] * 3
+    agg = federated.count_masks(model, local, 0.5)
+    name = next(iter(agg))
+    row_keep = agg[name].sum(1)
+    assert (row_keep == agg[name].shape[1] - agg[name].shape[1] // 2).all()
+    # per-row top-half of |W| is what unanimous clients keep, when the clients' mask agrees row-wise
+    w = sparsity.prunable_linears(model)[name].weight.detach().abs()
+    unanimous = sparsity._keep_top(w, w.shape[1] - w.shape[1] // 2, 1)
+    agg_rows = federated.count_masks(model, [{k: sparsity._keep_top(
+        sparsity.prunable_linears(model)[k].weight.detach().abs(), agg[k].shape[1] - agg[k].shape[1] // 2, 1)
+        for k in agg}] * 3, 0.5)
+    assert torch.equal(agg_rows[name], unanimous)
+    # two of three clients keep column 0 of every row; the third keeps column 1 instead
+    shape = w.shape
+    keep_first = torch.zeros(shape, dtype=torch.bool)
+    keep_first[:, 0] = True
+    keep_second = torch.zeros(shape, dtype=torch.bool)
+    keep_second[:, 1] = True
+    masks = [{name: keep_first}, {name: keep_first}, {name: keep_second}]
+    top = federated.count_masks(model, [{**{k: v for k, v in agg.items()}, **m} for m in masks],
+                                1 - 1 / shape[1])
+    assert top[name][:, 0].all() and not top[name][:, 1].any()
+
+
+def test_jaccard():
+    assert federated.jaccard([1, 2], [2, 3]) == pytest.approx(1 / 3)
+    assert federated.jaccard([], []) == 1.0
+    assert math.isnan(federated.mean_pairwise([[1]], federated.jaccard))
+
+
+# --------------------------------------------------------------------------- private selection
+
+def test_record_block_influence_is_one_minus_adjacent_cosine_per_record(byte_tokenizer):
+    model = tiny_model("llama", layers=4)
+    stats = selection.record_block_influence(model, batches(byte_tokenizer, TEXTS[:5], 48, 5))
+    assert stats.shape == (5, 4)
+    for i, text in enumerate(TEXTS[:5]):
+        alone = layer_similarity(model, list(batches(byte_tokenizer, [text], 48, 1)))
+        np.testing.assert_allclose(stats[i], 1 - alone.adjacent, atol=1e-5)
+
+
+def test_clipping_bounds_every_record():
+    rows = np.array([[3.0, 4.0], [0.3, 0.4]])
+    clipped, fraction = selection.clip_rows(rows, 1.0)
+    np.testing.assert_allclose(np.linalg.norm(clipped, axis=1), [1.0, 0.5])
+    assert fraction == 0.5
+
+
+def test_private_choice_without_noise_is_the_exact_mean_ranking():
+    rng = np.random.default_rng(0)
+    stats = rng.uniform(0, 0.1, size=(50, 8))
+    reference = rng.uniform(0, 0.1, size=8)
+    residual, _ = selection.clip_rows(stats - reference, 10.0)
+    chosen = selection.private_choice(residual.sum(0), 50, reference, 3, 0.0, 10.0, None)
+    assert chosen == sorted(np.argsort(stats.mean(0))[:3].tolist())
+    # huge noise: choices vary across draws and are seeded
+    draws = {tuple(selection.private_choice(residual.sum(0), 50, reference, 3, 1e3, 10.0,
+                                            np.random.default_rng([0, d]))) for d in range(20)}
+    assert len(draws) > 5
+    again = selection.private_choice(residual.sum(0), 50, reference, 3, 1e3, 10.0, np.random.default_rng([0, 4]))
+    assert again == selection.private_choice(residual.sum(0), 50, reference, 3, 1e3, 10.0,
+                                             np.random.default_rng([0, 4]))
+
+
+def test_selection_noise_is_calibrated_to_epsilon():
+    delta = 1e-4
+    for eps in (0.5, 2.0, 8.0):
+        sigma = selection.noise_multiplier_for(eps, delta)
+        assert selection.composed_epsilon([(sigma, 1.0, 1)], delta) == pytest.approx(eps, rel=2e-3)
+    assert selection.noise_multiplier_for(math.inf, delta) == 0.0
+
+
+def test_composition_of_two_gaussians_matches_the_closed_form():
+    """RDP of Gaussians adds per order: σ1 then σ2 is one Gaussian with σ^-2 = σ1^-2 + σ2^-2."""
+    delta, s1, s2 = 1e-5, 3.0, 2.0
+    both = selection.composed_epsilon([(s1, 1.0, 1), (s2, 1.0, 1)], delta)
+    single = selection.composed_epsilon([((s1 ** -2 + s2 ** -2) ** -0.5, 1.0, 1)], delta)
+    assert both == pytest.approx(single, rel=1e-9)
+
+
+def test_end_to_end_epsilon_of_a_real_run_composes_with_its_accountant(byte_tokenizer, tmp_path):
+    model = tiny_model("llama", layers=2)
+    texts = TEXTS * 2
+    result = finetune(model, byte_tokenizer, texts, tmp_path / "run", LoRASpec(rank=2, alpha=4),
+                      PrivacySpec(epsilon=3.0), TrainSpec(epochs=1.0, batch_size=8, physical_batch_size=4,
+                                                          max_length=32), progress=False)
+    r = result.privacy
+    sel_sigma = selection.noise_multiplier_for(1.0, r.delta)
+    c = selection.end_to_end_epsilon(sel_sigma, r.noise_multiplier, r.sample_rate, r.steps, r.delta)
+    assert c.finetune_epsilon == pytest.approx(r.epsilon_rdp, rel=1e-9)      # the run's own accountant
+    assert c.selection_epsilon == pytest.approx(1.0, rel=2e-3)
+    assert max(c.selection_epsilon, c.finetune_epsilon) < c.end_to_end_epsilon < c.selection_epsilon + c.finetune_epsilon
+    # more selection noise costs less; no selection noise means no guarantee
+    quieter = selection.end_to_end_epsilon(sel_sigma * 4, r.noise_multiplier, r.sample_rate, r.steps, r.delta)
+    assert c.finetune_epsilon < quieter.end_to_end_epsilon < c.end_to_end_epsilon
+    assert math.isinf(selection.end_to_end_epsilon(0.0, r.noise_multiplier, r.sample_rate, r.steps,
+                                                   r.delta).end_to_end_epsilon)
+    prv = selection.end_to_end_epsilon(sel_sigma, r.noise_multiplier, r.sample_rate, r.steps, r.delta, "prv")
+    assert prv.end_to_end_epsilon <= c.end_to_end_epsilon + 1e-6             # PRV is the tighter accountant
+
+
+def test_matched_layer_count():
+    model = tiny_model("llama", layers=6)
+    k = baselines.matched_layer_count(model, 0.5)
+    assert k == 3        # half of six identical layers' linear weights ≈ three layers (norms are small)
+
+
+# --------------------------------------------------------------------------- the stage on a tiny model
+
+@pytest.fixture
+def tiny_profile():
+    inf = float("inf")
+    return prunepriv.load_profile("smoke", {
+        "data": {"n_patients": 24, "n_audit_canaries": 4},
+        "pruning": {"paper_remove": 2},
+        "finetune": {"epsilons": [inf, 3.0], "batch_size": 8, "physical_batch_size": 4, "epochs": 0.3},
+        "memorization": {"mia_samples": 4, "n_candidates": 4},
+        "latency": {"repeats": 1, "warmup": 0, "new_tokens": 2, "prompt_length": 8},
+        "baselines": {"n_clients": 3, "client_samples": 3, "selection_epsilons": [1.0, inf],
+                      "selection_finetune": [1.0], "selection_draws": 3, "eval_samples": 3, "max_length": 32,
+                      "batch_size": 4}})
+
+
+def test_stage_06_on_a_tiny_model(byte_tokenizer, tmp_path, tiny_profile):
+    model = tiny_model("llama", layers=6)
+    corpus = prunepriv.corpus_for(tiny_profile)
+    fed, summary = baselines.federated_pruning(model, byte_tokenizer, corpus, tiny_profile)
+    assert set(fed["source"]) == {"centralized", "federated", "client 1", "client 2", "client 3"}
+    assert summary["similarity_max_abs_difference"] < 1e-5
+    assert summary["layer_choice"]["federated"] == summary["layer_choice"]["centralized"]
+
+    sweep, info = baselines.selection_sweep(model, byte_tokenizer, corpus, tiny_profile)
+    assert len(sweep) == 2 * 3 and sweep[sweep["selection_epsilon"] == math.inf]["same_layers"].all()
+    chosen = baselines.selection_finetuning(model, byte_tokenizer, corpus, tiny_profile, sweep, tmp_path / "sel")
+    private = chosen[chosen["selection_epsilon"] == 1.0].iloc[0]
+    assert private["selection_epsilon_rdp"] == pytest.approx(1.0, rel=2e-3)
+    assert private["finetune_epsilon_rdp"] < private["end_to_end_epsilon_rdp"] < 1.0 + private["finetune_epsilon_rdp"]
+
+    sim = layer_similarity(model, list(batches(byte_tokenizer, corpus.texts("calibration")[:6], 32, 3)))
+    table, meta = baselines.compression_baselines(model, byte_tokenizer, corpus, sim, tiny_profile, tmp_path / "comp")
+    assert list(table["model"]) == ["dense", "magnitude 50%", "Wanda 50%", f"layer removal (k={meta['matched_layers']})"]
+    sparse = table[table["model"].str.contains("%")]
+    assert (sparse["base_zeros_after_finetuning"] > 0).all()          # LoRA trains beside the zeros, not into them
+    assert (table["epsilon_rdp"] == table["epsilon_rdp"].iloc[0]).all()
+    assert table["parameter_fraction"].iloc[1:].between(0.4, 0.8).all()
