@@ -295,6 +295,13 @@ def _compression_claims(t) -> list[Claim]:
                            row.decode_ratio >= 0.85)
         claims.append(Claim(f"compression.decode.{slug}", f"{row.model}: {text}", float(row.decode_ratio), TIMING,
                             bool(holds)))
+    by_slug = {compression_slug(r.model): r for r in table.itertuples()}
+    if "wanda" in by_slug and "layers" in by_slug:
+        ratio = float(by_slug["layers"].perplexity_private / by_slug["wanda"].perplexity_private)
+        claims.append(Claim("compression.layers.over.wanda", "at a matched parameter count, held-out perplexity after "
+                            "DP-LoRA of layer removal divided by Wanda's (> 1: unstructured sparsity keeps more "
+                            "quality)", ratio, Tolerance("rel", 0.25, "a ratio of two DP fine-tuned perplexities, "
+                                                         "each within ±15%"), bool(ratio > 1.0)))
     audited = table.dropna(subset=["audit_lower_bound"]) if "audit_lower_bound" in table else table.iloc[:0]
     if len(audited):
         worst = float((audited["audit_lower_bound"] - audited["audit_epsilon_rdp"]).max())

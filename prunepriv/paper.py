@@ -35,6 +35,8 @@ def _digits(claim_id: str) -> int:
 def _claim_value(claim: Claim) -> str:
     if isinstance(claim.value, str):
         return escape(", ".join(claim.value.split()))
+    if claim.id == "federated.similarity.difference":          # float rounding, ~1e-6
+        return "0" if float(claim.value) == 0 else _power(float(claim.value))
     return number(float(claim.value), _digits(claim.id))
 
 
@@ -118,6 +120,9 @@ def _baseline_numbers(t) -> dict[str, str]:
         "setup.public.passages": str(int(info["public_passages"])),
         "setup.baselines.epsilon": f"{float(comp['target_epsilon'].iloc[0]):g}",
         "setup.matched.layers": matched.group(1) if matched else "--",
+        "compression.mia.min": number(float(comp["mia_auc_reference"].min()), 2),
+        "compression.mia.max": number(float(comp["mia_auc_reference"].max()), 2),
+        "compression.exposure.excess.max": number(float((comp["exposure_trained"] - comp["exposure_heldout"]).max()), 2),
     }
 
 

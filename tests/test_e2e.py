@@ -19,7 +19,9 @@ pytestmark = pytest.mark.e2e
 EXPECTED = {"fig:layer-similarity-heatmap", "fig:adjacent-similarity", "fig:latency-vs-layers",
             "fig:perplexity-vs-layers", "tab:pruning", "tab:finetuning", "fig:utility-vs-epsilon",
             "fig:training-curves", "tab:synthetic", "tab:memorization", "fig:epsilon-vs-memorization",
-            "tab:audit", "fig:audit", "data:membership-inference", "data:canary-exposure"}
+            "tab:audit", "fig:audit", "data:membership-inference", "data:canary-exposure",
+            "tab:federated", "fig:federated-agreement", "tab:private-selection", "fig:private-selection",
+            "tab:compression-baselines", "fig:compression-baselines"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_embedded_model_prunes_saves_reloads_and_generates(embedded, tmp_path):
 
 def test_smoke_profile_every_stage_with_papermill_then_cached(tmp_path):
     results = reproduce("smoke", None, output_root=tmp_path, progress=False)
-    assert [r.stage for r in results] == ["01", "02", "03", "04", "05", "07"]
+    assert [r.stage for r in results] == ["01", "02", "03", "04", "05", "06", "07"]
     assert not any(r.skipped for r in results)
     manifest = json.loads((tmp_path / "results/smoke/manifest.json").read_text())
     assert EXPECTED <= set(manifest["artifacts"])
@@ -65,8 +67,9 @@ def test_smoke_profile_every_stage_with_papermill_then_cached(tmp_path):
     assert (worst >= unpruned.iloc[0]).all()            # removing layers never helps the unhealed model here
     _check_finetuning(tmp_path, profile)
     _check_memorization(tmp_path, profile)
+    _check_baselines(tmp_path, profile)
     for name in ("01_layer_similarity", "02_layer_pruning", "03_private_finetuning", "04_synthetic_data",
-                 "05_memorization", "07_paper"):
+                 "05_memorization", "06_baselines", "07_paper"):
         executed = json.loads((tmp_path / "results/smoke/notebooks" / f"{name}.ipynb").read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
         assert (tmp_path / "results/smoke/notebooks" / f"{name}.html").stat().st_size > 10_000
@@ -82,13 +85,36 @@ def _check_paper(root) -> None:
     generated = root / "results/smoke/paper"
     names = {p.relative_to(generated).as_posix() for p in generated.rglob("*.tex")}
     assert names == {"numbers.tex"} | {f"tables/{t}.tex" for t in
-                                       ("pruning", "latency", "finetune", "memorization", "audit")}
+                                       ("pruning", "latency", "finetune", "memorization", "audit",
+                                        "federated", "selection", "compression")}
     for path in generated.rglob("*.tex"):
         assert latex.problems(path.read_text()) == [], path
     assert r"\newcommand{\ppClaimPrivacyEpsilonEpsThree}" in (generated / "numbers.tex").read_text()
     assert not (root / "paper/generated").exists()
     claims = pd.read_csv(root / "results/smoke/claims.csv")
     assert {"audit.below_accountant", "finetune.healing.pruned"} <= set(claims["claim"])
+
+
+def _check_baselines(root, profile) -> None:
+    """Notebook 06: the end-to-end ε recomputes from both logged mechanisms; federated = centralized."""
+    from opacus.accountants import RDPAccountant
+
+    chosen = pd.read_csv(root / "results/smoke/private_selection.csv")
+    private = chosen[chosen["selection_epsilon"] != float("inf")]
+    assert len(private) == len(profile.baselines.selection_finetune)
+    for row in private.itertuples():
+        acc = RDPAccountant()
+        acc.history = [(row.selection_sigma, 1.0, 1), (row.noise_multiplier, row.sample_rate, int(row.steps))]
+        assert acc.get_epsilon(row.delta) == pytest.approx(row.end_to_end_epsilon_rdp, rel=1e-9)
+        assert max(row.selection_epsilon_rdp, row.finetune_epsilon_rdp) < row.end_to_end_epsilon_rdp
+        assert row.end_to_end_epsilon_rdp < row.selection_epsilon_rdp + row.finetune_epsilon_rdp
+        assert row.selection_epsilon_rdp == pytest.approx(row.selection_epsilon, rel=2e-3)
+    fed = pd.read_csv(root / "results/smoke/federated.csv")
+    layers = fed[fed["method"].str.startswith("layer removal")].set_index("source")
+    assert layers.loc["federated", "removed"] == layers.loc["centralized", "removed"]
+    comp = pd.read_csv(root / "results/smoke/compression_baselines.csv")
+    assert len(comp) == 4 and (comp["target_epsilon"] == profile.baselines.epsilon).all()
+    assert (comp["epsilon_rdp"] <= profile.baselines.epsilon * 1.02).all()
 
 
 def _check_finetuning(root, profile) -> None:
