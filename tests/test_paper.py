@@ -67,7 +67,10 @@ needs_reference = pytest.mark.skipif(not (REFERENCE / "manifest.json").is_file()
 def test_reference_claims_cover_what_the_issue_asks_and_hold():
     found = {c.id: c for c in claims.claims_from(REFERENCE)}
     prefixes = ("latency.decode.", "pruning.perplexity.pruned", "finetune.healing.pruned", "finetune.perplexity.",
-                "privacy.epsilon.", "memorization.exposure.", "memorization.mia.", "audit.below_accountant")
+                "privacy.epsilon.", "memorization.exposure.", "memorization.mia.", "audit.below_accountant",
+                "federated.layers", "federated.wanda.agreement", "selection.agreement.", "selection.endtoend.",
+                "compression.perplexity.wanda", "compression.perplexity.magnitude", "compression.decode.layers",
+                "compression.audit.below_accountant")
     for prefix in prefixes:
         assert any(i.startswith(prefix) for i in found), prefix
     assert all(c.holds is not False for c in found.values()), [i for i, c in found.items() if c.holds is False]
