@@ -102,7 +102,7 @@ def _baseline_numbers(t) -> dict[str, str]:
     """Settings of notebook 06 that the paper's text names."""
     import re
 
-    fed, fed_info = t["federated.csv"], t["federated.json"]
+    fed_info = t["federated.json"]
     info, draws, comp = t["private_selection.json"], t["private_selection_draws.csv"], t["compression_baselines.csv"]
     layer_rows = comp[comp["model"].str.startswith("layer removal")]
     matched = re.search(r"k=(\d+)", layer_rows["model"].iloc[0]) if len(layer_rows) else None
