@@ -8,6 +8,7 @@ quote the same values.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -100,8 +101,6 @@ def numbers(results_dir: str | Path) -> dict[str, str]:
 
 def _baseline_numbers(t) -> dict[str, str]:
     """Settings of notebook 06 that the paper's text names."""
-    import re
-
     fed_info = t["federated.json"]
     info, draws, comp = t["private_selection.json"], t["private_selection_draws.csv"], t["compression_baselines.csv"]
     layer_rows = comp[comp["model"].str.startswith("layer removal")]

@@ -123,28 +123,17 @@ def test_token_weighted_federated_similarity_equals_centralized(byte_tokenizer):
 
 def test_count_aggregation_keeps_the_majority_and_equals_unanimous_masks():
     model = tiny_model("llama", layers=1)
-    local = [sparsity.magnitude_masks(model, 0.5)] * 3
-    agg = federated.count_masks(model, local, 0.5)
+    wanda_like = {name: sparsity._keep_top(m.weight.detach().abs(), m.weight.shape[1] - m.weight.shape[1] // 2, 1)
+                  for name, m in sparsity.prunable_linears(model).items()}
+    agg = federated.count_masks(model, [wanda_like] * 3, 0.5)
+    assert all(torch.equal(agg[name], wanda_like[name]) for name in agg)        # unanimous clients: their mask
     name = next(iter(agg))
-    row_keep = agg[name].sum(1)
-    assert (row_keep == agg[name].shape[1] - agg[name].shape[1] // 2).all()
-    # per-row top-half of |W| is what unanimous clients keep, when the clients' mask agrees row-wise
-    w = sparsity.prunable_linears(model)[name].weight.detach().abs()
-    unanimous = sparsity._keep_top(w, w.shape[1] - w.shape[1] // 2, 1)
-    agg_rows = federated.count_masks(model, [{k: sparsity._keep_top(
-        sparsity.prunable_linears(model)[k].weight.detach().abs(), agg[k].shape[1] - agg[k].shape[1] // 2, 1)
-        for k in agg}] * 3, 0.5)
-    assert torch.equal(agg_rows[name], unanimous)
-    # two of three clients keep column 0 of every row; the third keeps column 1 instead
-    shape = w.shape
-    keep_first = torch.zeros(shape, dtype=torch.bool)
-    keep_first[:, 0] = True
-    keep_second = torch.zeros(shape, dtype=torch.bool)
-    keep_second[:, 1] = True
-    masks = [{name: keep_first}, {name: keep_first}, {name: keep_second}]
-    top = federated.count_masks(model, [{**{k: v for k, v in agg.items()}, **m} for m in masks],
-                                1 - 1 / shape[1])
-    assert top[name][:, 0].all() and not top[name][:, 1].any()
+    columns = wanda_like[name].shape[1]
+    first, second = (torch.zeros_like(wanda_like[name]) for _ in range(2))
+    first[:, 0], second[:, 1] = True, True                                       # keep one column per row
+    votes = [{**wanda_like, name: m} for m in (first, first, second)]
+    top = federated.count_masks(model, votes, 1 - 1 / columns)
+    assert top[name][:, 0].all() and not top[name][:, 1].any()                   # two votes beat one
 
 
 def test_jaccard():
@@ -227,7 +216,7 @@ def test_end_to_end_epsilon_of_a_real_run_composes_with_its_accountant(byte_toke
 def test_matched_layer_count():
     model = tiny_model("llama", layers=6)
     k = baselines.matched_layer_count(model, 0.5)
-    assert k == 3        # half of six identical layers' linear weights ≈ three layers (norms are small)
+    assert k == 3        # half of six identical layers' linear weights ≈ three whole layers
 
 
 # --------------------------------------------------------------------------- the stage on a tiny model
