@@ -10,7 +10,55 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import PrunePrivError
+from prunepriv.compress.latency import dp_overhead, latency_ratio
+from prunepriv.compress.pruning import (
+    check_count,
+    check_layers,
+    choose_layers,
+    remove_layers,
+)
+from prunepriv.config import check_strategy, load_profile
+from prunepriv.data import (
+    SPLITS,
+    Corpus,
+    corpus_for,
+    load_records,
+    synthetic_corpus,
+    user_corpus,
+)
+from prunepriv.errors import DataError, ModelError, PrunePrivError
+from prunepriv.lm.generation import sample_records
+from prunepriv.lm.models import (
+    check_tokenizer,
+    load_model,
+    load_tokenizer,
+    model_num_layers,
+    resolve_model_path,
+)
+from prunepriv.pipeline.reproduce import reproduce
+from prunepriv.privacy.train import (
+    LoRASpec,
+    PrivacySpec,
+    TrainSpec,
+    check_adapter_dir,
+    check_distributed,
+    check_lora_targets,
+    check_privacy,
+    finetune,
+    load_adapter,
+    merge_and_save,
+    meta_model,
+)
+from prunepriv.report.verify import freeze_reference, report, save_report, verify
+from prunepriv.results import atomic_write_json, provenance
+from prunepriv.stages.experiments import greedy_order_for, measure_similarity
+from prunepriv.stages.memorization import (
+    References,
+    attack_run,
+    load_samples,
+    report_rows,
+    sampling_spec,
+)
 
 
 def _layers_arg(text: str) -> list[int]:
@@ -142,7 +190,6 @@ def _fail(exc: BaseException, user_error: bool) -> int:
 
 
 def _reproduce(args) -> int:
-    from .reproduce import reproduce
 
     results = reproduce(args.profile, args.stages, args.output_root, force=args.force,
                         log=lambda line: print(line, flush=True))
@@ -155,8 +202,6 @@ def _reproduce(args) -> int:
 
 
 def _verify(args) -> int:
-    from .config import load_profile
-    from .verify import freeze_reference, report, save_report, verify
 
     results_dir = Path(args.output_root) / "results" / load_profile(args.profile).name
     if args.update_reference:
@@ -169,10 +214,6 @@ def _verify(args) -> int:
 
 
 def _bench_latency(args) -> int:
-    from .bench import latency_ratio
-    from .config import check_strategy
-    from .models import load_model, model_num_layers
-    from .pruning import check_count, choose_layers
 
     if args.strategy in ("greedy-loss",):
         raise PrunePrivError("bench latency supports cosine, block, last and random")
@@ -197,9 +238,6 @@ def _bench_latency(args) -> int:
 
 
 def _bench_dp(args) -> int:
-    from .bench import dp_overhead
-    from .data import synthetic_corpus
-    from .models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
     texts = synthetic_corpus(seed=args.seed).texts("train", include_canaries=False)
@@ -217,12 +255,8 @@ def _finetune(args) -> int:
     import math
     import os
 
-    from .data import load_records, synthetic_corpus
     from transformers import AutoConfig
 
-    from .finetune import (LoRASpec, PrivacySpec, TrainSpec, check_distributed, check_lora_targets, check_privacy,
-                           meta_model)
-    from .models import load_model, model_num_layers, resolve_model_path
 
     output = Path(args.output)
     if args.data == "synthetic":
@@ -261,7 +295,6 @@ def _finetune(args) -> int:
 
 
 def _finetune_run(args, output: Path, texts, lora, privacy, train, load, rank: int) -> int:
-    from .finetune import finetune, merge_and_save
 
     model, tokenizer = load()
     result = finetune(model, tokenizer, texts, output, lora, privacy, train, progress=rank == 0)
@@ -288,7 +321,6 @@ def _join_process_group(device_arg: str) -> tuple[str, bool]:
     import torch
     import torch.distributed as dist
 
-    from .errors import ModelError
 
     if device_arg not in ("auto", "cpu", "cuda"):
         raise PrunePrivError(f"under torchrun --device must be auto, cuda or cpu (each process takes cuda:LOCAL_RANK), "
@@ -335,7 +367,6 @@ def _rank0_first(fn):
 
 def _calibration_texts(data: str, text_field: str, seed: int) -> list[str]:
     """Calibration records of the synthetic corpus or of a user's file."""
-    from .data import load_records, synthetic_corpus, user_corpus
 
     if data == "synthetic":
         corpus = synthetic_corpus(seed=seed)
@@ -345,18 +376,12 @@ def _calibration_texts(data: str, text_field: str, seed: int) -> list[str]:
 
 
 def _calibration_similarity(model, tokenizer, data: str, text_field: str, samples: int, max_length: int, seed: int):
-    from .experiments import measure_similarity
 
     texts = _calibration_texts(data, text_field, seed)[:samples]
     return measure_similarity(model, tokenizer, texts, max_length, batch_size=8)
 
 
 def _prune(args) -> int:
-    from .config import check_strategy
-    from .data import load_records
-    from .experiments import greedy_order_for
-    from .models import load_model, model_num_layers
-    from .pruning import check_count, check_layers, choose_layers, remove_layers
 
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
@@ -405,7 +430,6 @@ def _save_atomically(model, tokenizer, output: Path) -> None:
 
 def _audit_corpus(args, profile):
     """The synthetic corpus of the profile, or the user's train and held-out files."""
-    from .data import SPLITS, Corpus, corpus_for, load_records
 
     if bool(args.train) != bool(args.heldout):
         raise PrunePrivError("--train and --heldout go together: the held-out records are the control")
@@ -434,15 +458,6 @@ def _audit_row(adapter: Path, corpus):
 
 def _audit(args) -> int:
     import copy
-
-    from .config import load_profile
-    from .errors import DataError
-    from .finetune import check_adapter_dir, load_adapter
-    from .memorization import attack_run, load_samples, References, report_rows, sampling_spec
-    from .generation import sample_records
-    from .models import check_tokenizer, load_model, load_tokenizer, model_num_layers
-    from .pruning import remove_layers
-    from .results import atomic_write_json, provenance
 
     from transformers.utils import logging as hf_logging
 

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from prunepriv.errors import ConfigError
 
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
 

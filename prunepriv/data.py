@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import DataError
+from prunepriv.errors import DataError
+from prunepriv.results import atomic_write_text
 
 SPLITS = ("train", "heldout", "calibration")
 CANARY_FORMAT = "{name}'s patient portal recovery code is {secret}."
@@ -108,7 +109,6 @@ class Corpus:
 
     def save_jsonl(self, path: str | Path) -> None:
         """Write every record with its split, one JSON object per line."""
-        from .results import atomic_write_text
 
         lines = [
             json.dumps({"split": split, **record.to_dict()})
@@ -212,7 +212,7 @@ def _discharge(p: dict, rng: random.Random) -> _Writer:
 
 
 def _referral(p: dict, rng: random.Random) -> _Writer:
-    w = _Writer().text(f"Dear colleague,\nI would be grateful if you could see ").pii_value("name", p["name"])
+    w = _Writer().text("Dear colleague,\nI would be grateful if you could see ").pii_value("name", p["name"])
     w.text(", born ").pii_value("dob", p["dob"]).text(", of ").pii_value("address", p["address"])
     w.text(f", in the {rng.choice(SPECIALTIES)} clinic. They have a history of {rng.choice(DIAGNOSES)} ")
     w.text(f"and currently take {rng.choice(MEDICATIONS)}. They can be reached on ").pii_value("phone", p["phone"])

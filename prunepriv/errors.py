@@ -19,3 +19,38 @@ class ModelError(PrunePrivError):
 
 class PruningError(PrunePrivError):
     """An impossible layer choice (unknown strategy, too many layers, bad index)."""
+
+
+class PrivacyConfigError(PrunePrivError):
+    """Impossible privacy parameters (ε ≤ 0, δ outside (0, 1/N), clip ≤ 0)."""
+
+
+class DistributedConfigError(PrunePrivError):
+    """A distributed run that is not supported (non-private, or model on the wrong device)."""
+
+
+class AuditError(PrunePrivError):
+    """Invalid input to the privacy audit."""
+
+
+class StageError(PrunePrivError):
+    """A notebook failed; the message names the notebook and the cell.
+
+    ``user_error`` is true when the notebook raised one of prunepriv's
+    bad-input errors (exit status 2), false for any other failure.
+    """
+
+    def __init__(self, message: str, user_error: bool) -> None:
+        super().__init__(message)
+        self.user_error = user_error
+
+
+def user_error_names() -> set[str]:
+    """Class names that mean bad input when a notebook raises them: every
+    :class:`PrunePrivError` subclass, and a missing file."""
+    names, pending = set(), [PrunePrivError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return names | {"FileNotFoundError"}

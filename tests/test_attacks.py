@@ -8,12 +8,12 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model
-from prunepriv import attacks
+
+from prunepriv.attacks import probes as attacks
 from prunepriv.data import Canary, synthetic_corpus
-from prunepriv.generation import SamplingSpec, continue_greedy, sample_records
-from prunepriv.text import record_ids
+from prunepriv.lm.generation import SamplingSpec, continue_greedy, sample_records
+from prunepriv.lm.text import record_ids
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from prunepriv.audit import (
-    AuditError, AuditResult, audit, default_guess_grid, epsilon_lower_bound, inclusion_draw, p_value,
+from prunepriv.attacks.audit import (
+    AuditError,
+    AuditResult,
+    audit,
+    default_guess_grid,
+    epsilon_lower_bound,
+    inclusion_draw,
+    p_value,
 )
 from prunepriv.errors import PrunePrivError
 

@@ -7,16 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 
 import prunepriv
-from prunepriv import baselines, federated, selection, sparsity
+from prunepriv.compress import sparsity
+from prunepriv.compress.similarity import layer_similarity
 from prunepriv.data import Record
 from prunepriv.errors import DataError, PruningError
-from prunepriv.finetune import LoRASpec, PrivacySpec, TrainSpec, finetune
-from prunepriv.similarity import layer_similarity
-from prunepriv.text import batches
-
-from conftest import tiny_model
+from prunepriv.lm.text import batches
+from prunepriv.privacy import federated, selection
+from prunepriv.privacy.train import LoRASpec, PrivacySpec, TrainSpec, finetune
+from prunepriv.stages import baselines
 
 TEXTS = [f"Patient {i} was seen on day {i % 7} for a follow-up of condition {i % 5}; vitals stable." for i in range(24)]
 
@@ -52,7 +53,7 @@ def test_wanda_prunes_per_output_row_and_reduces_to_magnitude_with_flat_norms(by
 
 def test_exact_count_even_with_tied_scores():
     scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 2.0, 0.0]])
-    mask = sparsity._keep_top(scores, 3, 1)
+    mask = sparsity.keep_top(scores, 3, 1)
     assert int(mask.sum()) == 3 and bool(mask[0, 4]) and not bool(mask[0, 5])
 
 
@@ -123,7 +124,7 @@ def test_token_weighted_federated_similarity_equals_centralized(byte_tokenizer):
 
 def test_count_aggregation_keeps_the_majority_and_equals_unanimous_masks():
     model = tiny_model("llama", layers=1)
-    wanda_like = {name: sparsity._keep_top(m.weight.detach().abs(), m.weight.shape[1] - m.weight.shape[1] // 2, 1)
+    wanda_like = {name: sparsity.keep_top(m.weight.detach().abs(), m.weight.shape[1] - m.weight.shape[1] // 2, 1)
                   for name, m in sparsity.prunable_linears(model).items()}
     agg = federated.count_masks(model, [wanda_like] * 3, 0.5)
     assert all(torch.equal(agg[name], wanda_like[name]) for name in agg)        # unanimous clients: their mask

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from conftest import tiny_model
-from prunepriv.bench import latency_ratio
+
+from prunepriv.compress.latency import latency_ratio
 
 
 def test_latency_ratio_reports_measured_and_ideal():

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from prunepriv import bertscore as B
+from prunepriv.attacks import bertscore as B
 from prunepriv.errors import DataError, ModelError
 
 # The encoder is loaded from a local directory; make sure nothing reaches for the hub.

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from prunepriv.cli import main
 
 # Runs on every rank under torchrun. It executes prunepriv.cli as ``-m`` would
-# (runpy), with a spy around prunepriv.finetune.finetune that, while the
+# (runpy), with a spy around prunepriv.privacy.train.finetune that, while the
 # process group is up, (1) checks that the library refuses a non-private
 # distributed run, (2) stops the run after 5 steps and resumes it, (3) saves
 # this rank's trained LoRA weights and (4) reloads the finished run.
@@ -28,7 +28,7 @@ import json, os, runpy, sys
 import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
-import prunepriv.finetune as ft
+import prunepriv.privacy.train as ft
 
 args, spy_dir = json.loads(sys.argv[1]), sys.argv[2]
 
@@ -170,7 +170,7 @@ def test_finished_run_is_reloaded_on_every_rank(runs):
 
 
 def test_rank0_adapter_loads_and_holds_the_trained_weights(runs):
-    from prunepriv.finetune import load_adapter
+    from prunepriv.privacy.train import load_adapter
 
     loaded = load_adapter(AutoModelForCausalLM.from_pretrained(runs["model_dir"]), runs["dist"] / "adapter")
     weights = {n: p.detach() for n, p in loaded.named_parameters() if "lora_" in n}

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from prunepriv import load_model, remove_layers
 from prunepriv.config import STRATEGIES, load_profile
-from prunepriv.reproduce import reproduce
+from prunepriv.pipeline.reproduce import reproduce
 from prunepriv.results import sha256_file
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +80,7 @@ def test_smoke_profile_every_stage_with_papermill_then_cached(tmp_path):
 
 def _check_paper(root) -> None:
     """Notebook 07 wrote parseable LaTeX for the smoke profile, outside paper/generated/."""
-    from prunepriv import latex
+    from prunepriv.report import latex
 
     generated = root / "results/smoke/paper"
     names = {p.relative_to(generated).as_posix() for p in generated.rglob("*.tex")}
@@ -119,7 +119,7 @@ def _check_baselines(root, profile) -> None:
 
 def _check_finetuning(root, profile) -> None:
     """Every (model, ε) ran; ε comes from the run's accountant; non-private fine-tuning helps."""
-    from prunepriv.finetune import epsilon_for
+    from prunepriv.privacy.train import epsilon_for
 
     runs = pd.read_csv(root / "results/smoke/finetune.csv")
     f = profile.finetune

@@ -5,11 +5,18 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from prunepriv.errors import ModelError, PrunePrivError
-from prunepriv.finetune import (LoRASpec, PrivacySpec, TrainSpec, add_lora, epsilon_for, finetune,
-                                linear_module_names)
+from prunepriv.privacy.train import (
+    LoRASpec,
+    PrivacySpec,
+    TrainSpec,
+    add_lora,
+    epsilon_for,
+    finetune,
+    linear_module_names,
+)
 
 TEXTS = [f"Patient {i} was seen in clinic and started on medication number {i % 7}." for i in range(48)]
 LORA = LoRASpec(rank=4, alpha=8, target_modules=["q_proj", "v_proj"])
@@ -123,9 +130,9 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_model
 from conftest import make_byte_tokenizer
 from test_finetune import TEXTS, LORA, TRAIN
-from prunepriv.finetune import PrivacySpec, TrainSpec, finetune
+from prunepriv.privacy.train import PrivacySpec, TrainSpec, finetune
 import dataclasses, time
-import prunepriv.finetune as ft
+import prunepriv.privacy.train as ft
 original = ft.sequence_nll
 def slow(*a, **k):
     time.sleep(0.15)
@@ -187,7 +194,7 @@ def test_finished_run_is_reloaded_not_retrained(byte_tokenizer, tmp_path):
 
 def test_adapter_for_another_model_is_refused(byte_tokenizer, tmp_path):
     from prunepriv import remove_layers
-    from prunepriv.finetune import load_adapter
+    from prunepriv.privacy.train import load_adapter
 
     result = finetune(tiny_model("llama", layers=3), byte_tokenizer, TEXTS, tmp_path, LORA, PrivacySpec(), TRAIN,
                       progress=False)

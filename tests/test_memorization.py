@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import tiny_model
-from prunepriv import memorization
+
 from prunepriv.config import MemorizationConfig
 from prunepriv.data import synthetic_corpus
 from prunepriv.errors import DataError
-from prunepriv.finetune import LoRASpec, PrivacySpec, TrainSpec, finetune
+from prunepriv.privacy.train import LoRASpec, PrivacySpec, TrainSpec, finetune
+from prunepriv.stages import memorization
 
 CFG = MemorizationConfig(n_samples=4, max_new_tokens=12, batch_size=4, max_length=48, quality_references=6,
                          n_candidates=8, mia_samples=6, prefix_records=3, prefix_tokens=8, suffix_tokens=6,
@@ -57,7 +57,7 @@ def test_stages_04_05_on_tiny_models(tiny_runs, byte_tokenizer, monkeypatch):
     synthetic = memorization.synthetic_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, root / "synthetic")
     assert list(synthetic["samples"]) == [4, 4]
     assert (synthetic["bertscore_f1_heldout"].between(-1, 1) | synthetic["bertscore_f1_heldout"].isna()).all()
-    results = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, root / "synthetic",
+    results = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, synthetic,
                                               root / "memorization")
     table = memorization.memorization_table(results)
     assert {"extraction_excess", "pii_leaked_train", "pii_leaked_heldout", "exposure_trained",
@@ -72,7 +72,7 @@ def test_stages_04_05_on_tiny_models(tiny_runs, byte_tokenizer, monkeypatch):
     assert private["epsilon_rdp_at_audit_delta"].iloc[0] > runs["epsilon_rdp"].iloc[1]   # smaller δ, larger ε
     # a second sweep with nothing changed reloads the saved results
     monkeypatch.setattr(memorization, "attack_run", lambda *a, **k: pytest.fail("recomputed a finished run"))
-    again = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, root / "synthetic",
+    again = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, synthetic,
                                             root / "memorization")
     assert json.dumps(again, default=str, sort_keys=True) == json.dumps(results, default=str, sort_keys=True)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from prunepriv import claims, latex, paper
 from prunepriv.cli import main
-from prunepriv.verify import freeze_reference, report, verify
+from prunepriv.report import claims, latex, paper
+from prunepriv.report.verify import freeze_reference, report, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results/paper/reference"
@@ -137,9 +137,9 @@ def test_tolerances():
 
 @needs_reference
 def test_generated_tables_and_numbers_parse():
-    for text in paper.tables(REFERENCE).values():
+    for text in paper.tables(claims.load_tables(REFERENCE)).values():
         assert latex.problems(text) == []
-    assert latex.problems(latex.macros(paper.numbers(REFERENCE), "test")) == []
+    assert latex.problems(latex.macros(paper.numbers(claims.load_tables(REFERENCE)), "test")) == []
 
 
 def test_main_tex_uses_only_generated_numbers_and_existing_figures():

@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config, tiny_model
 from prunepriv import decoder_layers, remove_layers
+from prunepriv.compress.pruning import KEPT_LAYERS_KEY
 from prunepriv.errors import ModelError, PruningError
-from prunepriv.models import check_family
-from prunepriv.pruning import KEPT_LAYERS_KEY
+from prunepriv.lm.models import check_family
 
 REMOVE = [1, 3, 4]
 

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prunepriv.notebooks import problems
-from prunepriv.reproduce import NOTEBOOKS_DIR, STAGES
+from prunepriv.pipeline.notebooks import problems
+from prunepriv.pipeline.registry import REGISTRY
+from prunepriv.pipeline.reproduce import NOTEBOOKS_DIR
+
+STAGES = REGISTRY.notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 

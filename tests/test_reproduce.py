@@ -6,7 +6,10 @@ import json
 import nbformat
 import pytest
 
-from prunepriv import reproduce as rp
+from prunepriv.config import Profile
+from prunepriv.errors import StageError
+from prunepriv.pipeline import reproduce as rp
+from prunepriv.pipeline.registry import REGISTRY, Artifact, Registry, Stage
 from prunepriv.results import load_manifest
 
 WRITER = """\
@@ -18,10 +21,9 @@ run.save_json("data:numbers", {"seed": profile.seed, "value": VALUE}, "numbers.j
 READER = """\
 import json
 import prunepriv
-from prunepriv.results import load_stage_json
 profile = prunepriv.load_profile(profile)
 run = prunepriv.Run(profile, "02_reader", output_root)
-numbers = load_stage_json(run, "numbers.json", "01")
+numbers = json.loads((run.results_dir / "numbers.json").read_text())
 assert numbers["value"] >= 0, "negative value"
 run.save_json("data:double", {"double": 2 * numbers["value"]}, "double.json")
 """
@@ -46,16 +48,19 @@ def toy(tmp_path, monkeypatch):
     profile = tmp_path / "toy.yaml"
     profile.write_text("name: toy\nseed: 3\n")
     monkeypatch.setattr(rp, "NOTEBOOKS_DIR", notebooks)
-    monkeypatch.setattr(rp, "STAGES", {"01": "01_writer.ipynb", "02": "02_reader.ipynb"})
-    monkeypatch.setattr(rp, "STAGE_SECTIONS", {"01": ("seed",), "02": ("memorization",)})
-    monkeypatch.setattr(rp, "STAGE_INPUTS", {"01": (), "02": ("numbers.json",)})
+    registry = Registry(
+        stages=(Stage("01", "01_writer.ipynb", ("seed",)), Stage("02", "02_reader.ipynb", ("memorization",),
+                                                                  ("data:numbers",))),
+        artifacts=(Artifact("data:numbers", "numbers.json", "01", "json"),
+                   Artifact("data:double", "double.json", "02", "json")))
     monkeypatch.setattr(rp, "preflight", lambda profile: None)
     root = tmp_path / "out"
     lines: list[str] = []
 
     def run(**kwargs):
         lines.clear()
-        results = rp.reproduce(str(profile), output_root=root, progress=False, log=lines.append, **kwargs)
+        results = rp.reproduce(str(profile), output_root=root, progress=False, log=lines.append,
+                               registry=registry, **kwargs)
         return {r.stage: r.skipped for r in results}
 
     return run, root, notebooks, profile, lines
@@ -106,7 +111,7 @@ def test_failing_stage_keeps_previous_outputs_and_names_the_cell(toy):
     manifest_before = load_manifest(root / "results/toy/manifest.json")
     _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "-1"))
     # 01 now writes -1 (staged, committed: it succeeds); 02 asserts and fails before writing
-    with pytest.raises(rp.StageError, match=r"02_reader.ipynb failed in cell 2 \[import json\]: AssertionError: negative value"):
+    with pytest.raises(StageError, match=r"02_reader.ipynb failed in cell 2 \[import json\]: AssertionError: negative value"):
         run()
     assert (root / "results/toy/double.json").read_text() == before
     manifest = load_manifest(root / "results/toy/manifest.json")
@@ -117,15 +122,15 @@ def test_failing_stage_keeps_previous_outputs_and_names_the_cell(toy):
 
 
 def test_code_dependencies_follow_the_package_imports():
-    deps = rp.code_dependencies(["from prunepriv import memorization, plots"])
-    assert {"memorization", "plots", "attacks", "audit", "results", "__init__"} <= set(deps)
-    assert "cli" not in deps and "reproduce" not in deps
+    deps = rp.code_dependencies(["from prunepriv.stages import memorization, plots"])
+    assert {"stages/memorization.py", "stages/plots.py", "attacks/probes.py", "attacks/audit.py", "results.py",
+            "__init__.py", "stages/__init__.py"} <= set(deps)
+    assert "cli.py" not in deps and "pipeline/reproduce.py" not in deps
+    relative = rp.code_dependencies(["import prunepriv.privacy.train"])     # followed through relative names too
+    assert {"privacy/train.py", "privacy/__init__.py", "errors.py"} <= set(relative)
     assert rp.code_dependencies(["import json"]) == []
 
 
-def test_real_stages_declare_sections_and_inputs_for_every_notebook():
-    assert set(rp.STAGE_SECTIONS) == set(rp.STAGES) == set(rp.STAGE_INPUTS)
-    from prunepriv.config import Profile
-
+def test_real_stages_declare_sections_that_profiles_have():
     sections = set(Profile().to_dict())
-    assert all(set(s) <= sections for s in rp.STAGE_SECTIONS.values())
+    assert all(set(stage.sections) <= sections for stage in REGISTRY.stages)

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import tiny_model
 from torch import nn
 
-from conftest import tiny_model
-from prunepriv.models import set_decoder_layers
-from prunepriv.similarity import LayerSimilarity, last_token_index, layer_similarity
+from prunepriv.compress.similarity import (
+    LayerSimilarity,
+    last_token_index,
+    layer_similarity,
+)
+from prunepriv.lm.models import set_decoder_layers
 
 
 class Scale(nn.Module):

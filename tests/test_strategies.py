@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from prunepriv import choose_layers, greedy_loss_order
+from prunepriv.compress.similarity import LayerSimilarity
 from prunepriv.errors import PruningError
-from prunepriv.models import decoder_layers
-from prunepriv.similarity import LayerSimilarity
+from prunepriv.lm.models import decoder_layers
 
 
 def _sim(adjacent, block_rows) -> LayerSimilarity:
@@ -58,7 +58,7 @@ def test_greedy_loss_follows_the_loss_of_each_removal():
     import copy
 
     from prunepriv import remove_layers
-    from prunepriv.pruning import calibration_loss
+    from prunepriv.compress.pruning import calibration_loss
 
     model = tiny_model("llama", layers=5, seed=3)
     g = torch.Generator().manual_seed(0)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .text import document_start_id
+from prunepriv.errors import ConfigError
+from prunepriv.lm.text import document_start_id
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Written by notebook ``07_paper`` from the profile's own result tables; the
 paper (``paper/main.tex``) types no number by hand. Every claim of
-:mod:`prunepriv.claims` becomes a macro, so the paper and ``prunepriv verify``
+:mod:`prunepriv.report.claims` becomes a macro, so the paper and ``prunepriv verify``
 quote the same values.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import Claim, claims_from, load_tables, top_repetitions
-from .latex import escape, macros, number, problems, tabular
+from prunepriv.report.claims import Claim, claims, top_repetitions
+from prunepriv.report.latex import escape, macros, number, problems, tabular
 
 
 def output_dir(profile_name: str) -> str:
@@ -63,10 +63,9 @@ def _eps(value: float) -> str:
     return r"$\infty$" if math.isinf(value) else f"{value:g}"
 
 
-def numbers(results_dir: str | Path) -> dict[str, str]:
+def numbers(t: dict[str, object]) -> dict[str, str]:
     """Every number the paper quotes, keyed by a dotted name (the macro name is derived from it)."""
-    t = load_tables(results_dir)
-    values = {f"claim.{c.id}": _claim_value(c) for c in claims_from(results_dir)}
+    values = {f"claim.{c.id}": _claim_value(c) for c in claims(t)}
     chosen, runs, pruning = t["pruned_layers.json"], t["finetune.csv"], t["pruning.csv"]
     full = pruning[pruning["removed"] == 0].iloc[0]
     first = runs.iloc[0]
@@ -125,9 +124,8 @@ def _baseline_numbers(t) -> dict[str, str]:
     }
 
 
-def tables(results_dir: str | Path) -> dict[str, str]:
+def tables(t: dict[str, object]) -> dict[str, str]:
     """``{file stem: LaTeX table}`` for the paper's tables."""
-    t = load_tables(results_dir)
     return {"pruning": _pruning_table(t["pruning.csv"], t["pruned_layers.json"]),
             "latency": _latency_table(t["latency.csv"]),
             "finetune": _finetune_table(t["finetune.csv"]),
@@ -227,16 +225,16 @@ def _compression_table(frame: pd.DataFrame) -> str:
                    "and the one-run audit's lower bound on $\\varepsilon$.", "tab:gen-compression")
 
 
-def write(run, results_dir: str | Path) -> list[Path]:
+def write(run, t: dict[str, object]) -> list[Path]:
     """Write ``numbers.tex`` and ``tables/*.tex`` through ``run`` (staged, in the manifest).
 
-    Every file passes :func:`prunepriv.latex.problems` first; LaTeX that would not compile is not written.
+    Every file passes :func:`prunepriv.report.latex.problems` first; LaTeX that would not compile is not written.
     """
     target = output_dir(run.profile.name)
-    files = {f"{target}/numbers.tex": ("tex:numbers", macros(numbers(results_dir),
+    files = {f"{target}/numbers.tex": ("tex:numbers", macros(numbers(t),
                                                                f"numbers of profile {run.profile.name}"))}
     files.update({f"{target}/tables/{stem}.tex": (f"tex:table-{stem}", text)
-                  for stem, text in tables(results_dir).items()})
+                  for stem, text in tables(t).items()})
     for path, (_, text) in files.items():
         if found := problems(text):
             raise ValueError(f"generated {path} would not compile: {'; '.join(found)}")

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .models import decoder_layers
-from .pruning import remove_layers
+from prunepriv.compress.pruning import remove_layers
+from prunepriv.lm.models import decoder_layers
+from prunepriv.privacy.train import LoRASpec, add_lora, make_collate, sequence_nll
 
 
 @dataclass
@@ -149,7 +150,6 @@ def dp_overhead(model: nn.Module, tokenizer, texts: list[str], batch_size: int =
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    from .finetune import LoRASpec, add_lora, make_collate, sequence_nll
 
     device = next(model.parameters()).device
     torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .similarity import LayerSimilarity
+from prunepriv.compress.similarity import LayerSimilarity
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
 

@@ -4,7 +4,7 @@
   federated and local-only choices of layers (cosine similarity) and of
   Wanda masks, their agreement and perplexity (``tab:federated``).
 * :func:`private_selection` — the layer choice made differentially private
-  (:mod:`prunepriv.selection`) over a grid of selection ε, and DP-SGD
+  (:mod:`prunepriv.privacy.selection`) over a grid of selection ε, and DP-SGD
   fine-tuning of the privately pruned model with the end-to-end ε composed by
   the accountant (``tab:private-selection``).
 * :func:`compression_baselines` — DP model compression (Yu et al. 2022):
@@ -25,16 +25,30 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import attacks, federated, selection, sparsity
-from .data import general_english
-from .evaluation import perplexity
-from .experiments import _relative_to_cwd, calibration_texts, epsilon_label, finetune_specs
-from .finetune import check_privacy, finetune
-from .memorization import accountant_at, audit_scores, note_records, size_matched
-from .models import decoder_layers
-from .pruning import choose_layers, remove_layers
-from .similarity import LayerSimilarity, layer_similarity
-from .text import batches
+from prunepriv.attacks import probes as attacks
+from prunepriv.attacks.audit import audit
+from prunepriv.compress import sparsity
+from prunepriv.compress.latency import compare_latency
+from prunepriv.compress.pruning import choose_layers, remove_layers
+from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
+from prunepriv.data import general_english
+from prunepriv.lm.evaluation import perplexity
+from prunepriv.lm.models import decoder_layers
+from prunepriv.lm.text import batches
+from prunepriv.privacy import federated, selection
+from prunepriv.privacy.train import check_privacy, finetune
+from prunepriv.results import relative_to_cwd
+from prunepriv.stages.experiments import (
+    calibration_texts,
+    epsilon_label,
+    finetune_specs,
+)
+from prunepriv.stages.memorization import (
+    accountant_at,
+    audit_scores,
+    note_records,
+    size_matched,
+)
 
 
 def _layers_text(layers) -> str:
@@ -142,7 +156,7 @@ def training_delta(profile, corpus) -> float:
 
 
 def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, dict]:
-    """Private choices of ``paper_remove`` layers for every selection ε and noise draw (:mod:`prunepriv.selection`).
+    """Private choices of ``paper_remove`` layers for every selection ε and noise draw (:mod:`prunepriv.privacy.selection`).
 
     Draw ``d`` uses the same standard normal vector at every ε (common random
     numbers), so the curves differ only by σ. ``agreement`` is the Jaccard
@@ -215,7 +229,7 @@ def _finetune_row(base, tokenizer, corpus, profile, out: Path, evaluator: Evalua
            "noise_multiplier": r.noise_multiplier, "sample_rate": r.sample_rate, "steps": r.steps,
            "perplexity_private_before": before["perplexity_private"],
            "perplexity_general_before": before["perplexity_general"],
-           **evaluator.both(tuned), "train_seconds": result.seconds, "run_dir": _relative_to_cwd(out)}
+           **evaluator.both(tuned), "train_seconds": result.seconds, "run_dir": relative_to_cwd(out)}
     return row, tuned
 
 
@@ -289,7 +303,6 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, row: d
     versus held-out records (AUC 0.5 by chance), trained versus never-trained
     canaries, and the audit's ε lower bound beside the accountant's ε.
     """
-    from .audit import audit
 
     bs, ml = cfg.batch_size, cfg.max_length
     members = [r.text for r in size_matched(note_records(corpus, "train"), cfg.mia_samples, seed)]
@@ -325,7 +338,6 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     ``dense_run_dir``: where the dense model's run at this ε already lives
     (stage 03), so that it is reloaded rather than trained again.
     """
-    from .bench import compare_latency
 
     b, lat = profile.baselines, profile.latency
     models, info = compressed_models(model, tokenizer, corpus, similarity, profile)
@@ -352,12 +364,10 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     return pd.DataFrame(rows), info
 
 
-def dense_run_dir(run, epsilon: float) -> Path | None:
-    """Stage 03's run folder of the unpruned model at ``epsilon``, if that run exists."""
-    path = run.results_dir / "finetune.csv"
-    if not path.is_file():
+def dense_run_dir(runs: pd.DataFrame | None, epsilon: float) -> Path | None:
+    """Stage 03's run folder of the unpruned model at ``epsilon`` in its table ``runs``, if that run exists."""
+    if runs is None:
         return None
-    runs = pd.read_csv(path)
     match = runs[(runs["model"] == "unpruned") & (runs["target_epsilon"] == epsilon)]
     return Path(match.iloc[0]["run_dir"]) if len(match) else None
 

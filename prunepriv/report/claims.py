@@ -5,7 +5,7 @@ which another run counts as reproducing it (with the reason for that width),
 and, where the claim is qualitative ("pruning cuts latency", "the audit stays
 below the accountant"), whether it holds in that run. ``prunepriv verify``
 and notebook ``07_paper`` (which writes the paper's numbers) both use
-:func:`claims_from`, so the paper and the check can never disagree.
+:func:`claims`, so the paper and the check can never disagree.
 """
 from __future__ import annotations
 
@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import PrunePrivError
+from prunepriv.errors import PrunePrivError
+from prunepriv.pipeline.registry import claim_files
 
-TABLES = ("layer_similarity.csv", "pruned_layers.json", "pruning.csv", "latency.csv", "finetune.csv",
-          "synthetic.csv", "memorization.csv", "membership_inference.csv", "canary_exposure.csv", "audit.csv",
-          "federated.csv", "federated.json", "private_selection.csv", "private_selection_draws.csv",
-          "private_selection.json", "compression_baselines.csv")
+TABLES = claim_files()   # what stage 07 reads, from the registry
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,11 @@ def load_tables(results_dir: str | Path) -> dict[str, object]:
 
 def claims_from(results_dir: str | Path) -> list[Claim]:
     """Every claim of the paper, measured from one profile's result tables."""
-    t = load_tables(results_dir)
+    return claims(load_tables(results_dir))
+
+
+def claims(t: dict[str, object]) -> list[Claim]:
+    """Every claim of the paper, from the tables of :func:`load_tables` (keyed by file name)."""
     return (_pruning_claims(t) + _latency_claims(t) + _finetune_claims(t) + _memorization_claims(t)
             + _audit_claims(t) + _federated_claims(t) + _selection_claims(t) + _compression_claims(t))
 

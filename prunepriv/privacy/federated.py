@@ -4,11 +4,11 @@
 patient's notes never straddle clients). A client computes local statistics
 on its shard and shares only those:
 
-* layer similarity (:func:`prunepriv.similarity.layer_similarity`); the
+* layer similarity (:func:`prunepriv.compress.similarity.layer_similarity`); the
   server averages them, weighted by token counts — the token-weighted mean of
   the clients' means is the pooled mean, so federated similarity equals the
   centralized one up to float rounding;
-* a Wanda mask (:mod:`prunepriv.sparsity`); the server aggregates by
+* a Wanda mask (:mod:`prunepriv.compress.sparsity`); the server aggregates by
   counting, as FedPrLLM does: each weight scores the number of clients that
   keep it, ties broken by ``|W|`` (the server holds the weights), and each
   output row keeps its ``1 - sparsity`` highest counts.
@@ -26,9 +26,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import DataError
-from .sparsity import Masks, _keep_top, check_sparsity, prunable_linears
-from .similarity import LayerSimilarity
+from prunepriv.compress.similarity import LayerSimilarity
+from prunepriv.compress.sparsity import (
+    Masks,
+    check_sparsity,
+    keep_top,
+    prunable_linears,
+)
+from prunepriv.errors import DataError
 
 
 def client_shards(records: Sequence, n_clients: int, per_client: int, seed: int) -> list[list[str]]:
@@ -74,7 +79,7 @@ def count_masks(model, local: Sequence[Masks], sparsity: float) -> Masks:
         counts = sum(m[name].to(torch.float32) for m in local)
         w = module.weight.detach().abs().float().cpu()
         score = counts + 0.5 * w / w.max().clamp(min=1e-12)        # |W| only orders equal counts
-        out[name] = _keep_top(score, w.shape[1] - int(math.floor(sparsity * w.shape[1])), 1)
+        out[name] = keep_top(score, w.shape[1] - int(math.floor(sparsity * w.shape[1])), 1)
     return out
 
 

@@ -20,14 +20,22 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import attacks
-from .errors import DataError, ModelError
-from .evaluation import perplexity
-from .experiments import _relative_to_cwd
-from .generation import SamplingSpec, continue_greedy, sample_records
-from .results import atomic_write_json, atomic_write_text
-from .text import record_ids
-
+from prunepriv.attacks import probes as attacks
+from prunepriv.attacks.audit import audit
+from prunepriv.attacks.bertscore import f1, pairwise_f1
+from prunepriv.compress.pruning import remove_layers
+from prunepriv.data import corpus_for
+from prunepriv.errors import DataError, ModelError
+from prunepriv.lm.evaluation import perplexity
+from prunepriv.lm.generation import SamplingSpec, continue_greedy, sample_records
+from prunepriv.lm.models import load_model
+from prunepriv.privacy.train import epsilon_for, load_adapter
+from prunepriv.results import (
+    atomic_write_json,
+    atomic_write_text,
+    relative_to_cwd,
+    sha256_file,
+)
 
 ATTACKS_VERSION = 2   # bump when an attack's computation changes, so saved per-run results are redone
 
@@ -44,7 +52,6 @@ def run_label(row) -> str:
 
 def tuned_model(bases: dict, row):
     """A fresh copy of the run's base model (pruned or not) with the run's LoRA adapter."""
-    from .finetune import load_adapter
 
     if row.model not in bases:
         raise ModelError(f"no base model for {row.model!r} runs (have {', '.join(bases)})")
@@ -52,20 +59,12 @@ def tuned_model(bases: dict, row):
     return load_adapter(copy.deepcopy(bases[row.model]), adapter).eval()
 
 
-def stage_inputs(run):
-    """What notebooks 04 and 05 start from: stage 03's runs table, the untuned
-    base models (unpruned, and pruned by stage 02's choice), the tokenizer and the corpus."""
-    from .data import corpus_for
-    from .models import load_model
-    from .pruning import remove_layers
-    from .results import load_stage_json, load_stage_table
-
-    profile = run.profile
-    runs = load_stage_table(run, "finetune.csv", "03")
-    pruned = load_stage_json(run, "pruned_layers.json", "02")
+def stage_inputs(profile, pruned: dict):
+    """What notebooks 04 and 05 start from besides stage 03's runs table: the untuned
+    base models (unpruned, and pruned by stage 02's choice ``pruned``), the tokenizer and the corpus."""
     base, tokenizer = load_model(profile.model, device=profile.device)
     bases = {"unpruned": base.eval(), "pruned": remove_layers(copy.deepcopy(base), pruned["layers"]).eval()}
-    return runs, bases, tokenizer, corpus_for(profile)
+    return bases, tokenizer, corpus_for(profile)
 
 
 def _digest(*parts) -> str:
@@ -73,7 +72,6 @@ def _digest(*parts) -> str:
 
 
 def _adapter_digest(row) -> str:
-    from .results import sha256_file
 
     return sha256_file(Path(row.run_dir) / "adapter" / "adapter_model.safetensors")
 
@@ -113,7 +111,6 @@ def synthetic_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, see
     Quality: perplexity under the untuned unpruned model (one judge for all
     runs) and BERTScore F1 of each sample to its closest held-out record.
     """
-    from .bertscore import pairwise_f1
 
     out_dir = Path(out_dir)
     spec = sampling_spec(cfg)
@@ -133,7 +130,7 @@ def synthetic_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, see
             "perplexity_base": perplexity(judge, tokenizer, nonempty, cfg.max_length, cfg.batch_size)
             if nonempty else float("nan"),
             "bertscore_f1_heldout": float(np.mean(best)),
-            "samples_file": _relative_to_cwd(path),
+            "samples_file": relative_to_cwd(path),
         })
     return pd.DataFrame(rows)
 
@@ -182,7 +179,6 @@ def accountant_at(row, delta: float) -> dict[str, float]:
     The audit bounds ε at one δ; it is compared with the accountant's ε at
     that same δ (a run's headline ε is at its training δ).
     """
-    from .finetune import epsilon_for
 
     sigma, q, steps = float(row.noise_multiplier), float(row.sample_rate), int(row.steps)
     if not math.isfinite(float(row.epsilon_rdp)) or sigma <= 0:
@@ -193,8 +189,6 @@ def accountant_at(row, delta: float) -> dict[str, float]:
 
 def attack_run(model, row, corpus, tokenizer, refs: References, samples: list[str], cfg, seed: int) -> dict:
     """Every memorization measurement of one fine-tuned model, with its controls."""
-    from .audit import audit
-    from .bertscore import f1, pairwise_f1
 
     out: dict = {"model": row.model, "target_epsilon": row.target_epsilon, "epsilon_rdp": float(row.epsilon_rdp),
                  "run": run_label(row)}
@@ -258,14 +252,24 @@ def attack_run(model, row, corpus, tokenizer, refs: References, samples: list[st
     return out
 
 
+def run_samples(synthetic: pd.DataFrame, row) -> list[str]:
+    """The synthetic samples of run ``row``, from stage 04's table (its ``samples_file`` column)."""
+    match = synthetic[(synthetic["model"] == row.model) & (synthetic["target_epsilon"] == row.target_epsilon)]
+    if not len(match):
+        raise DataError(f"no synthetic samples for the {row.model} model at ε = {row.target_epsilon}; "
+                        "run stage 04 first")
+    return load_samples(match.iloc[0]["samples_file"])
+
+
 def memorization_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, seed: int,
-                       synthetic_dir, out_dir) -> list[dict]:
-    """Attack every fine-tuned model; each run's result is saved (and reused) as JSON."""
+                       synthetic: pd.DataFrame, out_dir) -> list[dict]:
+    """Attack every fine-tuned model with its samples listed in ``synthetic`` (stage 04's table);
+    each run's result is saved (and reused) as JSON."""
     out_dir = Path(out_dir)
     refs = References(bases, tokenizer, cfg.max_length, cfg.batch_size)
     results = []
     for row in tqdm(list(runs.itertuples()), desc="memorization attacks", leave=False):
-        samples = load_samples(Path(synthetic_dir) / f"{run_label(row)}.jsonl")
+        samples = run_samples(synthetic, row)
         path = out_dir / f"{run_label(row)}.json"
         key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(row), samples, corpus.summary())
         if path.is_file():

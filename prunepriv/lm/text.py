@@ -5,6 +5,8 @@ from typing import Iterator
 
 import torch
 
+from prunepriv.errors import ModelError
+
 
 def encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Tokenize ``texts`` into one right-padded batch truncated to ``max_length``."""
@@ -26,7 +28,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def document_start_id(tokenizer) -> int:
     """The token that opens every record in training, scoring and generation (BOS, else EOS)."""
-    from .errors import ModelError
 
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import STRATEGIES
-from .errors import PruningError
-from .models import decoder_layers, set_decoder_layers
-from .similarity import LayerSimilarity
-from .text import to_device
+from prunepriv.compress.similarity import LayerSimilarity
+from prunepriv.config import STRATEGIES
+from prunepriv.errors import PruningError
+from prunepriv.lm.models import decoder_layers, set_decoder_layers
+from prunepriv.lm.text import to_device
 
 KEPT_LAYERS_KEY = "prunepriv_kept_layers"
 

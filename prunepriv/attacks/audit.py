@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from scipy import special  # scipy is a dependency of opacus (pinned)
 
-from .errors import PrunePrivError
+from prunepriv.errors import AuditError
 
 __all__ = [
     "AuditError", "AuditResult", "audit", "default_guess_grid", "epsilon_lower_bound",
@@ -44,10 +44,6 @@ __all__ = [
 
 _TOL = 1e-10          # bisection tolerance on ε (δ > 0)
 _MAX_BISECT = 200
-
-
-class AuditError(PrunePrivError):
-    """Invalid input to the privacy audit."""
 
 
 # --------------------------------------------------------------------------- validation

@@ -1,6 +1,6 @@
 """Keep committed notebooks clean: outputs stripped, a papermill ``parameters`` cell.
 
-``python -m prunepriv.notebooks strip notebooks/*.ipynb`` strips in place;
+``python -m prunepriv.pipeline.notebooks strip notebooks/*.ipynb`` strips in place;
 ``check`` lists what is wrong and exits 1.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def strip(path: str | Path) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in ("strip", "check"):
-        print("usage: python -m prunepriv.notebooks strip|check NOTEBOOK...", file=sys.stderr)
+        print("usage: python -m prunepriv.pipeline.notebooks strip|check NOTEBOOK...", file=sys.stderr)
         return 2
     bad = 0
     for path in argv[1:]:

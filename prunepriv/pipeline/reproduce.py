@@ -10,8 +10,9 @@ idea applied to notebooks):
   through the package's own imports (so editing ``cli.py`` reruns nothing,
   editing ``finetune.py`` reruns the stages that use it);
 * the versions of the scientific packages (:data:`prunepriv.results.PACKAGES`);
-* the profile sections the stage reads (:data:`STAGE_SECTIONS`);
-* the sha256 of the upstream files it reads (:data:`STAGE_INPUTS`).
+* the profile sections the stage reads and the sha256 of the upstream files
+  it reads, both as the stage declares them in
+  :data:`prunepriv.pipeline.registry.REGISTRY`.
 
 Outputs are staged: the notebook writes into a temporary folder and only a
 finished notebook's files are moved into ``results/NAME/`` and
@@ -33,61 +34,27 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .claims import TABLES as CLAIM_TABLES
-from .config import load_profile
-from .errors import PrunePrivError
-from .experiments import finetune_specs
-from .models import model_num_layers
-from .pruning import check_count
-from .results import STAGE_DIR_ENV, atomic_write_json, commit_staged, load_manifest, package_versions, sha256_file
+from prunepriv.compress.pruning import check_count
+from prunepriv.config import load_profile
+from prunepriv.data import corpus_for
+from prunepriv.errors import PrunePrivError, StageError, user_error_names
+from prunepriv.lm.models import model_num_layers
+from prunepriv.pipeline.registry import REGISTRY, Registry
+from prunepriv.privacy.train import check_privacy
+from prunepriv.results import (
+    STAGE_DIR_ENV,
+    atomic_write_json,
+    atomic_write_text,
+    commit_staged,
+    load_manifest,
+    package_versions,
+    sha256_file,
+)
+from prunepriv.stages.experiments import finetune_specs
 
-USER_ERROR_NAMES = {"PrunePrivError", "ConfigError", "DataError", "ModelError", "PruningError", "FileNotFoundError",
-                    "PrivacyConfigError", "AuditError"}
-
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = PACKAGE_DIR.parent / "notebooks"
-STAGES = {
-    "01": "01_layer_similarity.ipynb",
-    "02": "02_layer_pruning.ipynb",
-    "03": "03_private_finetuning.ipynb",
-    "04": "04_synthetic_data.ipynb",
-    "05": "05_memorization.ipynb",
-    "06": "06_baselines.ipynb",
-    "07": "07_paper.ipynb",
-}
-_BASE = ("seed", "device", "model", "data")
-STAGE_SECTIONS = {
-    "01": _BASE + ("similarity",),
-    "02": _BASE + ("pruning", "latency"),
-    "03": _BASE + ("finetune",),
-    "04": _BASE + ("memorization",),
-    "05": _BASE + ("memorization",),
-    "06": _BASE + ("similarity", "pruning", "latency", "finetune", "memorization", "baselines"),
-    "07": (),
-}
-# Files under results/NAME/ that a stage reads from earlier stages.
-STAGE_INPUTS = {
-    "01": (),
-    "02": ("layer_similarity.json",),
-    "03": ("pruned_layers.json",),
-    "04": ("pruned_layers.json", "finetune.csv"),
-    "05": ("pruned_layers.json", "finetune.csv", "synthetic.csv"),
-    "06": ("layer_similarity.json", "finetune.csv"),
-    "07": CLAIM_TABLES,
-}
 STATE_FILE = "stages.json"
-
-
-class StageError(PrunePrivError):
-    """A notebook failed; the message names the notebook and the cell.
-
-    ``user_error`` is true when the notebook raised one of prunepriv's
-    bad-input errors (exit status 2), false for any other failure.
-    """
-
-    def __init__(self, message: str, user_error: bool) -> None:
-        super().__init__(message)
-        self.user_error = user_error
 
 
 @dataclass
@@ -98,17 +65,14 @@ class StageResult:
     skipped: bool = False
 
 
-def select_stages(stages: list[str] | None) -> list[str]:
+def select_stages(stages: list[str] | None, registry: Registry = REGISTRY) -> list[str]:
     """Stage keys in order; accepts ``01`` or ``1`` or a notebook stem."""
+    keys = [s.key for s in registry.stages]
     if not stages:
-        return list(STAGES)
-    chosen = []
-    for item in stages:
-        key = next((k for k, nb in STAGES.items() if item in (k, k.lstrip("0"), Path(nb).stem)), None)
-        if key is None:
-            raise PrunePrivError(f"unknown stage {item!r}; stages: {', '.join(STAGES)}")
-        chosen.append(key)
-    return sorted(set(chosen))
+        return keys
+    chosen = {registry.stage(k).key for item in stages
+              for k in [next((key for key in keys if item == key.lstrip("0")), item)]}
+    return sorted(chosen)
 
 
 def preflight(profile) -> None:
@@ -116,8 +80,6 @@ def preflight(profile) -> None:
     num_layers = model_num_layers(profile.model)
     for k in set(profile.pruning.remove) | set(profile.latency.remove) | {profile.pruning.paper_remove}:
         check_count(k, num_layers)
-    from .data import corpus_for
-    from .finetune import check_privacy
 
     n_train = len(corpus_for(profile).texts("train"))          # also checks a user's data file
     if n_train < profile.finetune.batch_size:
@@ -137,60 +99,81 @@ def notebook_code(path: Path) -> list[str]:
             for c in cells if c["cell_type"] == "code"]
 
 
-def _imported_modules(source: str, package_relative: bool) -> set[str]:
-    """``prunepriv`` modules that ``source`` imports (names without the package prefix)."""
+def module_file(name: str) -> Path | None:
+    """The source file of ``prunepriv.a.b`` (a module or a subpackage's ``__init__``), if it exists."""
+    parts = name.split(".")
+    if parts[0] != "prunepriv":
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    return next((c for c in (base / "__init__.py", base.with_suffix(".py")) if c.is_file()), None)
+
+
+def _absolute(node: ast.ImportFrom, module: str | None) -> str | None:
+    """The absolute name an ``ImportFrom`` refers to; relative ones resolved against ``module``
+    (a package's own name ends in ``.__init__``)."""
+    if not node.level:
+        return node.module
+    if module is None:
+        return None
+    package = module.split(".")[: -node.level]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def _imported_modules(source: str, module: str | None = None) -> set[str]:
+    """``prunepriv`` modules (dotted names) that ``source`` imports; ``module`` is its own name."""
     lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
-    tree = ast.parse("\n".join(lines))
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse("\n".join(lines))):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level and package_relative:
-                base = node.module or ""
-            elif node.module and (node.module == "prunepriv" or node.module.startswith("prunepriv.")):
-                base = node.module.removeprefix("prunepriv").lstrip(".")
-            else:
+            base = _absolute(node, module)
+            if not base:
                 continue
-            names = [f"prunepriv.{base}" if base else "prunepriv"]
-            names += [f"prunepriv.{base + '.' if base else ''}{a.name}" for a in node.names]
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
         for name in names:
-            if name == "prunepriv":
-                found.add("__init__")
-            elif name.startswith("prunepriv."):
-                module = name.split(".")[1]
-                if (PACKAGE_DIR / f"{module}.py").is_file():
-                    found.add(module)
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):       # a.b.c imports a and a.b too
+                if module_file(".".join(parts[:i])) is not None:
+                    found.add(".".join(parts[:i]))
     return found
 
 
+def _module_key(name: str) -> str:
+    """``prunepriv.privacy.train`` → ``privacy/train.py`` (the fingerprint's key)."""
+    return module_file(name).relative_to(PACKAGE_DIR).as_posix()
+
+
 def code_dependencies(sources: list[str]) -> list[str]:
-    """Every ``prunepriv`` module the code imports, directly or through the package."""
-    pending = set().union(*(_imported_modules(s, False) for s in sources)) if sources else set()
+    """Every ``prunepriv`` source file the code imports, directly or through the package
+    (paths relative to the package, e.g. ``privacy/train.py``)."""
+    pending = set().union(*(_imported_modules(s) for s in sources)) if sources else set()
     seen: set[str] = set()
     while pending:
-        module = pending.pop()
-        if module in seen:
+        name = pending.pop()
+        if name in seen:
             continue
-        seen.add(module)
-        pending |= _imported_modules((PACKAGE_DIR / f"{module}.py").read_text(), True) - seen
-    return sorted(seen)
+        seen.add(name)
+        own = name + ".__init__" if module_file(name).name == "__init__.py" else name
+        pending |= _imported_modules(module_file(name).read_text(), own) - seen
+    return sorted(_module_key(m) for m in seen)
 
 
-def stage_fingerprint(key: str, profile, results_dir: Path) -> dict:
+def stage_fingerprint(key: str, profile, results_dir: Path, registry: Registry = REGISTRY) -> dict:
     """Everything stage ``key`` depends on, with one sha256 over all of it."""
-    source = NOTEBOOKS_DIR / STAGES[key]
+    stage = registry.stage(key)
+    source = NOTEBOOKS_DIR / stage.notebook
     code = notebook_code(source)
     settings = profile.to_dict()
     parts = {
         "notebook": hashlib.sha256(json.dumps(code).encode()).hexdigest(),
-        "code": {m: sha256_file(PACKAGE_DIR / f"{m}.py") for m in code_dependencies(code)},
+        "code": {m: sha256_file(PACKAGE_DIR / m) for m in code_dependencies(code)},
         "packages": {k: v for k, v in package_versions().items() if k != "prunepriv"},
-        "profile": {section: settings[section] for section in STAGE_SECTIONS[key]},
+        "profile": {section: settings[section] for section in stage.sections},
         "inputs": {name: sha256_file(results_dir / name) if (results_dir / name).is_file() else None
-                   for name in STAGE_INPUTS[key]},
+                   for name in registry.input_files(key)},
     }
     parts["sha256"] = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return parts
@@ -224,7 +207,7 @@ def why_stale(key: str, fingerprint: dict, state: dict, root: Path) -> str | Non
         if "code" in changed:
             modules = sorted(m for m in set(old["code"]) | set(fingerprint["code"])
                              if old["code"].get(m) != fingerprint["code"].get(m))
-            return "code changed: " + ", ".join(f"prunepriv/{m}.py" for m in modules)
+            return "code changed: " + ", ".join(f"prunepriv/{m}" for m in modules)
         if "inputs" in changed:
             files = [f for f in fingerprint["inputs"] if old["inputs"].get(f) != fingerprint["inputs"][f]]
             return "upstream output changed: " + ", ".join(files)
@@ -242,7 +225,8 @@ def why_stale(key: str, fingerprint: dict, state: dict, root: Path) -> str | Non
 # the batch
 
 def reproduce(profile_name: str, stages: list[str] | None = None, output_root: str | Path = ".",
-              progress: bool = True, force: bool = False, log=print) -> list[StageResult]:
+              progress: bool = True, force: bool = False, log=print,
+              registry: Registry = REGISTRY) -> list[StageResult]:
     """Execute the profile's notebooks in order; returns one result per stage.
 
     Stages whose fingerprint is unchanged are skipped unless ``force`` is set
@@ -250,18 +234,18 @@ def reproduce(profile_name: str, stages: list[str] | None = None, output_root: s
     """
     profile = load_profile(profile_name)
     preflight(profile)
-    keys = select_stages(stages)
+    keys = select_stages(stages, registry)
     forced = force or bool(stages)
     root = Path(output_root).resolve()
     results_dir = root / "results" / profile.name
     results = []
     bar = tqdm(keys, desc=f"reproduce[{profile.name}]", unit="stage", disable=not progress)
     for key in bar:
-        source = NOTEBOOKS_DIR / STAGES[key]
+        source = NOTEBOOKS_DIR / registry.stage(key).notebook
         if not source.is_file():
             raise PrunePrivError(f"notebook {source} is missing (run from a checkout of the repository)")
         bar.set_description(f"reproduce[{profile.name}] {source.stem}")
-        fingerprint = stage_fingerprint(key, profile, results_dir)
+        fingerprint = stage_fingerprint(key, profile, results_dir, registry)
         state = load_state(results_dir)
         reason = "forced" if forced else why_stale(key, fingerprint, state, root)
         executed = results_dir / "notebooks" / source.name
@@ -302,7 +286,7 @@ def _run_stage(source: Path, profile, root: Path, results_dir: Path, progress: b
                             cwd=str(root), kernel_name="python3", progress_bar=progress, log_output=False)
     except pm.PapermillExecutionError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise StageError(_describe_failure(source, tmp_nb, exc), exc.ename in USER_ERROR_NAMES) from None
+        raise StageError(_describe_failure(source, tmp_nb, exc), exc.ename in user_error_names()) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -325,8 +309,6 @@ def _write_html(executed: Path, target: Path) -> None:
     """An HTML rendering of an executed notebook, for reviewers without Jupyter."""
     import nbformat
     from nbconvert import HTMLExporter
-
-    from .results import atomic_write_text
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(executed), as_version=4))
     atomic_write_text(target, body)

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .text import batches, to_device
+from prunepriv.lm.text import batches, to_device
 
 
 @torch.inference_mode()

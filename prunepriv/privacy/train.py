@@ -42,16 +42,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelError, PrunePrivError
-from .results import atomic_write_bytes, atomic_write_json, atomic_write_text
-
-
-class PrivacyConfigError(PrunePrivError):
-    """Impossible privacy parameters (ε ≤ 0, δ outside (0, 1/N), clip ≤ 0)."""
-
-
-class DistributedConfigError(PrunePrivError):
-    """A distributed run that is not supported (non-private, or model on the wrong device)."""
+from prunepriv.errors import (
+    DistributedConfigError,
+    ModelError,
+    PrivacyConfigError,
+    PrunePrivError,
+)
+from prunepriv.lm.text import record_ids
+from prunepriv.results import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -180,10 +178,9 @@ def add_lora(model: nn.Module, spec: LoRASpec):
 
 
 class TokenizedTexts(torch.utils.data.Dataset):
-    """Records as ``[start] + tokens + [eos]`` (:func:`prunepriv.text.record_ids`), truncated to ``max_length``."""
+    """Records as ``[start] + tokens + [eos]`` (:func:`prunepriv.lm.text.record_ids`), truncated to ``max_length``."""
 
     def __init__(self, tokenizer, texts: list[str], max_length: int) -> None:
-        from .text import record_ids
 
         self.items = [torch.tensor(ids, dtype=torch.long) for ids in record_ids(tokenizer, texts, max_length)]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -374,7 +371,7 @@ def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-RECORD_FORMAT = "start+text+eos;length-sorted-physical-batches"   # see prunepriv.text.record_ids; part of every run's digest
+RECORD_FORMAT = "start+text+eos;length-sorted-physical-batches"   # see prunepriv.lm.text.record_ids; part of every run's digest
 
 
 def _data_fingerprint(texts: list[str], model: nn.Module) -> str:
@@ -466,7 +463,9 @@ def finetune(
     accountant = RDPAccountant()
     net: nn.Module = peft_model
     if privacy.private and distributed:
-        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+        from opacus.distributed import (
+            DifferentiallyPrivateDistributedDataParallel as DPDDP,
+        )
         from opacus.optimizers import DistributedDPOptimizer
 
         # DPDDP broadcasts rank 0's weights; DistributedDPOptimizer adds the noise on rank 0 only, divides

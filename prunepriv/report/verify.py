@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import TABLES, claims_from, compare
-from .errors import PrunePrivError
-from .results import atomic_write_bytes, atomic_write_text, load_manifest
+from prunepriv.errors import PrunePrivError
+from prunepriv.report.claims import TABLES, claims_from, compare, format_value
+from prunepriv.results import atomic_write_bytes, atomic_write_text, load_manifest
 
 REFERENCE_DIR = "reference"
 
@@ -73,7 +73,6 @@ def describe_run(prov: dict) -> str:
 
 def report(result: Verification) -> str:
     """The claims table as plain text, with provenance and a closing verdict line."""
-    from .claims import format_value
 
     lines = [f"reference:  {describe_run(result.reference)}", f"reproduced: {describe_run(result.reproduced)}"]
     if result.reference.get("profile_sha256") != result.reproduced.get("profile_sha256"):

@@ -7,12 +7,26 @@ import warnings
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .bench import compare_latency
-from .evaluation import perplexity
-from .models import decoder_layers
-from .pruning import check_count, choose_layers, greedy_loss_order, remove_layers
-from .similarity import LayerSimilarity, layer_similarity
-from .text import batches
+from prunepriv.compress.latency import compare_latency
+from prunepriv.compress.pruning import (
+    check_count,
+    choose_layers,
+    greedy_loss_order,
+    remove_layers,
+)
+from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
+from prunepriv.data import general_english
+from prunepriv.lm.evaluation import perplexity
+from prunepriv.lm.models import decoder_layers
+from prunepriv.lm.text import batches
+from prunepriv.privacy.train import (
+    LoRASpec,
+    PrivacySpec,
+    TrainSpec,
+    finetune,
+    merge_and_save,
+)
+from prunepriv.results import relative_to_cwd
 
 
 def calibration_texts(corpus, n: int) -> list[str]:
@@ -122,7 +136,6 @@ def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int,
 
 def finetune_specs(profile):
     """LoRA, per-ε privacy and training specs from a profile's ``finetune`` section."""
-    from .finetune import LoRASpec, PrivacySpec, TrainSpec
 
     f = profile.finetune
     lora = LoRASpec(f.lora_rank, f.lora_alpha, f.lora_dropout, list(f.target_modules))
@@ -147,8 +160,6 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
     """
     from pathlib import Path
 
-    from .data import general_english
-    from .finetune import finetune, merge_and_save
 
     f = profile.finetune
     lora, privacy, train = finetune_specs(profile)
@@ -179,20 +190,12 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
             "perplexity_private": perplexity(tuned, tokenizer, private_eval, f.max_length, f.physical_batch_size),
             "perplexity_general": perplexity(tuned, tokenizer, general_eval, f.max_length, f.physical_batch_size),
             "final_loss": result.log[-1]["loss"] if result.log else float("nan"),
-            "train_seconds": result.seconds, "run_dir": _relative_to_cwd(out),
+            "train_seconds": result.seconds, "run_dir": relative_to_cwd(out),
         })
         if f.save_merged:
             merge_and_save(tuned, tokenizer, out / "merged")
         del model, tuned
     return pd.DataFrame(rows)
-
-
-def _relative_to_cwd(path) -> str:
-    import os
-    from pathlib import Path
-
-    relative = os.path.relpath(path)
-    return Path(path).as_posix() if relative.startswith("..") else Path(relative).as_posix()
 
 
 def training_curves(runs: pd.DataFrame) -> pd.DataFrame:

@@ -22,8 +22,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .models import backbone, decoder_layers
-from .text import to_device
+from prunepriv.lm.models import backbone, decoder_layers
+from prunepriv.lm.text import to_device
 
 
 @dataclass

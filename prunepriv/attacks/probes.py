@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .text import pad_right, record_ids
-
+from prunepriv.lm.text import pad_right, record_ids
 
 # --------------------------------------------------------------------------
 # token log-probabilities

