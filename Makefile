@@ -40,7 +40,7 @@ paper: paper/main.tex paper/generated/numbers.tex
 	cd paper && $(LATEXMK) -pdf -interaction=nonstopmode -halt-on-error main.tex
 
 strip-notebooks: $(STAMP)
-	$(BIN)/python -m prunepriv.notebooks strip notebooks/*.ipynb
+	$(BIN)/python -m prunepriv.pipeline.notebooks strip notebooks/*.ipynb
 
 clean-results:
 	rm -rf results/smoke figures/smoke

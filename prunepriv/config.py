@@ -281,9 +281,25 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
-def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:
-    """Read, merge ``overrides`` (nested dict) into, and validate a profile."""
-    path = resolve_profile_path(name_or_path)
+def load_profile(name_or_path: str | Path | None, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read, merge ``overrides`` (nested dict) into, and validate a profile.
+
+    ``None`` is the built-in defaults (the dataclass fields below), named ``default``.
+    """
+    raw, path = {"name": "default"}, None
+    if name_or_path is not None:
+        path = resolve_profile_path(name_or_path)
+        raw = _read_yaml(path)
+        raw.setdefault("name", path.stem)
+    if overrides:
+        raw = _merge(raw, overrides)
+    profile = _build(Profile, raw, prefix="")
+    profile.source = str(path) if path else ""
+    profile.validate()
+    return profile
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -291,13 +307,7 @@ def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = No
         raise ConfigError(f"profile {path} is not valid YAML: {first}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {path} must be a mapping of keys to values")
-    raw.setdefault("name", path.stem)
-    if overrides:
-        raw = _merge(raw, overrides)
-    profile = _build(Profile, raw, prefix="")
-    profile.source = str(path)
-    profile.validate()
-    return profile
+    return raw
 
 
 def _merge(base: dict, extra: dict) -> dict:

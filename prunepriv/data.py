@@ -12,10 +12,11 @@ import csv
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
+from prunepriv.config import DataConfig
 from prunepriv.errors import DataError
 from prunepriv.results import atomic_write_text
 
@@ -257,35 +258,29 @@ NOTE_TYPES = {
 }
 
 
-def synthetic_corpus(
-    seed: int = 0,
-    n_patients: int = 200,
-    notes_per_patient: int = 3,
-    n_canaries: int = 8,
-    canary_repetitions: Iterable[int] = (1, 4, 16),
-    n_heldout_canaries: int = 8,
-    heldout_fraction: float = 0.2,
-    calibration_fraction: float = 0.1,
-    n_audit_canaries: int = 0,
-) -> Corpus:
+def synthetic_corpus(seed: int = 0, config: DataConfig | None = None, **settings) -> Corpus:
     """A seeded synthetic clinical-notes corpus, split by patient.
 
-    Held-out and calibration patients never appear in training, so their PII
-    values are the control for PII-leakage measurements.
+    Sizes come from ``config`` (a profile's ``data`` section; its defaults
+    when omitted), with any field overridden by keyword, e.g.
+    ``synthetic_corpus(seed=0, n_patients=40)``. Held-out and calibration
+    patients never appear in training, so their PII values are the control
+    for PII-leakage measurements.
     """
+    d = replace(config or DataConfig(), **settings)
     rng, fake = _seeded(seed)
-    patients = _patients(n_patients, rng, fake)
-    split_of = _split_ids([p["id"] for p in patients], heldout_fraction, calibration_fraction, rng)
+    patients = _patients(d.n_patients, rng, fake)
+    split_of = _split_ids([p["id"] for p in patients], d.heldout_fraction, d.calibration_fraction, rng)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     kinds = list(NOTE_TYPES)
     for patient in patients:
-        for k in range(notes_per_patient):
+        for k in range(d.notes_per_patient):
             kind = rng.choice(kinds)
             text, pii = NOTE_TYPES[kind](patient, rng).done()
             record = Record(f"{patient['id']}-{k}", text, kind, patient["id"], pii)
             splits[split_of[patient["id"]]].append(record)
-    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries,
-                             n_audit_canaries, seed)
+    canaries = make_canaries(rng, fake, d.n_canaries, d.canary_repetitions, d.n_heldout_canaries,
+                             d.n_audit_canaries, seed)
     splits["train"] = insert_canaries(splits["train"], canaries, rng)
     return Corpus(splits, canaries, source="synthetic")
 
@@ -407,24 +402,17 @@ def _csv_texts(path: Path, raw: str, text_field: str) -> list[str]:
     return texts
 
 
-def user_corpus(
-    records: list[Record],
-    seed: int = 0,
-    n_canaries: int = 8,
-    canary_repetitions: Iterable[int] = (1, 4, 16),
-    n_heldout_canaries: int = 8,
-    heldout_fraction: float = 0.2,
-    calibration_fraction: float = 0.1,
-    n_audit_canaries: int = 0,
-) -> Corpus:
-    """Split a user's records deterministically and insert canaries for the audit."""
+def user_corpus(records: list[Record], seed: int = 0, config: DataConfig | None = None, **settings) -> Corpus:
+    """Split a user's records deterministically and insert canaries for the audit
+    (split fractions and canaries from ``config``, fields overridable by keyword)."""
+    d = replace(config or DataConfig(), **settings)
     rng, fake = _seeded(seed)
-    split_of = _split_ids([r.id for r in records], heldout_fraction, calibration_fraction, rng)
+    split_of = _split_ids([r.id for r in records], d.heldout_fraction, d.calibration_fraction, rng)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     for record in records:
         splits[split_of[record.id]].append(record)
-    canaries = make_canaries(rng, fake, n_canaries, canary_repetitions, n_heldout_canaries,
-                             n_audit_canaries, seed)
+    canaries = make_canaries(rng, fake, d.n_canaries, d.canary_repetitions, d.n_heldout_canaries,
+                             d.n_audit_canaries, seed)
     splits["train"] = insert_canaries(splits["train"], canaries, rng)
     return Corpus(splits, canaries, source="user")
 
@@ -432,20 +420,12 @@ def user_corpus(
 def corpus_for(profile) -> Corpus:
     """The corpus a profile describes (synthetic, or the user's file)."""
     d = profile.data
-    common = dict(
-        seed=profile.seed, n_canaries=d.n_canaries, canary_repetitions=d.canary_repetitions,
-        n_heldout_canaries=d.n_heldout_canaries, heldout_fraction=d.heldout_fraction,
-        calibration_fraction=d.calibration_fraction, n_audit_canaries=d.n_audit_canaries,
-    )
     if d.source == "synthetic":
-        return synthetic_corpus(n_patients=d.n_patients, notes_per_patient=d.notes_per_patient, **common)
-    corpus = user_corpus(load_records(d.source, d.text_field), **common)
+        return synthetic_corpus(profile.seed, d)
+    corpus = user_corpus(load_records(d.source, d.text_field), profile.seed, d)
     corpus.source = str(d.source)
     return corpus
 
-
-# --------------------------------------------------------------------------
-# general English
 
 def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 200) -> list[str]:
     """Human-written English prose for a general-domain perplexity.

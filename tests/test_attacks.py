@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_model
 
 from prunepriv.attacks import probes as attacks
+from prunepriv.config import MemorizationConfig
 from prunepriv.data import Canary, synthetic_corpus
 from prunepriv.lm.generation import SamplingSpec, continue_greedy, sample_records
 from prunepriv.lm.text import record_ids
@@ -113,7 +114,7 @@ def test_prefix_probes_cut_records_and_find_suffix_pii(byte_tokenizer):
 
 def test_sampling_is_seeded_and_greedy_continuation_has_fixed_length(byte_tokenizer):
     model = tiny_model("llama", layers=2)
-    spec = SamplingSpec(n_samples=5, max_new_tokens=6, batch_size=2)
+    spec = SamplingSpec.from_config(MemorizationConfig(), n_samples=5, max_new_tokens=6, batch_size=2)
     a = sample_records(model, byte_tokenizer, spec, seed=1, progress=False)
     assert a == sample_records(model, byte_tokenizer, spec, seed=1, progress=False)
     assert a != sample_records(model, byte_tokenizer, spec, seed=2, progress=False) and len(a) == 5

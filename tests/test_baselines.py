@@ -16,7 +16,8 @@ from prunepriv.data import Record
 from prunepriv.errors import DataError, PruningError
 from prunepriv.lm.text import batches
 from prunepriv.privacy import federated, selection
-from prunepriv.privacy.train import LoRASpec, PrivacySpec, TrainSpec, finetune
+from prunepriv.privacy.specs import LoRASpec, PrivacySpec, TrainSpec
+from prunepriv.privacy.train import finetune
 from prunepriv.stages import baselines
 
 TEXTS = [f"Patient {i} was seen on day {i % 7} for a follow-up of condition {i % 5}; vitals stable." for i in range(24)]
@@ -196,9 +197,11 @@ def test_composition_of_two_gaussians_matches_the_closed_form():
 def test_end_to_end_epsilon_of_a_real_run_composes_with_its_accountant(byte_tokenizer, tmp_path):
     model = tiny_model("llama", layers=2)
     texts = TEXTS * 2
-    result = finetune(model, byte_tokenizer, texts, tmp_path / "run", LoRASpec(rank=2, alpha=4),
-                      PrivacySpec(epsilon=3.0), TrainSpec(epochs=1.0, batch_size=8, physical_batch_size=4,
-                                                          max_length=32), progress=False)
+    lora = LoRASpec(rank=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    privacy = PrivacySpec(epsilon=3.0, delta=None, max_grad_norm=1.0, noise_multiplier=None, accountant="rdp")
+    train = TrainSpec(epochs=1.0, learning_rate=2e-3, batch_size=8, physical_batch_size=4, max_length=32,
+                      checkpoint_every=10, seed=0)
+    result = finetune(model, byte_tokenizer, texts, tmp_path / "run", lora, privacy, train, progress=False)
     r = result.privacy
     sel_sigma = selection.noise_multiplier_for(1.0, r.delta)
     c = selection.end_to_end_epsilon(sel_sigma, r.noise_multiplier, r.sample_rate, r.steps, r.delta)

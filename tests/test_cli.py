@@ -112,10 +112,10 @@ def test_console_script_exit_status(tmp_path):
 
 
 @pytest.mark.parametrize("extra, pattern", [
-    (["--epsilon", "0"], "epsilon must be > 0"),
-    (["--epsilon", "-2"], "epsilon must be > 0"),
+    (["--epsilon", "0"], r"finetune.epsilons must be numbers > 0 .*got \[0.0\]"),
+    (["--epsilon", "-2"], r"finetune.epsilons must be numbers > 0 .*got \[-2.0\]"),
     (["--delta", "0.5"], r"delta must be in \(0, 1/N\)"),
-    (["--max-grad-norm", "0"], "clipping norm must be > 0"),
+    (["--max-grad-norm", "0"], "max_grad_norm must be > 0"),
     (["--target-modules", "query,value"], r"LoRA target modules \['query', 'value'\] not in the model; it has: .*q_proj"),
     (["--batch-size", "100000"], "fewer than one batch"),
 ])

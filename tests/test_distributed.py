@@ -19,16 +19,19 @@ from transformers import AutoModelForCausalLM
 from prunepriv.cli import main
 
 # Runs on every rank under torchrun. It executes prunepriv.cli as ``-m`` would
-# (runpy), with a spy around prunepriv.privacy.train.finetune that, while the
-# process group is up, (1) checks that the library refuses a non-private
-# distributed run, (2) stops the run after 5 steps and resumes it, (3) saves
-# this rank's trained LoRA weights and (4) reloads the finished run.
+# (runpy), with a spy around prunepriv.privacy.train.finetune (also where the
+# CLI's finetune command holds it) that, while the process group is up,
+# (1) checks that the library refuses a non-private distributed run, (2) stops
+# the run after 5 steps and resumes it, (3) saves this rank's trained LoRA
+# weights and (4) reloads the finished run.
 WORKER = r"""
-import json, os, runpy, sys
+import dataclasses, json, math, os, runpy, sys
 import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
+import prunepriv.commands.finetune as command
 import prunepriv.privacy.train as ft
+from prunepriv.errors import DistributedConfigError
 
 args, spy_dir = json.loads(sys.argv[1]), sys.argv[2]
 
@@ -56,9 +59,10 @@ def lora_of(model):
 def spy(model, tokenizer, texts, output_dir, lora, privacy, train, **kw):
     rank = dist.get_rank()
     try:
-        original(model, tokenizer, texts, output_dir, lora, ft.PrivacySpec(), train, **kw)
+        non_private = dataclasses.replace(privacy, epsilon=math.inf, noise_multiplier=None)
+        original(model, tokenizer, texts, output_dir, lora, non_private, train, **kw)
         refused = None
-    except ft.DistributedConfigError as exc:
+    except DistributedConfigError as exc:
         refused = str(exc)
     # stopped after 5 steps (rank 0 writes the checkpoint), then resumed by every rank from it
     part = original(fresh_model(), tokenizer, texts, output_dir, lora, privacy, train, stop_after=5, **kw)
@@ -79,6 +83,7 @@ def spy(model, tokenizer, texts, output_dir, lora, privacy, train, **kw):
 
 
 ft.finetune = spy
+command.finetune = spy                               # the CLI's finetune command bound the function at import
 sys.exit(cli("--epsilon", "3"))
 """
 
@@ -170,7 +175,7 @@ def test_finished_run_is_reloaded_on_every_rank(runs):
 
 
 def test_rank0_adapter_loads_and_holds_the_trained_weights(runs):
-    from prunepriv.privacy.train import load_adapter
+    from prunepriv.lm.lora import load_adapter
 
     loaded = load_adapter(AutoModelForCausalLM.from_pretrained(runs["model_dir"]), runs["dist"] / "adapter")
     weights = {n: p.detach() for n, p in loaded.named_parameters() if "lora_" in n}

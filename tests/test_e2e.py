@@ -119,7 +119,7 @@ def _check_baselines(root, profile) -> None:
 
 def _check_finetuning(root, profile) -> None:
     """Every (model, ε) ran; ε comes from the run's accountant; non-private fine-tuning helps."""
-    from prunepriv.privacy.train import epsilon_for
+    from prunepriv.privacy.specs import epsilon_for
 
     runs = pd.read_csv(root / "results/smoke/finetune.csv")
     f = profile.finetune

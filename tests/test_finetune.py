@@ -1,34 +1,41 @@
 """LoRA + DP-SGD: the silent-failure guard, accounting, resumption, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from conftest import tiny_model
 
+from prunepriv.config import Profile
 from prunepriv.errors import ModelError, PrunePrivError
-from prunepriv.privacy.train import (
+from prunepriv.lm.lora import add_lora, linear_module_names
+from prunepriv.privacy.specs import (
     LoRASpec,
     PrivacySpec,
     TrainSpec,
-    add_lora,
     epsilon_for,
-    finetune,
-    linear_module_names,
+    finetune_specs,
 )
+from prunepriv.privacy.train import finetune
 
 TEXTS = [f"Patient {i} was seen in clinic and started on medication number {i % 7}." for i in range(48)]
-LORA = LoRASpec(rank=4, alpha=8, target_modules=["q_proj", "v_proj"])
+LORA = LoRASpec(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
 TRAIN = TrainSpec(epochs=1.0, learning_rate=1e-2, batch_size=12, physical_batch_size=5, max_length=32,
                   checkpoint_every=1, seed=0)
+
+
+def privacy_spec(**changes) -> PrivacySpec:
+    """The built-in profile's non-private spec (ε = ∞, δ = 1/(10 N), C = 1, RDP) with ``changes``."""
+    return dataclasses.replace(finetune_specs(Profile())[1][math.inf], **changes)
 
 
 def _lora_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
-@pytest.mark.parametrize("privacy", [PrivacySpec(epsilon=8.0), PrivacySpec()], ids=["dp", "non-private"])
+@pytest.mark.parametrize("privacy", [privacy_spec(epsilon=8.0), privacy_spec()], ids=["dp", "non-private"])
 def test_lora_weights_move_and_only_they_train(byte_tokenizer, tmp_path, privacy):
     model = tiny_model("llama", layers=3)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -43,7 +50,7 @@ def test_lora_weights_move_and_only_they_train(byte_tokenizer, tmp_path, privacy
     assert result.privacy.steps == math.ceil(1.0 / (12 / 48)) == len(result.log)
 
 
-@pytest.mark.parametrize("privacy", [PrivacySpec(epsilon=8.0), PrivacySpec()], ids=["dp", "non-private"])
+@pytest.mark.parametrize("privacy", [privacy_spec(epsilon=8.0), privacy_spec()], ids=["dp", "non-private"])
 def test_guard_catches_an_optimizer_that_updates_nothing(byte_tokenizer, tmp_path, monkeypatch, privacy):
     """If the optimizer never changes the LoRA weights, training stops with a clear error
     (for DP-SGD the loss and ε would still look normal)."""
@@ -55,7 +62,7 @@ def test_guard_catches_an_optimizer_that_updates_nothing(byte_tokenizer, tmp_pat
 
 def test_reported_epsilon_recomputes_from_logged_parameters(byte_tokenizer, tmp_path):
     result = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path, LORA,
-                      PrivacySpec(epsilon=3.0), TRAIN, progress=False)
+                      privacy_spec(epsilon=3.0), TRAIN, progress=False)
     r = result.privacy
     assert r.private and r.noise_multiplier > 0 and r.delta < 1 / len(TEXTS)
     from opacus.accountants import RDPAccountant
@@ -69,7 +76,7 @@ def test_reported_epsilon_recomputes_from_logged_parameters(byte_tokenizer, tmp_
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(byte_tokenizer, tmp_path):
-    privacy = PrivacySpec(epsilon=8.0)
+    privacy = privacy_spec(epsilon=8.0)
     full = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path / "full", LORA, privacy, TRAIN,
                     progress=False)
     full_state = _lora_state_from(full)
@@ -98,11 +105,11 @@ def test_epsilon_grows_with_steps_and_falls_with_noise():
 
 
 @pytest.mark.parametrize("privacy, message", [
-    (PrivacySpec(epsilon=0.0), "epsilon must be > 0"),
-    (PrivacySpec(epsilon=-1.0), "epsilon must be > 0"),
-    (PrivacySpec(epsilon=1.0, delta=1 / 48), r"delta must be in \(0, 1/N\)"),
-    (PrivacySpec(epsilon=1.0, delta=0.0), r"delta must be in \(0, 1/N\)"),
-    (PrivacySpec(epsilon=1.0, max_grad_norm=0.0), "clipping norm must be > 0"),
+    (privacy_spec(epsilon=0.0), "epsilon must be > 0"),
+    (privacy_spec(epsilon=-1.0), "epsilon must be > 0"),
+    (privacy_spec(epsilon=1.0, delta=1 / 48), r"delta must be in \(0, 1/N\)"),
+    (privacy_spec(epsilon=1.0, delta=0.0), r"delta must be in \(0, 1/N\)"),
+    (privacy_spec(epsilon=1.0, max_grad_norm=0.0), "clipping norm must be > 0"),
 ])
 def test_bad_privacy_parameters(byte_tokenizer, tmp_path, privacy, message):
     with pytest.raises(PrunePrivError, match=message):
@@ -115,12 +122,12 @@ def test_bad_targets_list_what_the_model_has():
     model = tiny_model("llama", layers=2)
     assert {"q_proj", "v_proj", "o_proj", "gate_proj"} <= set(linear_module_names(model))
     with pytest.raises(ModelError, match=r"\['query'\] not in the model; it has: .*q_proj"):
-        add_lora(model, LoRASpec(target_modules=["query"]))
+        add_lora(model, dataclasses.replace(LORA, target_modules=["query"]))
 
 
 def test_training_set_smaller_than_a_batch(byte_tokenizer, tmp_path):
     with pytest.raises(PrunePrivError, match="fewer than one batch"):
-        finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS[:5], tmp_path, LORA, PrivacySpec(), TRAIN,
+        finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS[:5], tmp_path, LORA, privacy_spec(), TRAIN,
                  progress=False)
 
 
@@ -129,8 +136,8 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import tiny_model
 from conftest import make_byte_tokenizer
-from test_finetune import TEXTS, LORA, TRAIN
-from prunepriv.privacy.train import PrivacySpec, TrainSpec, finetune
+from test_finetune import TEXTS, LORA, TRAIN, privacy_spec
+from prunepriv.privacy.train import finetune
 import dataclasses, time
 import prunepriv.privacy.train as ft
 original = ft.sequence_nll
@@ -139,7 +146,7 @@ def slow(*a, **k):
     return original(*a, **k)
 ft.sequence_nll = slow
 train = dataclasses.replace(TRAIN, epochs=3.0)
-finetune(tiny_model("llama", layers=2), make_byte_tokenizer(), TEXTS, {out!r}, LORA, PrivacySpec(epsilon=8.0), train,
+finetune(tiny_model("llama", layers=2), make_byte_tokenizer(), TEXTS, {out!r}, LORA, privacy_spec(epsilon=8.0), train,
          progress=False)
 """
 
@@ -170,10 +177,10 @@ def test_killed_run_resumes_to_the_same_result(byte_tokenizer, tmp_path):
     killed_at = torch.load(checkpoint, weights_only=False)["step"]
     assert 3 <= killed_at < 12 and not (out / "privacy.json").exists()
 
-    resumed = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, out, LORA, PrivacySpec(epsilon=8.0),
+    resumed = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, out, LORA, privacy_spec(epsilon=8.0),
                        train, progress=False)
     full = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path / "full", LORA,
-                    PrivacySpec(epsilon=8.0), train, progress=False)
+                    privacy_spec(epsilon=8.0), train, progress=False)
     assert resumed.resumed_from_step == killed_at
     assert resumed.privacy.steps == full.privacy.steps == 12
     assert resumed.privacy.epsilon_rdp == pytest.approx(full.privacy.epsilon_rdp)
@@ -182,7 +189,7 @@ def test_killed_run_resumes_to_the_same_result(byte_tokenizer, tmp_path):
 
 
 def test_finished_run_is_reloaded_not_retrained(byte_tokenizer, tmp_path):
-    privacy = PrivacySpec(epsilon=8.0)
+    privacy = privacy_spec(epsilon=8.0)
     first = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path, LORA, privacy, TRAIN,
                      progress=False)
     model = tiny_model("llama", layers=2)
@@ -194,9 +201,9 @@ def test_finished_run_is_reloaded_not_retrained(byte_tokenizer, tmp_path):
 
 def test_adapter_for_another_model_is_refused(byte_tokenizer, tmp_path):
     from prunepriv import remove_layers
-    from prunepriv.privacy.train import load_adapter
+    from prunepriv.lm.lora import load_adapter
 
-    result = finetune(tiny_model("llama", layers=3), byte_tokenizer, TEXTS, tmp_path, LORA, PrivacySpec(), TRAIN,
+    result = finetune(tiny_model("llama", layers=3), byte_tokenizer, TEXTS, tmp_path, LORA, privacy_spec(), TRAIN,
                       progress=False)
     loaded = load_adapter(tiny_model("llama", layers=3), result.adapter_dir)
     assert any("lora_A" in n for n, _ in loaded.named_parameters())

@@ -14,7 +14,8 @@ from conftest import tiny_model
 from prunepriv.config import MemorizationConfig
 from prunepriv.data import synthetic_corpus
 from prunepriv.errors import DataError
-from prunepriv.privacy.train import LoRASpec, PrivacySpec, TrainSpec, finetune
+from prunepriv.privacy.specs import LoRASpec, PrivacySpec, TrainSpec
+from prunepriv.privacy.train import finetune
 from prunepriv.stages import memorization
 
 CFG = MemorizationConfig(n_samples=4, max_new_tokens=12, batch_size=4, max_length=48, quality_references=6,
@@ -34,7 +35,8 @@ def tiny_runs(tmp_path_factory, byte_tokenizer):
     for eps in (math.inf, 4.0):
         out = root / f"unpruned-eps-{eps:g}"
         result = finetune(copy.deepcopy(base), byte_tokenizer, texts, out, LoRASpec(4, 8, 0.0, ["q_proj", "v_proj"]),
-                          PrivacySpec(epsilon=eps), TrainSpec(1.0, 1e-2, 16, 8, 48, 100, 0), progress=False)
+                          PrivacySpec(eps, None, 1.0, None, "rdp"), TrainSpec(1.0, 1e-2, 16, 8, 48, 100, 0),
+                          progress=False)
         r = result.privacy
         rows.append({"model": "unpruned", "target_epsilon": eps, "epsilon_rdp": r.epsilon_rdp,
                      "epsilon_prv": r.epsilon_prv, "delta": r.delta, "noise_multiplier": r.noise_multiplier,

@@ -20,7 +20,6 @@ from torch import nn
 
 from prunepriv.compress.pruning import remove_layers
 from prunepriv.lm.models import decoder_layers
-from prunepriv.privacy.train import LoRASpec, add_lora, make_collate, sequence_nll
 
 
 @dataclass
@@ -41,7 +40,8 @@ class Latency:
         return self.new_tokens / self.decode_s
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), so that a clock reading covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -51,10 +51,10 @@ def time_once(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[
     """Seconds for one prefill and for ``new_tokens`` cached greedy decode steps."""
     device = prompt.device
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     out = model(input_ids=prompt, use_cache=True, **extra)
-    _sync(device)
+    synchronize(device)
     prefill = time.perf_counter() - start
     past = out.past_key_values
     token = out.logits[:, -1:].argmax(-1)
@@ -63,7 +63,7 @@ def time_once(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[
         out = model(input_ids=token, past_key_values=past, use_cache=True)
         past = out.past_key_values
         token = out.logits[:, -1:].argmax(-1)
-    _sync(device)
+    synchronize(device)
     return prefill, time.perf_counter() - start
 
 
@@ -111,94 +111,4 @@ def latency_ratio(model: nn.Module, layers: list[int], **kwargs) -> dict:
                    "decode_tokens_per_s": small.decode_tokens_per_s},
         "threads": torch.get_num_threads(),
         "device": str(next(model.parameters()).device),
-    }
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:   # Linux: reset VmHWM to the current RSS
-                handle.write("5")
-        except OSError:
-            pass
-
-
-def _peak_memory_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def dp_overhead(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 128,
-                repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
-    """Seconds per example of a DP-SGD LoRA step and of a non-private one.
-
-    Both train the same LoRA adapter on the same batch: the private step
-    computes per-sample gradients (Opacus hooks), clips and adds noise; the
-    non-private step is a plain backward pass. Steps are interleaved;
-    peak memory (CUDA allocator, or the process's peak RSS on the CPU) is
-    measured in a separate pass for each.
-    """
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
-
-    device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    encoded = tokenizer(texts[:batch_size], truncation=True, max_length=max_length)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = {k: v.to(device) for k, v in make_collate(pad)([torch.tensor(x) for x in encoded]).items()}
-
-    def build(private: bool):
-        peft_model = add_lora(copy.deepcopy(model), LoRASpec())
-        peft_model.train()
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-3)
-        net = peft_model
-        if private:
-            net = GradSampleModule(peft_model, batch_first=True, loss_reduction="mean")
-            opt = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch_size,
-                              generator=torch.Generator(device=device).manual_seed(seed))
-
-        def step() -> float:
-            _sync(device)
-            start = time.perf_counter()
-            sequence_nll(net, batch).mean().backward()
-            opt.step()
-            opt.zero_grad()
-            _sync(device)
-            return time.perf_counter() - start
-        return step
-
-    steps = {"non_private": build(False), "dp_sgd": build(True)}
-    memory = {}
-    for name, step in steps.items():
-        _reset_peak_memory(device)
-        step()
-        memory[name] = _peak_memory_mb(device)
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            times[name].append(step())
-    per_example = {name: statistics.median(t) / batch["input_ids"].shape[0] for name, t in times.items()}
-    return {
-        "batch_size": int(batch["input_ids"].shape[0]), "tokens_per_example": max_length,
-        "layers": len(decoder_layers(model)),
-        "non_private_s_per_example": per_example["non_private"], "dp_sgd_s_per_example": per_example["dp_sgd"],
-        "ratio": per_example["dp_sgd"] / per_example["non_private"],
-        "peak_memory_mb": memory,
-        "peak_memory_note": ("CUDA max_memory_allocated" if device.type == "cuda"
-                             else "process peak RSS (VmHWM) after one step; includes the model copies"),
-        "device": str(device), "threads": torch.get_num_threads(),
     }

@@ -14,20 +14,28 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from prunepriv.config import MemorizationConfig
 from prunepriv.errors import ConfigError
 from prunepriv.lm.text import document_start_id
 
 
 @dataclass
 class SamplingSpec:
-    """How synthetic records are sampled."""
+    """How synthetic records are sampled (defaults: the profile's ``memorization`` section)."""
 
-    n_samples: int = 32
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    top_k: int = 0            # 0: no top-k filter
-    top_p: float = 1.0        # 1.0: no nucleus filter
-    batch_size: int = 16
+    n_samples: int
+    max_new_tokens: int
+    temperature: float
+    top_k: int                # 0: no top-k filter
+    top_p: float              # 1.0: no nucleus filter
+    batch_size: int
+
+    @classmethod
+    def from_config(cls, cfg: MemorizationConfig, **settings) -> SamplingSpec:
+        """The sampling settings of a profile's ``memorization`` section, fields overridable by keyword."""
+        values = dict(n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                      top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size)
+        return cls(**{**values, **settings})
 
     def validate(self) -> None:
         if self.n_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:

@@ -40,7 +40,7 @@ from prunepriv.data import corpus_for
 from prunepriv.errors import PrunePrivError, StageError, user_error_names
 from prunepriv.lm.models import model_num_layers
 from prunepriv.pipeline.registry import REGISTRY, Registry
-from prunepriv.privacy.train import check_privacy
+from prunepriv.privacy.specs import check_privacy, finetune_specs
 from prunepriv.results import (
     STAGE_DIR_ENV,
     atomic_write_json,
@@ -50,7 +50,6 @@ from prunepriv.results import (
     package_versions,
     sha256_file,
 )
-from prunepriv.stages.experiments import finetune_specs
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = PACKAGE_DIR.parent / "notebooks"

@@ -25,359 +25,134 @@ fine-tuning of language models" (LoRA + DP), Opacus (Yousefpour et al. 2021).
   every W-th record of it after length sorting, so the logical batches, σ,
   q and the number of steps — hence ε — are those of the one-process run.
   Noise is added once (rank 0), the clipped sums are all-reduced, and only
-  rank 0 writes files. See :class:`RankShare`.
+  rank 0 writes files. See :class:`prunepriv.privacy.batching.RankShare`.
+
+Module map: settings and accounting in :mod:`prunepriv.privacy.specs`, LoRA in
+:mod:`prunepriv.lm.lora`, records and logical batches in
+:mod:`prunepriv.privacy.batching`, checkpoints in
+:mod:`prunepriv.privacy.checkpoint`, collectives in
+:mod:`prunepriv.privacy.distributed`. Here: :func:`finetune` and its steps
+(plan, wrap, resume, the private and the plain loop, outputs).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from prunepriv.errors import (
-    DistributedConfigError,
-    ModelError,
-    PrivacyConfigError,
-    PrunePrivError,
+from prunepriv.errors import PrunePrivError
+from prunepriv.lm.evaluation import sequence_nll
+from prunepriv.lm.lora import add_lora, lora_parameters
+from prunepriv.privacy.batching import (
+    LengthSortedBatches,
+    RankShare,
+    TokenizedTexts,
+    make_collate,
 )
-from prunepriv.lm.text import record_ids
-from prunepriv.results import atomic_write_bytes, atomic_write_json, atomic_write_text
+from prunepriv.privacy.checkpoint import (
+    CHECKPOINT_FILE,
+    finished_run,
+    read_checkpoint,
+    reload_adapter,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from prunepriv.privacy.distributed import (
+    barrier,
+    check_backend_device,
+    check_ranks_agree,
+    distributed_rank_world,
+    from_rank0,
+    global_loss,
+    read_on_rank0,
+)
+from prunepriv.privacy.record import TrainResult
+from prunepriv.privacy.specs import (
+    LoRASpec,
+    PrivacyRecord,
+    PrivacySpec,
+    TrainSpec,
+    check_distributed,
+    check_privacy,
+    data_fingerprint,
+    default_specs,
+    privacy_label,
+    privacy_record,
+    run_digest,
+    run_noise_multiplier,
+)
+from prunepriv.results import atomic_write_json, atomic_write_text
+
+DEFAULT_LORA, DEFAULT_PRIVACY, DEFAULT_TRAIN = default_specs()   # the default profile's, non-private
 
 
 @dataclass
-class LoRASpec:
-    """peft LoRA settings."""
-
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-
-
-@dataclass
-class PrivacySpec:
-    """DP-SGD settings; ``epsilon = inf`` is the non-private twin."""
-
-    epsilon: float = math.inf
-    delta: float | None = None          # default: 1 / (10 N)
-    max_grad_norm: float = 1.0
-    noise_multiplier: float | None = None  # overrides epsilon when given
-    accountant: str = "rdp"             # calibrates σ; RDP and PRV are both reported
-
-    @property
-    def private(self) -> bool:
-        return self.noise_multiplier is not None or math.isfinite(self.epsilon)
-
-
-@dataclass
-class TrainSpec:
-    """Optimisation settings shared by private and non-private runs."""
-
-    epochs: float = 1.0
-    learning_rate: float = 2e-3
-    batch_size: int = 32                # expected logical (Poisson) batch size
-    physical_batch_size: int = 8
-    max_length: int = 128
-    checkpoint_every: int = 10
-    seed: int = 0
-
-
-@dataclass
-class PrivacyRecord:
-    """What the accountant says about one run (reported beside every result)."""
-
-    private: bool
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    epsilon_rdp: float
-    epsilon_prv: float | None
-    max_grad_norm: float | None
-    n_train: int
-    unit: str = "one training record"
-    note: str = ("a canary inserted k times is k records: it is covered only by group "
-                 "privacy (roughly k·ε), not by ε")
-
-
-def check_privacy(spec: PrivacySpec, n_train: int) -> float:
-    """Validate a privacy spec for ``n_train`` records; returns δ."""
-    if spec.noise_multiplier is None and not spec.epsilon > 0:
-        raise PrivacyConfigError(f"epsilon must be > 0 (or inf for no privacy), got {spec.epsilon}")
-    if spec.noise_multiplier is not None and not spec.noise_multiplier > 0:
-        raise PrivacyConfigError(f"noise multiplier must be > 0, got {spec.noise_multiplier}")
-    if not spec.max_grad_norm > 0:
-        raise PrivacyConfigError(f"clipping norm must be > 0, got {spec.max_grad_norm}")
-    if spec.accountant not in ("rdp", "prv"):
-        raise PrivacyConfigError(f"accountant must be 'rdp' or 'prv', got {spec.accountant!r}")
-    delta = spec.delta if spec.delta is not None else 1.0 / (10 * n_train)
-    if not 0 < delta < 1.0 / n_train:
-        raise PrivacyConfigError(
-            f"delta must be in (0, 1/N) = (0, {1.0 / n_train:.3g}) for N = {n_train} training records, got {delta}")
-    return delta
-
-
-def check_distributed(privacy: PrivacySpec, world_size: int) -> None:
-    """Distributed runs (world size > 1) are for DP-SGD; the non-private twin runs in one process."""
-    if world_size > 1 and not privacy.private:
-        raise DistributedConfigError(
-            f"distributed fine-tuning (world size {world_size}) is for DP-SGD only: give a finite epsilon or a "
-            "noise multiplier, or run the non-private twin (epsilon = inf) in a single process")
-
-
-def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-                accountant: str = "rdp") -> float:
-    """ε of ``steps`` Poisson-subsampled Gaussian steps, from Opacus's accountant."""
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    if steps == 0:
-        return 0.0
-    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    acc.history = [(noise_multiplier, sample_rate, steps)]
-    return float(acc.get_epsilon(delta))
-
-
-# --------------------------------------------------------------------------
-# model and data
-
-def linear_module_names(model: nn.Module) -> list[str]:
-    """Leaf names of the linear layers LoRA could target (e.g. q_proj, c_attn)."""
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf not in ("lm_head", "embed_out"):
-                names.add(leaf)
-    return sorted(names)
-
-
-def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
-    """Raise ModelError naming the model's linear layers if a target is missing."""
-    available = linear_module_names(model)
-    missing = [t for t in targets if t not in available]
-    if missing:
-        raise ModelError(f"LoRA target modules {missing} not in the model; it has: {', '.join(available)}")
-
-
-def add_lora(model: nn.Module, spec: LoRASpec):
-    """Wrap ``model`` with peft LoRA; only LoRA parameters stay trainable."""
-    from peft import LoraConfig, get_peft_model
-
-    check_lora_targets(model, spec.target_modules)
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                        target_modules=list(spec.target_modules), bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
-class TokenizedTexts(torch.utils.data.Dataset):
-    """Records as ``[start] + tokens + [eos]`` (:func:`prunepriv.lm.text.record_ids`), truncated to ``max_length``."""
-
-    def __init__(self, tokenizer, texts: list[str], max_length: int) -> None:
-
-        self.items = [torch.tensor(ids, dtype=torch.long) for ids in record_ids(tokenizer, texts, max_length)]
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.items[i]
-
-
-class RankShare:
-    """This rank's share of each logical batch: every ``world``-th record from ``rank`` on.
-
-    Every rank iterates the same length-sorted global Poisson batches (its
-    sampler generator is seeded like every other rank's), so the shares of
-    the ranks partition exactly the logical batch a one-process run draws.
-    An empty share is still yielded: each rank takes one optimizer step —
-    one all-reduce — per logical batch, so no rank waits for another.
-    (Opacus's ``DistributedUniformWithReplacementSampler`` skips a rank's
-    empty batches, which would leave the ranks with different step counts.)
-    """
-
-    def __init__(self, batches, rank: int, world: int) -> None:
-        self.batches, self.rank, self.world = batches, rank, world
-
-    def __iter__(self):
-        for indices in self.batches:
-            yield indices[self.rank::self.world]
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class LengthSortedBatches:
-    """Logical batches of ``sampler`` with their indices ordered by record length.
-
-    Which records form a logical batch (the Poisson draw the accountant
-    assumes) is unchanged; only their order inside the batch is, so that the
-    physical batches split from it in order pad short records (canaries)
-    with short ones instead of with whole notes.
-    """
-
-    def __init__(self, sampler, lengths: list[int]) -> None:
-        self.sampler, self.lengths = sampler, lengths
-
-    def __iter__(self):
-        for indices in self.sampler:
-            yield sorted(indices, key=lambda i: (self.lengths[i], i))
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-def make_collate(pad_id: int) -> Callable[[list[torch.Tensor]], dict[str, torch.Tensor]]:
-    """Right-pad a list of sequences; an empty Poisson batch gives 0-row tensors."""
-    def collate(items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not items:
-            empty = torch.zeros(0, 1, dtype=torch.long)
-            return {"input_ids": empty, "attention_mask": empty}
-        length = max(len(x) for x in items)
-        ids = torch.full((len(items), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), length), dtype=torch.long)
-        for row, x in enumerate(items):
-            ids[row, : len(x)] = x
-            mask[row, : len(x)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-    return collate
-
-
-def sequence_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-record mean next-token NLL, shape (B,)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = out.logits[:, :-1].float()
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["attention_mask"][:, 1:].to(logits.dtype)
-    nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-# --------------------------------------------------------------------------
-# training
-
-@dataclass
-class TrainResult:
-    """Outputs of one fine-tuning run."""
+class RunPlan:
+    """What a run is before any weight moves: its size, accounting, digest and place."""
 
     output_dir: Path
-    privacy: PrivacyRecord
-    log: list[dict[str, Any]]
-    seconds: float
-    resumed_from_step: int
-    model: Any = None                   # the trained PeftModel (wraps the caller's model in place)
-    world_size: int = 1                 # processes that trained it (torch.distributed), 1 without
+    n: int
+    rank: int
+    world: int
+    delta: float
+    sample_rate: float
+    total_steps: int
+    sigma: float
+    digest: str
+    device: torch.device
 
     @property
-    def adapter_dir(self) -> Path:
-        return self.output_dir / "adapter"
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.output_dir / CHECKPOINT_FILE
 
 
-def _rng_state(sampler_gen: torch.Generator, noise_gen: torch.Generator | None) -> dict[str, Any]:
-    return {
-        "sampler": sampler_gen.get_state(), "noise": noise_gen.get_state() if noise_gen is not None else None,
-        "torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
+@dataclass
+class Trainer:
+    """A run in progress: the wrapped model and optimizer, the accountant, the generators, the log."""
+
+    plan: RunPlan
+    privacy: PrivacySpec
+    train: TrainSpec
+    peft_model: nn.Module
+    net: nn.Module                       # what the loss is computed with (Opacus's wrapper when private)
+    params: dict[str, nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    accountant: Any
+    sampler_gen: torch.Generator
+    loader_gen: torch.Generator
+    noise_gen: torch.Generator | None
+    step: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+    initial: dict[str, torch.Tensor] | None = None   # LoRA weights before the first step (the guard)
+    bar: Any = None
+
+    @property
+    def base_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer whose state is checkpointed (inside Opacus's wrapper when private)."""
+        return self.optimizer.original_optimizer if self.privacy.private else self.optimizer
+
+    def record(self, prv: bool) -> PrivacyRecord:
+        p = self.plan
+        return privacy_record(self.privacy, p.sigma, p.sample_rate, self.step, p.delta, p.n, prv=prv)
 
 
-def _set_rng_state(state: dict[str, Any], sampler_gen: torch.Generator, noise_gen: torch.Generator | None) -> None:
-    sampler_gen.set_state(state["sampler"])
-    if noise_gen is not None and state["noise"] is not None:
-        noise_gen.set_state(state["noise"])
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def distributed_rank_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised ``torch.distributed`` group, ``(0, 1)`` without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _collective_device(device: torch.device) -> torch.device:
-    """Where small tensors for collectives live: the rank's GPU under NCCL, else the CPU."""
-    import torch.distributed as dist
-
-    return device if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _from_rank0(obj: Any, device: torch.device) -> Any:
-    """Rank 0's ``obj`` on every rank (what rank 0 read from disk: no shared folder needed)."""
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=_collective_device(device))
-    return box[0]
-
-
-def _barrier(device: torch.device) -> None:
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
-    else:
-        dist.barrier()
-
-
-def _global_loss(losses: list[torch.Tensor], batch_size: int, device: torch.device) -> tuple[float, int]:
-    """Mean per-record loss and size of the whole logical batch, summed over the ranks."""
-    import torch.distributed as dist
-
-    local = torch.cat(losses).double().sum() if losses else torch.zeros((), dtype=torch.float64)
-    total = torch.stack([local, torch.tensor(float(batch_size), dtype=torch.float64)]).to(_collective_device(device))
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    loss_sum, count = float(total[0]), int(round(float(total[1])))
-    return (loss_sum / count if count else float("nan")), count
-
-
-def _check_ranks_agree(params: dict[str, nn.Parameter], device: torch.device) -> None:
-    """Every rank must end with rank 0's LoRA weights (the all-reduce keeps them in step)."""
-    import torch.distributed as dist
-
-    mine = torch.cat([p.detach().reshape(-1).float() for p in params.values()]).to(_collective_device(device))
-    reference = mine.clone()
-    dist.broadcast(reference, src=0)
-    gap = (mine - reference).abs().max().reshape(1)
-    dist.all_reduce(gap, op=dist.ReduceOp.MAX)
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    if float(gap) > 1e-5 * max(1.0, scale):
-        raise RuntimeError(f"LoRA weights differ across ranks after training (max |difference| {float(gap):.3g}); "
-                           "the processes did not apply the same updates")
-
-
-def _lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: int, extra: str = "") -> str:
-    """Fingerprint of a run's settings; a checkpoint only resumes the same run."""
-    blob = json.dumps([asdict(lora), {**asdict(privacy), "epsilon": str(privacy.epsilon)}, asdict(train),
-                       n_train, extra], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-RECORD_FORMAT = "start+text+eos;length-sorted-physical-batches"   # see prunepriv.lm.text.record_ids; part of every run's digest
-
-
-def _data_fingerprint(texts: list[str], model: nn.Module) -> str:
-    """The training texts, their record format and the base model's kept layers, hashed."""
-    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()
-    return f"{RECORD_FORMAT}|{digest}|{getattr(model.config, 'prunepriv_kept_layers', '')}"
+class TrainingData(NamedTuple):
+    dataset: TokenizedTexts
+    batches: Any                         # logical batches of indices (this rank's share under torchrun)
+    collate: Any
+    loader: torch.utils.data.DataLoader
 
 
 def finetune(
@@ -385,9 +160,9 @@ def finetune(
     tokenizer,
     texts: list[str],
     output_dir: str | Path,
-    lora: LoRASpec = LoRASpec(),
-    privacy: PrivacySpec = PrivacySpec(),
-    train: TrainSpec = TrainSpec(),
+    lora: LoRASpec = DEFAULT_LORA,
+    privacy: PrivacySpec = DEFAULT_PRIVACY,
+    train: TrainSpec = DEFAULT_TRAIN,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> TrainResult:
@@ -406,300 +181,238 @@ def finetune(
     the same weights and record. A non-private run (``epsilon = inf``)
     under W > 1 is refused with :class:`DistributedConfigError`.
     """
-    from opacus import GradSampleModule
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.utils import get_noise_multiplier
-    from opacus.optimizers import DPOptimizer
-    from opacus.utils.batch_memory_manager import BatchMemoryManager
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-    from tqdm.auto import tqdm
+    plan = plan_run(model, texts, output_dir, lora, privacy, train)
+    done = read_on_rank0(lambda: finished_run(plan.output_dir, plan.digest), plan.rank, plan.world, plan.device)
+    seed_everything(train.seed)
+    peft_model = add_lora(model, lora)                       # model is already on its device
+    peft_model.train()
+    if done is not None:                                     # finished earlier with these settings
+        reload_adapter(plan.output_dir, peft_model, plan.rank, plan.world, plan.device)
+        done.model = peft_model
+        return done
+    t = prepare_trainer(peft_model, privacy, train, plan)
+    resume(t)
+    resumed_from = t.step
+    data = prepare_data(tokenizer, texts, t)
+    t.initial = {k: v.detach().clone() for k, v in t.params.items()} if t.step == 0 else None
+    start = time.perf_counter()
+    t.bar = tqdm(total=plan.total_steps, initial=t.step, desc=f"finetune ε={privacy_label(privacy)}",
+                 disable=not progress or plan.rank != 0, leave=False)
+    if plan.rank == 0:
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+    if privacy.private:
+        private_loop(t, data.loader, stop_after)
+    else:
+        plain_loop(t, data, stop_after)
+    t.bar.close()
+    return finish(t, time.perf_counter() - start, resumed_from)
 
+
+def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: LoRASpec, privacy: PrivacySpec,
+             train: TrainSpec) -> RunPlan:
+    """Check the settings against the data and the process group; fix σ, q, the step count and the digest."""
     output_dir = Path(output_dir)
     n = len(texts)
     rank, world = distributed_rank_world()
-    distributed = world > 1
     if n < train.batch_size:
         raise PrunePrivError(f"training set has {n} records, fewer than one batch ({train.batch_size})")
     delta = check_privacy(privacy, n)
     check_distributed(privacy, world)
     sample_rate = train.batch_size / n
     total_steps = max(1, math.ceil(train.epochs / sample_rate))
-    sigma = 0.0
-    if privacy.private:
-        sigma = privacy.noise_multiplier or get_noise_multiplier(
-            target_epsilon=privacy.epsilon, target_delta=delta, sample_rate=sample_rate,
-            steps=total_steps, accountant=privacy.accountant)
-    extra = _data_fingerprint(texts, model)
-    if distributed:                                          # one-process digests stay as they were
+    sigma = run_noise_multiplier(privacy, sample_rate, total_steps, delta)
+    extra = data_fingerprint(texts, model)
+    if world > 1:                                            # one-process digests stay as they were
         extra += f"|world_size={world}"
     digest = run_digest(lora, privacy, train, n, extra=extra)
-
     device = next(model.parameters()).device
-    if distributed:
-        import torch.distributed as dist
+    if world > 1:
+        check_backend_device(device)
+    return RunPlan(output_dir, n, rank, world, delta, sample_rate, total_steps, sigma, digest, device)
 
-        if dist.get_backend() == "nccl" and device.type != "cuda":
-            raise DistributedConfigError(f"the NCCL backend needs the model on this rank's GPU, it is on {device}")
-    done = _finished_run(output_dir, digest) if rank == 0 else None
-    if distributed:
-        done = _from_rank0(done, device)
-    torch.manual_seed(train.seed)
-    random.seed(train.seed)
-    np.random.seed(train.seed)
-    peft_model = add_lora(model, lora)                       # model is already on its device
-    peft_model.train()
-    params = _lora_parameters(peft_model)
-    if done is not None:                                     # finished earlier with these settings
-        if distributed:
-            _load_lora_from_rank0(output_dir / "adapter" / "adapter_model.safetensors", peft_model, rank, device)
-        else:
-            _load_lora(params, output_dir / "adapter" / "adapter_model.safetensors", peft_model)
-        done.model = peft_model
-        return done
+
+def prepare_trainer(peft_model: nn.Module, privacy: PrivacySpec, train: TrainSpec, plan: RunPlan) -> Trainer:
+    """Optimizer, seeded generators and accountant; under DP-SGD the model and optimizer wrapped by Opacus."""
+    from opacus.accountants import RDPAccountant
+
+    params = lora_parameters(peft_model)
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(params.values(), lr=train.learning_rate, weight_decay=0.0)
     sampler_gen = torch.Generator().manual_seed(train.seed)
     loader_gen = torch.Generator().manual_seed(train.seed + 1)
-    noise_gen = torch.Generator(device=device).manual_seed(train.seed + 2) if privacy.private else None
+    noise_gen = torch.Generator(device=plan.device).manual_seed(train.seed + 2) if privacy.private else None
     accountant = RDPAccountant()
     net: nn.Module = peft_model
-    if privacy.private and distributed:
-        from opacus.distributed import (
-            DifferentiallyPrivateDistributedDataParallel as DPDDP,
-        )
-        from opacus.optimizers import DistributedDPOptimizer
-
-        # DPDDP broadcasts rank 0's weights; DistributedDPOptimizer adds the noise on rank 0 only, divides
-        # each rank's (clipped sum [+ noise]) by expected_batch_size, all-reduces (SUM) and divides by W:
-        # with expected_batch_size = B / W the update is (Σ clipped + N(0, σ²C²)) / B, as in one process.
-        net = GradSampleModule(DPDDP(peft_model), batch_first=True, loss_reduction="mean")
-        optimizer = DistributedDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm,
-                                           expected_batch_size=train.batch_size / world, loss_reduction="mean",
-                                           generator=noise_gen)
-        optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-    elif privacy.private:
-        net = GradSampleModule(peft_model, batch_first=True, loss_reduction="mean")
-        optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm,
-                                expected_batch_size=train.batch_size, loss_reduction="mean", generator=noise_gen)
-        optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-
-    step, log = 0, []
-    checkpoint = output_dir / "checkpoint.pt"
-    state = torch.load(checkpoint, weights_only=False) if rank == 0 and checkpoint.is_file() else None
-    if distributed:                                          # rank 0 reads, every rank resumes from it
-        state = _from_rank0(state, device)
-    if state is not None:
-        if state["digest"] != digest:
-            raise PrunePrivError(f"{checkpoint} belongs to a run with other settings; remove it or use another folder")
-        with torch.no_grad():
-            for name, value in state["lora"].items():
-                params[name].copy_(value.to(device))
-        (optimizer.original_optimizer if privacy.private else optimizer).load_state_dict(state["optimizer"])
-        accountant.load_state_dict(state["accountant"])
-        _set_rng_state(state["rng"], sampler_gen, noise_gen)
-        step, log = state["step"], state["log"]
-    resumed_from = step
-
-    dataset = TokenizedTexts(tokenizer, texts, train.max_length)
-    batch_sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate, generator=sampler_gen,
-                                                  steps=total_steps - step)
-    batch_sampler = LengthSortedBatches(batch_sampler, [len(x) for x in dataset.items])
-    if distributed:
-        batch_sampler = RankShare(batch_sampler, rank, world)
-    collate = make_collate(dataset.pad_id)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
-                                         generator=loader_gen, num_workers=0)
-    initial = {k: v.detach().clone() for k, v in params.items()} if step == 0 else None
-    start = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc=f"finetune ε={_eps_label(privacy)}",
-               disable=not progress or rank != 0, leave=False)
-
-    def save_checkpoint() -> None:
-        state = {
-            "digest": digest, "step": step, "log": log,
-            "lora": {k: v.detach().cpu() for k, v in params.items()},
-            "optimizer": (optimizer.original_optimizer if privacy.private else optimizer).state_dict(),
-            "accountant": accountant.state_dict(), "rng": _rng_state(sampler_gen, noise_gen),
-        }
-        import io
-
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(checkpoint, buffer.getvalue())
-
-    def finish_step(losses: list[torch.Tensor], batch_size: int) -> None:
-        nonlocal step, initial
-        step += 1
-        if initial is not None:
-            _check_lora_moved(initial, params)
-            initial = None
-        if distributed:
-            loss, batch_size = _global_loss(losses, batch_size, device)
-        else:
-            loss = float(torch.cat(losses).mean()) if losses else float("nan")
-        eps = (float(accountant.get_epsilon(delta)) if privacy.private else math.inf)
-        log.append({"step": step, "loss": loss, "batch_size": batch_size, "epsilon": eps})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}")
-        if rank == 0 and (step % train.checkpoint_every == 0 or step == total_steps):
-            save_checkpoint()
-
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
     if privacy.private:
-        with BatchMemoryManager(data_loader=loader, max_physical_batch_size=train.physical_batch_size,
-                                optimizer=optimizer) as physical:
-            losses: list[torch.Tensor] = []
-            logical_size = 0
-            for batch in physical:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                if batch["input_ids"].shape[0] == 0:
-                    for p in params.values():
-                        p.grad_sample = torch.zeros((0, *p.shape), device=device, dtype=p.dtype)
-                else:
-                    per_record = sequence_nll(net, batch)
-                    per_record.mean().backward()
-                    losses.append(per_record.detach().cpu())
-                    logical_size += batch["input_ids"].shape[0]
-                optimizer.step()
-                optimizer.zero_grad()
-                if not optimizer._is_last_step_skipped:
-                    finish_step(losses, logical_size)
-                    losses, logical_size = [], 0
-                    if stop_after is not None and step >= stop_after:
-                        break
+        net, optimizer = wrap_private(peft_model, optimizer, privacy, train, plan, noise_gen)
+        optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
+    return Trainer(plan, privacy, train, peft_model, net, params, optimizer, accountant, sampler_gen, loader_gen,
+                   noise_gen)
+
+
+def wrap_private(peft_model: nn.Module, optimizer: torch.optim.Optimizer, privacy: PrivacySpec, train: TrainSpec,
+                 plan: RunPlan, noise_gen: torch.Generator | None):
+    """Opacus's per-sample-gradient module and DP optimizer (their distributed forms under W > 1)."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    if not plan.distributed:
+        net = GradSampleModule(peft_model, batch_first=True, loss_reduction="mean")
+        return net, DPOptimizer(optimizer, noise_multiplier=plan.sigma, max_grad_norm=privacy.max_grad_norm,
+                                expected_batch_size=train.batch_size, loss_reduction="mean", generator=noise_gen)
+    from opacus.distributed import (
+        DifferentiallyPrivateDistributedDataParallel as DPDDP,
+    )
+    from opacus.optimizers import DistributedDPOptimizer
+
+    # DPDDP broadcasts rank 0's weights; DistributedDPOptimizer adds the noise on rank 0 only, divides
+    # each rank's (clipped sum [+ noise]) by expected_batch_size, all-reduces (SUM) and divides by W:
+    # with expected_batch_size = B / W the update is (Σ clipped + N(0, σ²C²)) / B, as in one process.
+    net = GradSampleModule(DPDDP(peft_model), batch_first=True, loss_reduction="mean")
+    return net, DistributedDPOptimizer(optimizer, noise_multiplier=plan.sigma, max_grad_norm=privacy.max_grad_norm,
+                                       expected_batch_size=train.batch_size / plan.world, loss_reduction="mean",
+                                       generator=noise_gen)
+
+
+def resume(t: Trainer) -> None:
+    """Continue from the run's checkpoint, if rank 0 has one: weights, optimizer, accountant, RNGs, step, log."""
+    plan = t.plan
+    state = read_checkpoint(plan.output_dir, plan.rank, plan.world, plan.device)
+    if state is None:
+        return
+    if state["digest"] != plan.digest:
+        raise PrunePrivError(f"{plan.checkpoint} belongs to a run with other settings; remove it or use another folder")
+    with torch.no_grad():
+        for name, value in state["lora"].items():
+            t.params[name].copy_(value.to(plan.device))
+    t.base_optimizer.load_state_dict(state["optimizer"])
+    t.accountant.load_state_dict(state["accountant"])
+    set_rng_state(state["rng"], t.sampler_gen, t.noise_gen)
+    t.step, t.log = state["step"], state["log"]
+
+
+def prepare_data(tokenizer, texts: list[str], t: Trainer) -> TrainingData:
+    """The records and the remaining Poisson logical batches (length-sorted; this rank's share under W > 1)."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    plan = t.plan
+    dataset = TokenizedTexts(tokenizer, texts, t.train.max_length)
+    batches = UniformWithReplacementSampler(num_samples=plan.n, sample_rate=plan.sample_rate,
+                                            generator=t.sampler_gen, steps=plan.total_steps - t.step)
+    batches = LengthSortedBatches(batches, [len(x) for x in dataset.items])
+    if plan.distributed:
+        batches = RankShare(batches, plan.rank, plan.world)
+    collate = make_collate(dataset.pad_id)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                         generator=t.loader_gen, num_workers=0)
+    return TrainingData(dataset, batches, collate, loader)
+
+
+def private_loop(t: Trainer, loader: torch.utils.data.DataLoader, stop_after: int | None) -> None:
+    """DP-SGD: each logical batch in physical batches; one noisy step per logical batch."""
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=t.train.physical_batch_size,
+                            optimizer=t.optimizer) as physical:
+        losses: list[torch.Tensor] = []
+        logical_size = 0
+        for batch in physical:
+            logical_size += _private_backward(t, batch, losses)
+            t.optimizer.step()
+            t.optimizer.zero_grad()
+            if not t.optimizer._is_last_step_skipped:
+                finish_step(t, losses, logical_size)
+                losses, logical_size = [], 0
+                if stop_after is not None and t.step >= stop_after:
+                    break
+
+
+def _private_backward(t: Trainer, batch: dict[str, torch.Tensor], losses: list[torch.Tensor]) -> int:
+    """Per-sample gradients of one physical batch; returns its size (an empty share gets 0-row grad samples)."""
+    device = t.plan.device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if batch["input_ids"].shape[0] == 0:
+        for p in t.params.values():
+            p.grad_sample = torch.zeros((0, *p.shape), device=device, dtype=p.dtype)
+        return 0
+    per_record = sequence_nll(t.net, batch)
+    per_record.mean().backward()
+    losses.append(per_record.detach().cpu())
+    return batch["input_ids"].shape[0]
+
+
+def plain_loop(t: Trainer, data: TrainingData, stop_after: int | None) -> None:
+    """The non-private twin: the same logical batches and steps, no clipping, no noise."""
+    size_cap = t.train.physical_batch_size
+    for indices in data.batches:
+        losses = []
+        size = len(indices)
+        for lo in range(0, size, size_cap):
+            chunk = data.collate([data.dataset[i] for i in indices[lo:lo + size_cap]])
+            chunk = {k: v.to(t.plan.device) for k, v in chunk.items()}
+            per_record = sequence_nll(t.net, chunk)
+            (per_record.sum() / t.train.batch_size).backward()   # same scale as DP-SGD's mean
+            losses.append(per_record.detach().cpu())
+        if size:
+            t.optimizer.step()
+        t.optimizer.zero_grad()
+        finish_step(t, losses, size)
+        if stop_after is not None and t.step >= stop_after:
+            break
+
+
+def finish_step(t: Trainer, losses: list[torch.Tensor], batch_size: int) -> None:
+    """Count a logical step: the guard after the first, the log line, a checkpoint when due (rank 0)."""
+    plan = t.plan
+    t.step += 1
+    if t.initial is not None:
+        _check_lora_moved(t.initial, t.params)
+        t.initial = None
+    if plan.distributed:
+        loss, batch_size = global_loss(losses, batch_size, plan.device)
     else:
-        for indices in batch_sampler:
-            losses = []
-            size = len(indices)
-            for lo in range(0, size, train.physical_batch_size):
-                chunk = collate([dataset[i] for i in indices[lo:lo + train.physical_batch_size]])
-                chunk = {k: v.to(device) for k, v in chunk.items()}
-                per_record = sequence_nll(net, chunk)
-                (per_record.sum() / train.batch_size).backward()   # same scale as DP-SGD's mean
-                losses.append(per_record.detach().cpu())
-            if size:
-                optimizer.step()
-            optimizer.zero_grad()
-            finish_step(losses, size)
-            if stop_after is not None and step >= stop_after:
-                break
-    bar.close()
-    seconds = time.perf_counter() - start
-    if distributed:
-        seconds = float(_from_rank0(seconds, device))        # one number for the run, rank 0's
-        _check_ranks_agree(params, device)
-    if step < total_steps:                                   # stopped early on request
-        if distributed:
-            _barrier(device)                                 # rank 0's checkpoint is on disk for a resume
-        return TrainResult(output_dir, _record(privacy, sigma, sample_rate, step, delta, n, prv=False),
-                           log, seconds, resumed_from, peft_model, world)
-    record = _record(privacy, sigma, sample_rate, step, delta, n, prv=True)
-    if rank == 0:
-        peft_model.save_pretrained(output_dir / "adapter")
-        atomic_write_text(output_dir / "train_log.csv", _csv(log))
-        atomic_write_json(output_dir / "privacy.json", asdict(record))
-        atomic_write_json(output_dir / "run.json", {"digest": digest, "seconds": seconds,
-                                                    "resumed_from_step": resumed_from, "world_size": world,
-                                                    "log": log})
-        checkpoint.unlink(missing_ok=True)
-    if distributed:
-        _barrier(device)                                     # every rank returns once the files are written
-    return TrainResult(output_dir, record, log, seconds, resumed_from, peft_model, world)
+        loss = float(torch.cat(losses).mean()) if losses else float("nan")
+    eps = (float(t.accountant.get_epsilon(plan.delta)) if t.privacy.private else math.inf)
+    t.log.append({"step": t.step, "loss": loss, "batch_size": batch_size, "epsilon": eps})
+    t.bar.update(1)
+    t.bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}")
+    if plan.rank == 0 and (t.step % t.train.checkpoint_every == 0 or t.step == plan.total_steps):
+        save_checkpoint(plan.checkpoint, {
+            "digest": plan.digest, "step": t.step, "log": t.log,
+            "lora": {k: v.detach().cpu() for k, v in t.params.items()},
+            "optimizer": t.base_optimizer.state_dict(),
+            "accountant": t.accountant.state_dict(), "rng": rng_state(t.sampler_gen, t.noise_gen),
+        })
 
 
-def _finished_run(output_dir: Path, digest: str) -> TrainResult | None:
-    """A completed run in ``output_dir`` with the same settings, if any."""
-    run_file, privacy_file = output_dir / "run.json", output_dir / "privacy.json"
-    if not (run_file.is_file() and privacy_file.is_file()):
-        return None
-    run = json.loads(run_file.read_text())
-    if run.get("digest") != digest:
-        return None
-    record = PrivacyRecord(**json.loads(privacy_file.read_text()))
-    return TrainResult(output_dir, record, run["log"], run["seconds"], run["resumed_from_step"],
-                       world_size=run.get("world_size", 1))
+def finish(t: Trainer, seconds: float, resumed_from: int) -> TrainResult:
+    """The run's result; a finished run's files written by rank 0 (a stopped one keeps its checkpoint)."""
+    plan = t.plan
+    if plan.distributed:
+        seconds = float(from_rank0(seconds, plan.device))   # one number for the run, rank 0's
+        check_ranks_agree(t.params, plan.device)
+    if t.step < plan.total_steps:                            # stopped early on request
+        if plan.distributed:
+            barrier(plan.device)                             # rank 0's checkpoint is on disk for a resume
+        return TrainResult(plan.output_dir, t.record(prv=False), t.log, seconds, resumed_from, t.peft_model,
+                           plan.world)
+    record = t.record(prv=True)
+    if plan.rank == 0:
+        write_outputs(t, record, seconds, resumed_from)
+    if plan.distributed:
+        barrier(plan.device)                                 # every rank returns once the files are written
+    return TrainResult(plan.output_dir, record, t.log, seconds, resumed_from, t.peft_model, plan.world)
 
 
-def _load_lora(params: dict[str, nn.Parameter], path: Path, peft_model) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(peft_model, load_file(path))
-
-
-def _load_lora_from_rank0(path: Path, peft_model, rank: int, device: torch.device) -> None:
-    """Rank 0 reads the saved adapter, every rank loads its tensors."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(peft_model, _from_rank0(load_file(path) if rank == 0 else None, device))
-
-
-def check_adapter_dir(adapter_dir: Path) -> Path:
-    """The adapter's weights file; a folder without a peft adapter is a ModelError."""
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
-    if not (Path(adapter_dir) / "adapter_config.json").is_file() or not weights.is_file():
-        raise ModelError(f"no LoRA adapter in {adapter_dir} (expected adapter_config.json and adapter_model.safetensors)")
-    return weights
-
-
-def load_adapter(model: nn.Module, adapter_dir: str | Path):
-    """Attach a saved LoRA adapter to ``model``, refusing one made for another model.
-
-    Every adapter tensor must have a matching LoRA parameter of the same
-    shape (a different architecture or layer count is named in the error).
-    """
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    weights = check_adapter_dir(adapter_dir)
-    config = LoraConfig.from_pretrained(adapter_dir)
-    available = linear_module_names(model)
-    missing = sorted(set(config.target_modules) - set(available))
-    if missing:
-        raise ModelError(f"adapter {adapter_dir} targets {missing}, which the base model lacks")
-    saved = load_file(weights)
-    probe = get_peft_model_state_dict(get_peft_model(_shape_twin(model), config))
-    wrong = [k for k, v in saved.items() if k not in probe or probe[k].shape != v.shape]
-    if wrong or len(saved) != len(probe):
-        raise ModelError(f"adapter {adapter_dir} does not match the base model "
-                         f"({len(saved)} adapter tensors, {len(probe)} expected; first mismatch: "
-                         f"{(wrong or sorted(set(probe) - set(saved)))[:1]})")
-    return PeftModel.from_pretrained(model, adapter_dir)
-
-
-def _shape_twin(model: nn.Module) -> nn.Module:
-    """A weightless copy of ``model`` (meta device) to compute the adapter's expected shapes."""
-    import copy
-
-    return meta_model(copy.deepcopy(model.config))
-
-
-def meta_model(config) -> nn.Module:
-    """The architecture of ``config`` without weights (meta device): cheap structural checks."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def merge_and_save(peft_model, tokenizer, output_dir: str | Path) -> Path:
-    """Merge LoRA into the base weights and save a plain Hugging Face model."""
-    merged = peft_model.merge_and_unload()
-    output_dir = Path(output_dir)
-    merged.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return output_dir
-
-
-def _record(privacy: PrivacySpec, sigma: float, q: float, steps: int, delta: float, n: int,
-            prv: bool) -> PrivacyRecord:
-    if not privacy.private:
-        return PrivacyRecord(False, 0.0, q, steps, delta, math.inf, math.inf, None, n)
-    return PrivacyRecord(True, sigma, q, steps, delta, epsilon_for(sigma, q, steps, delta, "rdp"),
-                         epsilon_for(sigma, q, steps, delta, "prv") if prv else None, privacy.max_grad_norm, n)
+def write_outputs(t: Trainer, record: PrivacyRecord, seconds: float, resumed_from: int) -> None:
+    """``adapter/``, ``train_log.csv``, ``privacy.json`` and ``run.json``; the checkpoint is removed."""
+    out = t.plan.output_dir
+    t.peft_model.save_pretrained(out / "adapter")
+    atomic_write_text(out / "train_log.csv", _csv(t.log))
+    atomic_write_json(out / "privacy.json", asdict(record))
+    atomic_write_json(out / "run.json", {"digest": t.plan.digest, "seconds": seconds,
+                                         "resumed_from_step": resumed_from, "world_size": t.plan.world,
+                                         "log": t.log})
+    t.plan.checkpoint.unlink(missing_ok=True)
 
 
 def _check_lora_moved(initial: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:
@@ -709,12 +422,6 @@ def _check_lora_moved(initial: dict[str, torch.Tensor], params: dict[str, nn.Par
         raise RuntimeError(
             "LoRA weights did not change after the first optimizer step: the optimizer is not updating "
             "the adapter (was the model moved to another device after LoRA/Opacus wrapped it?)")
-
-
-def _eps_label(privacy: PrivacySpec) -> str:
-    if privacy.noise_multiplier is not None:
-        return f"σ={privacy.noise_multiplier:g}"
-    return "inf" if not math.isfinite(privacy.epsilon) else f"{privacy.epsilon:g}"
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from prunepriv.errors import PrunePrivError
 from prunepriv.pipeline.registry import claim_files
+from prunepriv.privacy.specs import epsilon_label, epsilon_text
 
 TABLES = claim_files()   # what stage 07 reads, from the registry
 
@@ -72,14 +73,6 @@ class Claim:
     value: object
     tolerance: Tolerance
     holds: bool | None = None     # qualitative part of the claim, evaluated on this run's own tables
-
-
-def _eps_tag(eps: float) -> str:
-    return "inf" if math.isinf(eps) else f"{eps:g}"
-
-
-def _eps_text(eps: float) -> str:
-    return "ε = ∞ (non-private)" if math.isinf(eps) else f"ε = {eps:g}"
 
 
 def top_repetitions(memorization: pd.DataFrame) -> int:
@@ -156,13 +149,13 @@ def _finetune_claims(t) -> list[Claim]:
     claims = []
     for eps in sorted({e for e in runs["target_epsilon"] if not math.isinf(e)}, reverse=True):
         row = runs[runs["target_epsilon"] == eps].iloc[0]
-        claims.append(Claim(f"privacy.epsilon.eps{_eps_tag(eps)}",
+        claims.append(Claim(f"privacy.epsilon.eps{epsilon_label(eps)}",
                             f"accountant ε (RDP, δ = {row['delta']:.2g}) of the runs targeting ε = {eps:g}",
                             float(row["epsilon_rdp"]), EXACT_MATH, bool(row["epsilon_rdp"] <= eps)))
     for row in runs.itertuples():
         private = not math.isinf(row.target_epsilon)
-        claims.append(Claim(f"finetune.perplexity.{row.model}.eps{_eps_tag(row.target_epsilon)}",
-                            f"{row.model} model fine-tuned at {_eps_text(row.target_epsilon)}: held-out perplexity",
+        claims.append(Claim(f"finetune.perplexity.{row.model}.eps{epsilon_label(row.target_epsilon)}",
+                            f"{row.model} model fine-tuned at {epsilon_text(row.target_epsilon)}: held-out perplexity",
                             float(row.perplexity_private), TRAINED_DP if private else TRAINED,
                             bool(row.perplexity_private < row.perplexity_private_before)))
     pruned = runs[(runs["model"] == "pruned") & runs["target_epsilon"].map(math.isinf)]
@@ -187,15 +180,15 @@ def _memorization_claims(t) -> list[Claim]:
             excess = float(getattr(row, f"exposure_r{top}") - row.exposure_heldout)
             if math.isinf(eps):
                 holds = excess > 2.0
-                text = (f"{model}, {_eps_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
+                text = (f"{model}, {epsilon_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
                         "(bits; memorized if > 2)")
             else:
                 holds = base_excess is None or excess < base_excess - 1.0
-                text = (f"{model}, {_eps_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
+                text = (f"{model}, {epsilon_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
                         "(bits; at least 1 bit below the non-private model)")
-            claims.append(Claim(f"memorization.exposure.{model}.eps{_eps_tag(eps)}", text, excess, EXPOSURE, holds))
-            claims.append(Claim(f"memorization.mia.{model}.eps{_eps_tag(eps)}",
-                                f"{model}, {_eps_text(eps)}: reference-calibrated membership AUC (chance 0.5)",
+            claims.append(Claim(f"memorization.exposure.{model}.eps{epsilon_label(eps)}", text, excess, EXPOSURE, holds))
+            claims.append(Claim(f"memorization.mia.{model}.eps{epsilon_label(eps)}",
+                                f"{model}, {epsilon_text(eps)}: reference-calibrated membership AUC (chance 0.5)",
                                 float(row.mia_auc_reference), AUC))
     return claims
 
@@ -243,7 +236,7 @@ def _selection_claims(t) -> list[Claim]:
     draws, chosen, info = t["private_selection_draws.csv"], t["private_selection.csv"], t["private_selection.json"]
     agreement = draws.groupby("selection_epsilon")["agreement"].mean()
     finite = sorted(e for e in agreement.index if math.isfinite(e))
-    claims = [Claim(f"selection.agreement.eps{_eps_tag(e)}", f"private selection at selection ε = {e:g}: mean "
+    claims = [Claim(f"selection.agreement.eps{epsilon_label(e)}", f"private selection at selection ε = {e:g}: mean "
                     "Jaccard with the non-private choice over the noise draws", float(agreement[e]), AGREEMENT)
               for e in finite]
     if len(finite) > 1:
@@ -258,7 +251,7 @@ def _selection_claims(t) -> list[Claim]:
                                 f"ε = {row.finetune_epsilon:g}: held-out perplexity", float(row.perplexity_private),
                                 TRAINED_DP))
             continue
-        tag = _eps_tag(row.selection_epsilon)
+        tag = epsilon_label(row.selection_epsilon)
         e2e, sel, tune = row.end_to_end_epsilon_rdp, row.selection_epsilon_rdp, row.finetune_epsilon_rdp
         claims.append(Claim(f"selection.endtoend.eps{tag}", f"end-to-end ε (RDP, δ = {row.delta:.2g}) of selection "
                             f"at ε = {row.selection_epsilon:g} then DP-LoRA at ε = {row.finetune_epsilon:g}, composed "
@@ -339,3 +332,14 @@ def format_value(value) -> str:
     if isinstance(value, float):
         return "∞" if math.isinf(value) else f"{value:.4g}"
     return "—" if value is None else str(value)
+
+
+def claims_table(found: list[Claim]) -> pd.DataFrame:
+    """The claims of one run as ``claims.csv``: value, tolerance, and whether the qualitative part holds."""
+    return pd.DataFrame([{"claim": c.id, "text": c.text, "value": format_value(c.value),
+                          "tolerance": c.tolerance.describe(), "holds": c.holds} for c in found])
+
+
+def failing(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of :func:`claims_table` whose qualitative part does not hold (``None`` means: it has none)."""
+    return table[table["holds"] == False]  # noqa: E712 - None must not count as failing

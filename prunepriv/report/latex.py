@@ -78,80 +78,103 @@ def tabular(header: Sequence[str], rows: Sequence[Sequence[str]], align: str, ca
 _TOKEN = re.compile(r"\\[A-Za-z@]+\*?|\\.|[{}&%$#_^~]|\n|[^\\{}&%$#_^~\n]+")
 
 
+class _Scan:
+    """The state of :func:`problems` while it walks the tokens: braces, math, environments, table rows."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens, self.found = tokens, []
+        self.depth, self.envs, self.math_mode = 0, [], False
+        self.math_groups: list[int] = []          # brace depths opened by \ensuremath{...}
+        self.pending_math = False
+        self.columns: list[int] = []
+        self.cells, self.row_has_content = 1, False
+
+    def brace(self, tok: str) -> None:
+        if tok == "{":
+            self.depth += 1
+            if self.pending_math:
+                self.math_groups.append(self.depth)
+                self.pending_math = False
+            return
+        if self.math_groups and self.math_groups[-1] == self.depth:
+            self.math_groups.pop()
+        self.depth -= 1
+        if self.depth < 0:
+            self.found.append("unbalanced '}'")
+            self.depth = 0
+
+    def environment(self, tok: str, i: int) -> int:
+        """``\\begin``/``\\end`` at token ``i``; returns the index after its arguments."""
+        name, j = _argument(self.tokens, i + 1)
+        if name is None:
+            self.found.append(f"{tok} without an environment name")
+        elif tok == r"\begin":
+            self.envs.append(name)
+            if name in ("tabular", "tabular*"):
+                spec, j = _argument(self.tokens, j)
+                self.columns.append(len(re.findall(r"[lcrpXmb]", re.sub(r"\{[^}]*\}", "", spec or ""))))
+                self.cells, self.row_has_content = 1, False
+        else:
+            if not self.envs or self.envs[-1] != name:
+                self.found.append(f"\\end{{{name}}} does not close \\begin{{{self.envs[-1] if self.envs else 'nothing'}}}")
+            else:
+                self.envs.pop()
+            if name in ("tabular", "tabular*") and self.columns:
+                self.columns.pop()
+        return j
+
+    def table(self, tok: str) -> None:
+        """Count the cells of a row inside a tabular."""
+        if tok == "&":
+            self.cells += 1
+        elif tok == r"\\":
+            if self.row_has_content and self.cells != self.columns[-1]:
+                self.found.append(f"table row with {self.cells} cells in a {self.columns[-1]}-column tabular")
+            self.cells, self.row_has_content = 1, False
+        elif tok.strip() and tok not in (r"\toprule", r"\midrule", r"\bottomrule", r"\hline"):
+            self.row_has_content = True
+
+    def token(self, tok: str, i: int) -> int:
+        """Take token ``i``; returns the index of the next token to look at."""
+        if tok == "%":                                        # comment to end of line
+            while i < len(self.tokens) and self.tokens[i] != "\n":
+                i += 1
+            return i
+        if tok in _NAME_COMMANDS:
+            return _skip_name_argument(self.tokens, i + 1)
+        if tok in (r"\begin", r"\end"):
+            return self.environment(tok, i)
+        if tok == r"\ensuremath":
+            self.pending_math = True
+        elif tok in ("{", "}"):
+            self.brace(tok)
+        elif tok == "$":
+            self.math_mode = not self.math_mode
+        elif tok == "#" and not _in_definition(self.tokens, i):
+            self.found.append("unescaped '#'")
+        elif tok in ("_", "^") and not (self.math_mode or self.math_groups):
+            self.found.append(f"'{tok}' outside math mode")
+        elif self.columns:
+            self.table(tok)
+        return i + 1
+
+    def finish(self) -> list[str]:
+        if self.depth:
+            self.found.append(f"{self.depth} unclosed '{{'")
+        if self.envs:
+            self.found.append("unclosed environment(s): " + ", ".join(self.envs))
+        if self.math_mode:
+            self.found.append("unclosed '$'")
+        return self.found
+
+
 def problems(text: str) -> list[str]:
     """What would keep ``text`` from compiling, as far as a tokeniser can tell (empty list: none found)."""
-    found: list[str] = []
-    depth, envs, math_mode = 0, [], False
-    math_groups: list[int] = []          # brace depths opened by \ensuremath{...}
-    pending_math = False
-    columns: list[int] = []
-    cells, row_has_content = 1, False
-    tokens = _TOKEN.findall(text)
+    scan = _Scan(_TOKEN.findall(text))
     i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok == "%":                                        # comment to end of line
-            while i < len(tokens) and tokens[i] != "\n":
-                i += 1
-            continue
-        if tok in _NAME_COMMANDS:
-            i = _skip_name_argument(tokens, i + 1)
-            continue
-        if tok == r"\ensuremath":
-            pending_math = True
-        elif tok == "{":
-            depth += 1
-            if pending_math:
-                math_groups.append(depth)
-                pending_math = False
-        elif tok == "}":
-            if math_groups and math_groups[-1] == depth:
-                math_groups.pop()
-            depth -= 1
-            if depth < 0:
-                found.append("unbalanced '}'")
-                depth = 0
-        elif tok == "$":
-            math_mode = not math_mode
-        elif tok == "#" and not _in_definition(tokens, i):
-            found.append("unescaped '#'")
-        elif tok in ("_", "^") and not (math_mode or math_groups):
-            found.append(f"'{tok}' outside math mode")
-        elif tok in (r"\begin", r"\end"):
-            name, j = _argument(tokens, i + 1)
-            if name is None:
-                found.append(f"{tok} without an environment name")
-            elif tok == r"\begin":
-                envs.append(name)
-                if name in ("tabular", "tabular*"):
-                    spec, j = _argument(tokens, j)
-                    columns.append(len(re.findall(r"[lcrpXmb]", re.sub(r"\{[^}]*\}", "", spec or ""))))
-                    cells, row_has_content = 1, False
-            else:
-                if not envs or envs[-1] != name:
-                    found.append(f"\\end{{{name}}} does not close \\begin{{{envs[-1] if envs else 'nothing'}}}")
-                else:
-                    envs.pop()
-                if name in ("tabular", "tabular*") and columns:
-                    columns.pop()
-            i = j
-            continue
-        elif columns and tok == "&":
-            cells += 1
-        elif columns and tok == r"\\":
-            if row_has_content and cells != columns[-1]:
-                found.append(f"table row with {cells} cells in a {columns[-1]}-column tabular")
-            cells, row_has_content = 1, False
-        elif columns and tok.strip() and tok not in (r"\toprule", r"\midrule", r"\bottomrule", r"\hline"):
-            row_has_content = True
-        i += 1
-    if depth:
-        found.append(f"{depth} unclosed '{{'")
-    if envs:
-        found.append("unclosed environment(s): " + ", ".join(envs))
-    if math_mode:
-        found.append("unclosed '$'")
-    return found
+    while i < len(scan.tokens):
+        i = scan.token(scan.tokens[i], i)
+    return scan.finish()
 
 
 def _argument(tokens: list[str], i: int) -> tuple[str | None, int]:

@@ -19,7 +19,6 @@ import copy
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -36,19 +35,25 @@ from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.models import decoder_layers
 from prunepriv.lm.text import batches
 from prunepriv.privacy import federated, selection
-from prunepriv.privacy.train import check_privacy, finetune
+from prunepriv.privacy.record import FinetuneRun, run_name
+from prunepriv.privacy.specs import check_privacy, finetune_specs
+from prunepriv.privacy.train import finetune
 from prunepriv.results import relative_to_cwd
-from prunepriv.stages.experiments import (
-    calibration_texts,
-    epsilon_label,
-    finetune_specs,
-)
+from prunepriv.stages.experiments import calibration_texts
 from prunepriv.stages.memorization import (
     accountant_at,
     audit_scores,
     note_records,
     size_matched,
 )
+
+# the columns of a fine-tuning run (a FinetuneRun) in the rows of tab:compression-baselines
+RUN_COLUMNS = ("epsilon_rdp", "epsilon_prv", "delta", "noise_multiplier", "sample_rate", "steps",
+               "perplexity_private_before", "perplexity_general_before", "perplexity_private", "perplexity_general",
+               "train_seconds", "run_dir")
+# ... and in those of tab:private-selection
+SELECTION_RUN_COLUMNS = ("delta", "noise_multiplier", "sample_rate", "steps", "perplexity_private_before",
+                         "perplexity_private", "perplexity_general", "run_dir")
 
 
 def _layers_text(layers) -> str:
@@ -217,20 +222,18 @@ def selection_frequencies(sweep: pd.DataFrame, num_layers: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _finetune_row(base, tokenizer, corpus, profile, out: Path, evaluator: Evaluator) -> tuple[dict, object]:
-    """DP-LoRA at ``baselines.epsilon`` of ``base`` (a model copy the caller owns); returns row and tuned model."""
+def _finetune_run(base, tokenizer, corpus, profile, out: Path, evaluator: Evaluator,
+                  model_name: str) -> tuple[FinetuneRun, object]:
+    """DP-LoRA at ``baselines.epsilon`` of ``base`` (a model copy the caller owns); returns the run and tuned model."""
     lora, privacy, train = finetune_specs(profile)
     spec = replace(next(iter(privacy.values())), epsilon=profile.baselines.epsilon)
     before = evaluator.both(base)
     result = finetune(base, tokenizer, corpus.texts("train"), out, lora, spec, train, progress=True)
     tuned = result.model.eval()
-    r = result.privacy
-    row = {"epsilon_rdp": r.epsilon_rdp, "epsilon_prv": r.epsilon_prv, "delta": r.delta,
-           "noise_multiplier": r.noise_multiplier, "sample_rate": r.sample_rate, "steps": r.steps,
-           "perplexity_private_before": before["perplexity_private"],
-           "perplexity_general_before": before["perplexity_general"],
-           **evaluator.both(tuned), "train_seconds": result.seconds, "run_dir": relative_to_cwd(out)}
-    return row, tuned
+    run = FinetuneRun.from_result(result, model=model_name, layers=len(decoder_layers(tuned.get_base_model())),
+                                  target_epsilon=profile.baselines.epsilon, before=before,
+                                  after=evaluator.both(tuned), run_dir=relative_to_cwd(out))
+    return run, tuned
 
 
 def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame, runs_dir) -> pd.DataFrame:
@@ -247,23 +250,19 @@ def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame,
         sigma, layers = float(picked["selection_sigma"]), [int(x) for x in picked["removed"].split()]
         key = tuple(layers)
         if key not in done:
-            out = Path(runs_dir) / f"removed-{'-'.join(map(str, layers))}-eps-{epsilon_label(b.epsilon)}"
-            row, tuned = _finetune_row(remove_layers(copy.deepcopy(model), layers), tokenizer, corpus, profile,
-                                       out, evaluator)
-            done[key] = row
+            name = f"removed-{'-'.join(map(str, layers))}"
+            run, tuned = _finetune_run(remove_layers(copy.deepcopy(model), layers), tokenizer, corpus, profile,
+                                       Path(runs_dir) / run_name(name, b.epsilon), evaluator, name)
+            done[key] = run
             del tuned
-        row = done[key]
-        rdp = selection.end_to_end_epsilon(sigma, row["noise_multiplier"], row["sample_rate"], row["steps"],
-                                           row["delta"], "rdp")
-        prv = selection.end_to_end_epsilon(sigma, row["noise_multiplier"], row["sample_rate"], row["steps"],
-                                           row["delta"], "prv")
+        run = done[key]
+        rdp = selection.end_to_end_epsilon(sigma, run.noise_multiplier, run.sample_rate, run.steps, run.delta, "rdp")
+        prv = selection.end_to_end_epsilon(sigma, run.noise_multiplier, run.sample_rate, run.steps, run.delta, "prv")
         rows.append({"selection_epsilon": eps, "selection_sigma": sigma, "removed": _layers_text(layers),
                      "selection_epsilon_rdp": rdp.selection_epsilon, "finetune_epsilon": b.epsilon,
                      "finetune_epsilon_rdp": rdp.finetune_epsilon,
                      "end_to_end_epsilon_rdp": rdp.end_to_end_epsilon, "end_to_end_epsilon_prv": prv.end_to_end_epsilon,
-                     **{c: row[c] for c in ("delta", "noise_multiplier", "sample_rate", "steps",
-                                            "perplexity_private_before", "perplexity_private",
-                                            "perplexity_general", "run_dir")}})
+                     **run.to_row(SELECTION_RUN_COLUMNS)})
     return pd.DataFrame(rows)
 
 
@@ -296,7 +295,7 @@ def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, pro
     return models, info
 
 
-def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, row: dict) -> dict:
+def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: FinetuneRun) -> dict:
     """Membership inference, canary exposure and the one-run audit, each with its control.
 
     The same attacks as notebook 05 without synthetic sampling: training
@@ -325,7 +324,7 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, row: d
         reference = attacks.record_logprobs(untuned, tokenizer, canary_texts, ml, bs)
         scores = audit_scores(tuned, reference, tokenizer, canary_texts, ml, bs)
         result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
-        accountant = accountant_at(SimpleNamespace(**row), cfg.audit_delta)
+        accountant = accountant_at(run, cfg.audit_delta)
         out.update({"audit_lower_bound": result.epsilon_lower_bound,
                     "audit_epsilon_rdp": accountant["epsilon_rdp"], "audit_delta": cfg.audit_delta})
     return out
@@ -348,17 +347,17 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     rows = []
     for name, base in tqdm(models.items(), desc="compression baselines", leave=False):
         slug = name.split(" ")[0].lower() if name != "dense" else "dense"
-        out = dense_run_dir if name == "dense" and dense_run_dir else Path(runs_dir) / f"{slug}-eps-{epsilon_label(b.epsilon)}"
+        out = dense_run_dir if name == "dense" and dense_run_dir else Path(runs_dir) / run_name(slug, b.epsilon)
         nonzero = sparsity.nonzero_parameters(base)
-        row, tuned = _finetune_row(copy.deepcopy(base), tokenizer, corpus, profile, Path(out), evaluator)
-        probe = memorization_probe(tuned, base, tokenizer, corpus, profile.memorization, profile.seed, row)
+        run, tuned = _finetune_run(copy.deepcopy(base), tokenizer, corpus, profile, Path(out), evaluator, name)
+        probe = memorization_probe(tuned, base, tokenizer, corpus, profile.memorization, profile.seed, run)
         base_zeros = sum(int((m.weight == 0).sum()) for m in sparsity.prunable_linears(tuned.get_base_model()).values())
         rows.append({"model": name, "nonzero_parameters": nonzero, "parameter_fraction": nonzero / dense_params,
                      "base_zeros_after_finetuning": base_zeros,
                      "prefill_ratio": timing[name].prefill_s / timing["dense"].prefill_s,
                      "decode_ratio": timing[name].decode_s / timing["dense"].decode_s,
                      "prefill_s": timing[name].prefill_s, "decode_s": timing[name].decode_s,
-                     "target_epsilon": b.epsilon, **row, **probe})
+                     "target_epsilon": b.epsilon, **run.to_row(RUN_COLUMNS), **probe})
         del tuned
     info["latency_device"] = str(next(model.parameters()).device)
     return pd.DataFrame(rows), info
@@ -369,7 +368,7 @@ def dense_run_dir(runs: pd.DataFrame | None, epsilon: float) -> Path | None:
     if runs is None:
         return None
     match = runs[(runs["model"] == "unpruned") & (runs["target_epsilon"] == epsilon)]
-    return Path(match.iloc[0]["run_dir"]) if len(match) else None
+    return Path(FinetuneRun.from_row(match.iloc[0]).run_dir) if len(match) else None
 
 
 def summary_json(obj: dict) -> dict:

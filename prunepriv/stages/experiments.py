@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import warnings
+from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -17,15 +19,12 @@ from prunepriv.compress.pruning import (
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
 from prunepriv.data import general_english
 from prunepriv.lm.evaluation import perplexity
+from prunepriv.lm.lora import merge_and_save
 from prunepriv.lm.models import decoder_layers
 from prunepriv.lm.text import batches
-from prunepriv.privacy.train import (
-    LoRASpec,
-    PrivacySpec,
-    TrainSpec,
-    finetune,
-    merge_and_save,
-)
+from prunepriv.privacy.record import FinetuneRun, run_name, runs_of
+from prunepriv.privacy.specs import epsilon_label, finetune_specs
+from prunepriv.privacy.train import finetune
 from prunepriv.results import relative_to_cwd
 
 
@@ -134,22 +133,6 @@ def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int,
     return pd.DataFrame(rows)
 
 
-def finetune_specs(profile):
-    """LoRA, per-ε privacy and training specs from a profile's ``finetune`` section."""
-
-    f = profile.finetune
-    lora = LoRASpec(f.lora_rank, f.lora_alpha, f.lora_dropout, list(f.target_modules))
-    train = TrainSpec(f.epochs, f.learning_rate, f.batch_size, f.physical_batch_size, f.max_length,
-                      f.checkpoint_every, profile.seed)
-    privacy = {eps: PrivacySpec(epsilon=eps, delta=f.delta, max_grad_norm=f.max_grad_norm, accountant=f.accountant)
-               for eps in f.epsilons}
-    return lora, privacy, train
-
-
-def epsilon_label(eps: float) -> str:
-    return "inf" if eps == float("inf") else f"{eps:g}"
-
-
 def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir) -> pd.DataFrame:
     """Fine-tune every (model, ε) of the profile; one row per run (notebook 03).
 
@@ -158,40 +141,32 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
     and is evaluated on held-out records and general English text. Runs that
     finished earlier with the same settings are reloaded, not retrained.
     """
-    from pathlib import Path
-
-
     f = profile.finetune
     lora, privacy, train = finetune_specs(profile)
     texts = corpus.texts("train")
     private_eval = corpus.texts("heldout", limit=f.eval_samples, include_canaries=False)
     general_eval = general_english(profile.data.general_passages, seed=profile.seed)
+
+    def scores(model) -> dict[str, float]:
+        return {"perplexity_private": perplexity(model, tokenizer, private_eval, f.max_length, f.physical_batch_size),
+                "perplexity_general": perplexity(model, tokenizer, general_eval, f.max_length, f.physical_batch_size)}
+
     rows = []
-    before: dict[str, tuple[float, float]] = {}
+    before: dict[str, dict[str, float]] = {}
     jobs = [(m, eps) for m in f.models for eps in f.epsilons]
     for model_name, eps in tqdm(jobs, desc="fine-tuning runs", leave=False):
         model = copy.deepcopy(base)
         if model_name == "pruned":
             remove_layers(model, pruned_layers)
         if model_name not in before:                      # the same untuned model for every ε
-            before[model_name] = (perplexity(model, tokenizer, private_eval, f.max_length, f.physical_batch_size),
-                                  perplexity(model, tokenizer, general_eval, f.max_length, f.physical_batch_size))
-        before_private, before_general = before[model_name]
-        out = Path(runs_dir) / f"{model_name}-eps-{epsilon_label(eps)}"
+            before[model_name] = scores(model)
+        out = Path(runs_dir) / run_name(model_name, eps)
         result = finetune(model, tokenizer, texts, out, lora, privacy[eps], train, progress=True)
         tuned = result.model.eval()
-        record = result.privacy
-        rows.append({
-            "model": model_name, "layers": len(decoder_layers(tuned.get_base_model())),
-            "target_epsilon": eps, "epsilon_rdp": record.epsilon_rdp, "epsilon_prv": record.epsilon_prv,
-            "delta": record.delta, "noise_multiplier": record.noise_multiplier, "sample_rate": record.sample_rate,
-            "steps": record.steps, "max_grad_norm": record.max_grad_norm, "n_train": record.n_train,
-            "perplexity_private_before": before_private, "perplexity_general_before": before_general,
-            "perplexity_private": perplexity(tuned, tokenizer, private_eval, f.max_length, f.physical_batch_size),
-            "perplexity_general": perplexity(tuned, tokenizer, general_eval, f.max_length, f.physical_batch_size),
-            "final_loss": result.log[-1]["loss"] if result.log else float("nan"),
-            "train_seconds": result.seconds, "run_dir": relative_to_cwd(out),
-        })
+        layers = len(decoder_layers(tuned.get_base_model()))
+        run = FinetuneRun.from_result(result, model=model_name, layers=layers, target_epsilon=eps,
+                                      before=before[model_name], after=scores(tuned), run_dir=relative_to_cwd(out))
+        rows.append(run.to_row())
         if f.save_merged:
             merge_and_save(tuned, tokenizer, out / "merged")
         del model, tuned
@@ -200,13 +175,10 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
 
 def training_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Loss and ε per step of every run, from their ``run.json`` logs."""
-    import json
-    from pathlib import Path
-
     frames = []
-    for row in runs.itertuples():
-        log = json.loads((Path(row.run_dir) / "run.json").read_text())["log"]
+    for run in runs_of(runs):
+        log = json.loads((Path(run.run_dir) / "run.json").read_text())["log"]
         frame = pd.DataFrame(log)
-        frame["model"], frame["target_epsilon"] = row.model, epsilon_label(row.target_epsilon)
+        frame["model"], frame["target_epsilon"] = run.model, epsilon_label(run.target_epsilon)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

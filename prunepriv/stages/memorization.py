@@ -28,8 +28,10 @@ from prunepriv.data import corpus_for
 from prunepriv.errors import DataError, ModelError
 from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.generation import SamplingSpec, continue_greedy, sample_records
+from prunepriv.lm.lora import load_adapter
 from prunepriv.lm.models import load_model
-from prunepriv.privacy.train import epsilon_for, load_adapter
+from prunepriv.privacy.record import FinetuneRun, runs_of
+from prunepriv.privacy.specs import epsilon_for
 from prunepriv.results import (
     atomic_write_json,
     atomic_write_text,
@@ -40,23 +42,11 @@ from prunepriv.results import (
 ATTACKS_VERSION = 2   # bump when an attack's computation changes, so saved per-run results are redone
 
 
-def sampling_spec(cfg) -> SamplingSpec:
-    """Sampling settings from a profile's ``memorization`` section."""
-    return SamplingSpec(cfg.n_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.batch_size)
-
-
-def run_label(row) -> str:
-    """Folder-style name of a fine-tuning run, e.g. ``pruned-eps-3``."""
-    return Path(row.run_dir).name
-
-
-def tuned_model(bases: dict, row):
+def tuned_model(bases: dict, run: FinetuneRun):
     """A fresh copy of the run's base model (pruned or not) with the run's LoRA adapter."""
-
-    if row.model not in bases:
-        raise ModelError(f"no base model for {row.model!r} runs (have {', '.join(bases)})")
-    adapter = Path(row.run_dir) / "adapter"
-    return load_adapter(copy.deepcopy(bases[row.model]), adapter).eval()
+    if run.model not in bases:
+        raise ModelError(f"no base model for {run.model!r} runs (have {', '.join(bases)})")
+    return load_adapter(copy.deepcopy(bases[run.model]), run.adapter_dir).eval()
 
 
 def stage_inputs(profile, pruned: dict):
@@ -71,9 +61,8 @@ def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _adapter_digest(row) -> str:
-
-    return sha256_file(Path(row.run_dir) / "adapter" / "adapter_model.safetensors")
+def _adapter_digest(run: FinetuneRun) -> str:
+    return sha256_file(run.adapter_dir / "adapter_model.safetensors")
 
 
 # --------------------------------------------------------------------------
@@ -90,16 +79,17 @@ def load_samples(path: str | Path) -> list[str]:
     return texts
 
 
-def synthetic_for_run(model, tokenizer, row, spec: SamplingSpec, seed: int, out_dir: Path) -> tuple[list[str], Path]:
+def synthetic_for_run(model, tokenizer, run: FinetuneRun, spec: SamplingSpec, seed: int,
+                      out_dir: Path) -> tuple[list[str], Path]:
     """Sample (or reload) one run's synthetic records, saved as JSONL with their settings."""
-    path = out_dir / f"{run_label(row)}.jsonl"
-    key = _digest(asdict(spec), seed, _adapter_digest(row))
+    path = out_dir / f"{run.label}.jsonl"
+    key = _digest(asdict(spec), seed, _adapter_digest(run))
     if path.is_file():
         first = json.loads(path.read_text().splitlines()[0])
         if first.get("settings") == key:
             return load_samples(path), path
     texts = sample_records(model, tokenizer, spec, seed)
-    lines = [json.dumps({"text": t, "model": row.model, "target_epsilon": str(row.target_epsilon),
+    lines = [json.dumps({"text": t, "model": run.model, "target_epsilon": str(run.target_epsilon),
                          "seed": seed, "settings": key}) for t in texts]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return texts, path
@@ -113,18 +103,18 @@ def synthetic_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, see
     """
 
     out_dir = Path(out_dir)
-    spec = sampling_spec(cfg)
+    spec = SamplingSpec.from_config(cfg)
     judge = bases["unpruned"]
     references = corpus.texts("heldout", limit=cfg.quality_references, include_canaries=False)
     rows = []
-    for row in tqdm(list(runs.itertuples()), desc="synthetic data", leave=False):
-        model = tuned_model(bases, row)
-        texts, path = synthetic_for_run(model, tokenizer, row, spec, seed, out_dir)
+    for run in tqdm(runs_of(runs), desc="synthetic data", leave=False):
+        model = tuned_model(bases, run)
+        texts, path = synthetic_for_run(model, tokenizer, run, spec, seed, out_dir)
         del model
         nonempty = [t for t in texts if t.strip()]
         best = pairwise_f1(nonempty, references).max(1) if nonempty else np.array([np.nan])
         rows.append({
-            "model": row.model, "target_epsilon": row.target_epsilon, "samples": len(texts),
+            "model": run.model, "target_epsilon": run.target_epsilon, "samples": len(texts),
             "empty_samples": len(texts) - len(nonempty),
             "mean_tokens": float(np.mean([len(tokenizer(t).input_ids) for t in texts])),
             "perplexity_base": perplexity(judge, tokenizer, nonempty, cfg.max_length, cfg.batch_size)
@@ -173,35 +163,26 @@ def audit_scores(model, reference_lp: list[np.ndarray], tokenizer, texts: list[s
     return np.array([ref.sum() - lp.sum() for lp, ref in zip(target, reference_lp)])
 
 
-def accountant_at(row, delta: float) -> dict[str, float]:
+def accountant_at(run: FinetuneRun, delta: float) -> dict[str, float]:
     """The run's accountant ε (RDP and PRV) at the audit's δ, from its logged σ, q and steps.
 
     The audit bounds ε at one δ; it is compared with the accountant's ε at
     that same δ (a run's headline ε is at its training δ).
     """
-
-    sigma, q, steps = float(row.noise_multiplier), float(row.sample_rate), int(row.steps)
-    if not math.isfinite(float(row.epsilon_rdp)) or sigma <= 0:
+    sigma, q, steps = float(run.noise_multiplier), float(run.sample_rate), int(run.steps)
+    if not math.isfinite(float(run.epsilon_rdp)) or sigma <= 0:
         return {"epsilon_rdp": math.inf, "epsilon_prv": math.inf}
     return {"epsilon_rdp": epsilon_for(sigma, q, steps, delta, "rdp"),
             "epsilon_prv": epsilon_for(sigma, q, steps, delta, "prv")}
 
 
-def attack_run(model, row, corpus, tokenizer, refs: References, samples: list[str], cfg, seed: int) -> dict:
+def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, samples: list[str], cfg,
+               seed: int) -> dict:
     """Every memorization measurement of one fine-tuned model, with its controls."""
-
-    out: dict = {"model": row.model, "target_epsilon": row.target_epsilon, "epsilon_rdp": float(row.epsilon_rdp),
-                 "run": run_label(row)}
-    bs, ml = cfg.batch_size, cfg.max_length
+    out: dict = {"model": run.model, "target_epsilon": run.target_epsilon, "epsilon_rdp": float(run.epsilon_rdp),
+                 "run": run.label}
     train_notes, heldout_notes = note_records(corpus, "train"), note_records(corpus, "heldout")
-
-    # membership inference: training versus held-out records
-    members = [r.text for r in size_matched(train_notes, cfg.mia_samples, seed)]
-    nonmembers = [r.text for r in heldout_notes[: cfg.mia_samples]]
-    texts = members + nonmembers
-    target_lp = attacks.record_logprobs(model, tokenizer, texts, ml, bs)
-    out["mia"] = attacks.membership_inference(members, nonmembers, target_lp, refs.logprobs(row.model, texts),
-                                              cfg.min_k)
+    out["mia"] = membership_attacks(model, run.model, tokenizer, refs, train_notes, heldout_notes, cfg, seed)
 
     # canary exposure: trained canaries and never-trained ones (the control)
     out["exposure"] = [asdict(attacks.canary_exposure(model, tokenizer, c, cfg.n_candidates, seed))
@@ -211,21 +192,8 @@ def attack_run(model, row, corpus, tokenizer, refs: References, samples: list[st
     # one-run audit (Steinke et al. 2023) on the audit canaries
     audit_canaries = corpus.canaries_for("audit")
     if audit_canaries:
-        canary_texts = [c.text for c in audit_canaries]
-        scores = audit_scores(model, refs.logprobs(row.model, canary_texts), tokenizer, canary_texts, ml, bs)
-        result = audit(scores, [c.in_train for c in audit_canaries], cfg.audit_delta, cfg.audit_confidence)
-        out["audit"] = {**asdict(result), **accountant_at(row, cfg.audit_delta)}
-
-    # extraction: synthetic samples against training and held-out records of equal number
-    held = [r.text for r in heldout_notes]
-    train_ref = [r.text for r in size_matched(train_notes, len(held), seed + 1)]
-    kept = [s for s in samples if s.strip()]
-    f1_train, f1_held = pairwise_f1(kept, train_ref), pairwise_f1(kept, held)
-    out["extraction"] = attacks.extraction_summary(f1_train, f1_held, cfg.near_copy_f1)
-    sample_lp = attacks.record_logprobs(model, tokenizer, kept, ml, bs, end=False)   # samples carry no EOS
-    ref_lp = refs.logprobs(row.model, kept, end=False)
-    out["ranking"] = {name: attacks.top_k_copies(metric, f1_train, f1_held, cfg.rank_top_k, cfg.near_copy_f1)
-                      for name, metric in attacks.ranking_metrics(kept, sample_lp, ref_lp).items()}
+        out["audit"] = canary_audit(model, run, tokenizer, refs, audit_canaries, cfg)
+    out.update(extraction_attacks(model, run.model, tokenizer, refs, samples, train_notes, heldout_notes, cfg, seed))
 
     # untargeted PII leakage: values only training records hold, versus values only held-out records hold
     train_pii, held_pii = attacks.exclusive_pii(corpus, "train"), attacks.exclusive_pii(corpus, "heldout")
@@ -234,29 +202,69 @@ def attack_run(model, row, corpus, tokenizer, refs: References, samples: list[st
                   "leaked_heldout": attacks.leaked_fraction(samples, held_pii)}
 
     # prefix attack on training and held-out records
-    out["prefix"] = {}
-    for split, records in (("train", size_matched(train_notes, len(train_notes), seed + 2)), ("heldout", heldout_notes)):
-        probes = attacks.prefix_probes(tokenizer, records, cfg.prefix_tokens, cfg.suffix_tokens, cfg.prefix_records)
-        generated = continue_greedy(model, [p.prompt for p in probes], cfg.suffix_tokens,
-                                    int(tokenizer.pad_token_id or 0), bs)
-        truth = [p.suffix for p in probes]
-        gen_text = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        true_text = tokenizer.batch_decode(truth, skip_special_tokens=True)
-        pii_rate, pii_n = attacks.targeted_pii_rate(gen_text, probes)
-        out["prefix"][split] = {
-            "records": len(probes), "token_match": attacks.token_match_rate(generated, truth),
-            "exact_suffix": attacks.exact_suffix_rate(generated, truth),
-            "bertscore_f1": float(np.mean(f1(gen_text, true_text))) if probes else float("nan"),
-            "pii_values": pii_n, "pii_leaked": pii_rate,
-        }
+    splits = (("train", size_matched(train_notes, len(train_notes), seed + 2)), ("heldout", heldout_notes))
+    out["prefix"] = {split: prefix_attack(model, tokenizer, records, cfg) for split, records in splits}
     return out
 
 
-def run_samples(synthetic: pd.DataFrame, row) -> list[str]:
-    """The synthetic samples of run ``row``, from stage 04's table (its ``samples_file`` column)."""
-    match = synthetic[(synthetic["model"] == row.model) & (synthetic["target_epsilon"] == row.target_epsilon)]
+def membership_attacks(model, base_name: str, tokenizer, refs: References, train_notes: list, heldout_notes: list,
+                       cfg, seed: int) -> list[dict]:
+    """Membership inference: training versus held-out records (equal numbers)."""
+    members = [r.text for r in size_matched(train_notes, cfg.mia_samples, seed)]
+    nonmembers = [r.text for r in heldout_notes[: cfg.mia_samples]]
+    texts = members + nonmembers
+    target_lp = attacks.record_logprobs(model, tokenizer, texts, cfg.max_length, cfg.batch_size)
+    return attacks.membership_inference(members, nonmembers, target_lp, refs.logprobs(base_name, texts), cfg.min_k)
+
+
+def canary_audit(model, run: FinetuneRun, tokenizer, refs: References, canaries: list, cfg) -> dict:
+    """The one-run audit's ε lower bound beside the run's accountant ε at the audit's δ."""
+    canary_texts = [c.text for c in canaries]
+    scores = audit_scores(model, refs.logprobs(run.model, canary_texts), tokenizer, canary_texts, cfg.max_length,
+                          cfg.batch_size)
+    result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
+    return {**asdict(result), **accountant_at(run, cfg.audit_delta)}
+
+
+def extraction_attacks(model, base_name: str, tokenizer, refs: References, samples: list[str], train_notes: list,
+                       heldout_notes: list, cfg, seed: int) -> dict:
+    """Extraction (``extraction``) and suspicion rankings (``ranking``): synthetic samples against
+    training and held-out records of equal number."""
+    bs, ml = cfg.batch_size, cfg.max_length
+    held = [r.text for r in heldout_notes]
+    train_ref = [r.text for r in size_matched(train_notes, len(held), seed + 1)]
+    kept = [s for s in samples if s.strip()]
+    f1_train, f1_held = pairwise_f1(kept, train_ref), pairwise_f1(kept, held)
+    extraction = attacks.extraction_summary(f1_train, f1_held, cfg.near_copy_f1)
+    sample_lp = attacks.record_logprobs(model, tokenizer, kept, ml, bs, end=False)   # samples carry no EOS
+    ref_lp = refs.logprobs(base_name, kept, end=False)
+    ranking = {name: attacks.top_k_copies(metric, f1_train, f1_held, cfg.rank_top_k, cfg.near_copy_f1)
+               for name, metric in attacks.ranking_metrics(kept, sample_lp, ref_lp).items()}
+    return {"extraction": extraction, "ranking": ranking}
+
+
+def prefix_attack(model, tokenizer, records: list, cfg) -> dict:
+    """Greedy continuations of record prefixes against the true suffixes (tokens, text, PII)."""
+    probes = attacks.prefix_probes(tokenizer, records, cfg.prefix_tokens, cfg.suffix_tokens, cfg.prefix_records)
+    generated = continue_greedy(model, [p.prompt for p in probes], cfg.suffix_tokens,
+                                int(tokenizer.pad_token_id or 0), cfg.batch_size)
+    truth = [p.suffix for p in probes]
+    gen_text = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    true_text = tokenizer.batch_decode(truth, skip_special_tokens=True)
+    pii_rate, pii_n = attacks.targeted_pii_rate(gen_text, probes)
+    return {
+        "records": len(probes), "token_match": attacks.token_match_rate(generated, truth),
+        "exact_suffix": attacks.exact_suffix_rate(generated, truth),
+        "bertscore_f1": float(np.mean(f1(gen_text, true_text))) if probes else float("nan"),
+        "pii_values": pii_n, "pii_leaked": pii_rate,
+    }
+
+
+def run_samples(synthetic: pd.DataFrame, run: FinetuneRun) -> list[str]:
+    """The synthetic samples of ``run``, from stage 04's table (its ``samples_file`` column)."""
+    match = synthetic[(synthetic["model"] == run.model) & (synthetic["target_epsilon"] == run.target_epsilon)]
     if not len(match):
-        raise DataError(f"no synthetic samples for the {row.model} model at ε = {row.target_epsilon}; "
+        raise DataError(f"no synthetic samples for the {run.model} model at ε = {run.target_epsilon}; "
                         "run stage 04 first")
     return load_samples(match.iloc[0]["samples_file"])
 
@@ -268,17 +276,17 @@ def memorization_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, 
     out_dir = Path(out_dir)
     refs = References(bases, tokenizer, cfg.max_length, cfg.batch_size)
     results = []
-    for row in tqdm(list(runs.itertuples()), desc="memorization attacks", leave=False):
-        samples = run_samples(synthetic, row)
-        path = out_dir / f"{run_label(row)}.json"
-        key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(row), samples, corpus.summary())
+    for run in tqdm(runs_of(runs), desc="memorization attacks", leave=False):
+        samples = run_samples(synthetic, run)
+        path = out_dir / f"{run.label}.json"
+        key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(run), samples, corpus.summary())
         if path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("settings") == key:
                 results.append(saved)
                 continue
-        model = tuned_model(bases, row)
-        result = attack_run(model, row, corpus, tokenizer, refs, samples, cfg, seed)
+        model = tuned_model(bases, run)
+        result = attack_run(model, run, corpus, tokenizer, refs, samples, cfg, seed)
         del model
         result["settings"] = key
         atomic_write_json(path, result)
@@ -378,3 +386,14 @@ def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
         rows.append((f"audit: ε lower bound ({a['confidence']:.0%} confidence)", a["epsilon_lower_bound"],
                      a["epsilon_rdp"], f"accountant ε (RDP) at δ = {a['delta']:.0e}; the bound must not exceed it"))
     return rows
+
+
+def sample_preview(runs: pd.DataFrame, synthetic: pd.DataFrame, n: int = 2) -> str:
+    """The first ``n`` samples of the last model's non-private and most private runs (notebook 04)."""
+    model = runs["model"].iloc[-1]
+    parts = []
+    for eps in (math.inf, min(runs["target_epsilon"])):
+        run = next(r for r in runs_of(runs) if r.model == model and r.target_epsilon == eps)
+        parts.append(f"--- {run.model}, target ε = {eps}")
+        parts += [f"{text} \n" for text in run_samples(synthetic, run)[:n]]
+    return "\n".join(parts)

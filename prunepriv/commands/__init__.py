@@ -1,0 +1,1 @@
+"""What each ``prunepriv`` subcommand does, callable from Python: the CLI only parses and prints."""

@@ -1,0 +1,90 @@
+"""``prunepriv audit``: every memorization attack of notebook 05 on one adapter, each figure beside its control."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+from prunepriv.compress.pruning import remove_layers
+from prunepriv.config import Profile
+from prunepriv.data import SPLITS, Corpus, corpus_for, load_records
+from prunepriv.errors import DataError, PrunePrivError
+from prunepriv.lm.generation import SamplingSpec, sample_records
+from prunepriv.lm.lora import check_adapter_dir, load_adapter
+from prunepriv.lm.models import (
+    check_tokenizer,
+    load_model,
+    load_tokenizer,
+    model_num_layers,
+)
+from prunepriv.privacy.record import FinetuneRun
+from prunepriv.results import atomic_write_json, provenance
+from prunepriv.stages.memorization import (
+    References,
+    attack_run,
+    load_samples,
+    report_rows,
+)
+
+
+def audit_corpus(profile: Profile, train: str | None, heldout: str | None, text_field: str) -> Corpus:
+    """The profile's corpus, or the user's training records with their held-out control."""
+    if bool(train) != bool(heldout):
+        raise PrunePrivError("--train and --heldout go together: the held-out records are the control")
+    if not train:
+        corpus = corpus_for(profile)
+    else:
+        splits = {s: [] for s in SPLITS}
+        splits["train"] = load_records(train, text_field)
+        splits["heldout"] = load_records(heldout, text_field)
+        corpus = Corpus(splits, [], source="user")
+    if not corpus.texts("train") or not corpus.texts("heldout"):
+        raise DataError("the audit needs training and held-out records; one of them is empty")
+    return corpus
+
+
+def audited_run(adapter: Path, n_train: int) -> FinetuneRun:
+    """The run as the attacks see it: its privacy record (``privacy.json`` beside the adapter), if it left one."""
+    privacy_file = adapter.parent / "privacy.json"
+    record = json.loads(privacy_file.read_text()) if privacy_file.is_file() else {}
+    return FinetuneRun.from_privacy(model="model", run_dir=str(adapter.parent), record=record,
+                                    target_epsilon=record.get("target_epsilon", math.nan),
+                                    default_delta=1 / (10 * max(n_train, 1)))
+
+
+def load_tuned(profile: Profile, adapter: Path, layers: list[int] | None, tokenizer_dir: str | None):
+    """The untuned base (with ``layers`` removed) and the base with the adapter, and their tokenizer."""
+    model_num_layers(profile.model)
+    base, tokenizer = load_model(profile.model, device=profile.device)
+    if tokenizer_dir:
+        tokenizer = load_tokenizer(tokenizer_dir)
+    check_tokenizer(base, tokenizer)
+    if layers:
+        remove_layers(base, layers)
+    return base.eval(), load_adapter(copy.deepcopy(base), adapter).eval(), tokenizer
+
+
+def audit(profile: Profile, adapter: Path, layers: list[int] | None = None, tokenizer: str | None = None,
+          train: str | None = None, heldout: str | None = None, text_field: str = "text",
+          samples: str | None = None, output: str | None = None) -> tuple[Path, list]:
+    """Attack the adapter; writes ``report.json`` (default ``ADAPTER/../audit/``) and returns its path and rows."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()                       # stderr carries only the error line
+    check_adapter_dir(adapter)
+    cfg = profile.memorization
+    corpus = audit_corpus(profile, train, heldout, text_field)
+    texts = load_samples(samples) if samples else None
+    base, tuned, tok = load_tuned(profile, adapter, layers, tokenizer)
+    if texts is None:
+        texts = sample_records(tuned, tok, SamplingSpec.from_config(cfg), profile.seed)
+    if not any(s.strip() for s in texts):
+        raise DataError("the model generated no text to audit (every sample is empty)")
+    refs = References({"model": base}, tok, cfg.max_length, cfg.batch_size)
+    result = attack_run(tuned, audited_run(adapter, len(corpus.texts("train"))), corpus, tok, refs, texts, cfg,
+                        profile.seed)
+    result["provenance"] = provenance(profile)
+    path = (Path(output) if output else adapter.parent / "audit") / "report.json"
+    atomic_write_json(path, result)
+    return path, report_rows(result)

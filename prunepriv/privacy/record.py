@@ -1,0 +1,115 @@
+"""What a fine-tuning run leaves behind: :class:`TrainResult` (what :func:`finetune`
+returns) and :class:`FinetuneRun` (the run as a row of ``finetune.csv``, the form
+in which every later stage reads it)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from prunepriv.privacy.specs import PrivacyRecord, epsilon_label
+
+
+@dataclass
+class TrainResult:
+    """Outputs of one fine-tuning run."""
+
+    output_dir: Path
+    privacy: PrivacyRecord
+    log: list[dict[str, Any]]
+    seconds: float
+    resumed_from_step: int
+    model: Any = None                   # the trained PeftModel (wraps the caller's model in place)
+    world_size: int = 1                 # processes that trained it (torch.distributed), 1 without
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.output_dir / "adapter"
+
+
+def run_name(model: str, epsilon: float) -> str:
+    """Folder name of a run of ``model`` at target ``epsilon``, e.g. ``pruned-eps-3``."""
+    return f"{model}-eps-{epsilon_label(epsilon)}"
+
+
+@dataclass(kw_only=True)
+class FinetuneRun:
+    """One fine-tuning run: a row of ``finetune.csv``, its fields the columns in order.
+
+    ``run_dir`` is the run's folder as written in the table: relative to the
+    working folder (e.g. ``results/smoke/finetune/pruned-eps-3``), absolute
+    when outside it. Evaluation columns a producer did not measure default to
+    NaN (``None`` for counts), so a run known only from its ``privacy.json``
+    is a record too.
+    """
+
+    model: str
+    layers: int | None = None
+    target_epsilon: float
+    epsilon_rdp: float
+    epsilon_prv: float | None
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float | None = None
+    n_train: int | None = None
+    perplexity_private_before: float = math.nan
+    perplexity_general_before: float = math.nan
+    perplexity_private: float = math.nan
+    perplexity_general: float = math.nan
+    final_loss: float = math.nan
+    train_seconds: float = math.nan
+    run_dir: str
+
+    @property
+    def label(self) -> str:
+        """The run's folder name, e.g. ``pruned-eps-3``: names its per-run files in later stages."""
+        return Path(self.run_dir).name
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.run_dir) / "adapter"
+
+    def to_row(self, columns: Sequence[str] | None = None) -> dict[str, Any]:
+        """The row as a dict: every column in table order, or only ``columns`` in their order."""
+        names = [f.name for f in fields(self)] if columns is None else list(columns)
+        return {name: getattr(self, name) for name in names}
+
+    @classmethod
+    def from_row(cls, row) -> FinetuneRun:
+        """A run from a table row: a dict, a pandas Series or an ``itertuples()`` tuple; other columns are ignored."""
+        values = row._asdict() if hasattr(row, "_asdict") else dict(row)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    @classmethod
+    def from_result(cls, result, *, model: str, layers: int, target_epsilon: float, before: dict[str, float],
+                    after: dict[str, float], run_dir: str) -> FinetuneRun:
+        """The row of a finished :class:`TrainResult`, with perplexities ``before`` and ``after`` fine-tuning
+        (keys ``perplexity_private`` and ``perplexity_general``)."""
+        r = result.privacy
+        return cls(model=model, layers=layers, target_epsilon=target_epsilon, epsilon_rdp=r.epsilon_rdp,
+                   epsilon_prv=r.epsilon_prv, delta=r.delta, noise_multiplier=r.noise_multiplier,
+                   sample_rate=r.sample_rate, steps=r.steps, max_grad_norm=r.max_grad_norm, n_train=r.n_train,
+                   perplexity_private_before=before["perplexity_private"],
+                   perplexity_general_before=before["perplexity_general"],
+                   perplexity_private=after["perplexity_private"], perplexity_general=after["perplexity_general"],
+                   final_loss=result.log[-1]["loss"] if result.log else float("nan"),
+                   train_seconds=result.seconds, run_dir=run_dir)
+
+    @classmethod
+    def from_privacy(cls, *, model: str, run_dir: str, record: dict[str, Any], target_epsilon: float,
+                     default_delta: float) -> FinetuneRun:
+        """A run known only from its ``privacy.json`` ``record`` (empty: a run that left none, taken as non-private)."""
+        return cls(model=model, run_dir=run_dir, target_epsilon=target_epsilon,
+                   epsilon_rdp=record.get("epsilon_rdp", math.inf), epsilon_prv=record.get("epsilon_prv", math.inf),
+                   delta=record.get("delta", default_delta), noise_multiplier=record.get("noise_multiplier", 0.0),
+                   sample_rate=record.get("sample_rate", 0.0), steps=record.get("steps", 0),
+                   max_grad_norm=record.get("max_grad_norm"), n_train=record.get("n_train"))
+
+
+def runs_of(table) -> list[FinetuneRun]:
+    """Every run of a ``finetune.csv`` table (a pandas DataFrame), in row order."""
+    return [FinetuneRun.from_row(row) for row in table.to_dict("records")]

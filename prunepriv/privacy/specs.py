@@ -1,0 +1,181 @@
+"""What one fine-tuning run is: its LoRA, privacy and training settings, how they
+are checked, what the accountant says about them, and the digest that names them.
+
+The specs have no defaults of their own: :func:`finetune_specs` builds them
+from a profile's ``finetune`` section (:mod:`prunepriv.config` holds every
+default). :func:`run_digest` hashes ``asdict()`` of the three specs, so their
+field names, order and values are part of every saved run's identity.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from prunepriv.config import Profile
+from prunepriv.errors import DistributedConfigError, PrivacyConfigError
+
+
+@dataclass
+class LoRASpec:
+    """peft LoRA settings."""
+
+    rank: int
+    alpha: int
+    dropout: float
+    target_modules: list[str]
+
+
+@dataclass
+class PrivacySpec:
+    """DP-SGD settings; ``epsilon = inf`` is the non-private twin."""
+
+    epsilon: float
+    delta: float | None                 # None: 1 / (10 N)
+    max_grad_norm: float
+    noise_multiplier: float | None      # overrides epsilon when given
+    accountant: str                     # calibrates σ; RDP and PRV are both reported
+
+    @property
+    def private(self) -> bool:
+        return self.noise_multiplier is not None or math.isfinite(self.epsilon)
+
+
+@dataclass
+class TrainSpec:
+    """Optimisation settings shared by private and non-private runs."""
+
+    epochs: float
+    learning_rate: float
+    batch_size: int                     # expected logical (Poisson) batch size
+    physical_batch_size: int
+    max_length: int
+    checkpoint_every: int
+    seed: int
+
+
+@dataclass
+class PrivacyRecord:
+    """What the accountant says about one run (reported beside every result)."""
+
+    private: bool
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    epsilon_rdp: float
+    epsilon_prv: float | None
+    max_grad_norm: float | None
+    n_train: int
+    unit: str = "one training record"
+    note: str = ("a canary inserted k times is k records: it is covered only by group "
+                 "privacy (roughly k·ε), not by ε")
+
+
+def finetune_specs(profile) -> tuple[LoRASpec, dict[float, PrivacySpec], TrainSpec]:
+    """LoRA, per-ε privacy and training specs from a profile's ``finetune`` section (the one builder)."""
+    f = profile.finetune
+    lora = LoRASpec(f.lora_rank, f.lora_alpha, f.lora_dropout, list(f.target_modules))
+    train = TrainSpec(f.epochs, f.learning_rate, f.batch_size, f.physical_batch_size, f.max_length,
+                      f.checkpoint_every, profile.seed)
+    privacy = {eps: PrivacySpec(epsilon=eps, delta=f.delta, max_grad_norm=f.max_grad_norm, noise_multiplier=None,
+                                accountant=f.accountant)
+               for eps in f.epsilons}
+    return lora, privacy, train
+
+
+def default_specs() -> tuple[LoRASpec, PrivacySpec, TrainSpec]:
+    """The built-in default profile's specs, with its non-private (ε = ∞) privacy spec."""
+    lora, privacy, train = finetune_specs(Profile())
+    return lora, privacy[math.inf], train
+
+
+def epsilon_label(eps: float) -> str:
+    """``inf`` or ``f"{eps:g}"``: how an ε is written in run folders, progress bars and tables."""
+    return "inf" if math.isinf(eps) else f"{eps:g}"
+
+
+def epsilon_text(eps: float) -> str:
+    """An ε as a reader sees it in sentences: ``ε = 3`` or ``ε = ∞ (non-private)``."""
+    return "ε = ∞ (non-private)" if math.isinf(eps) else f"ε = {epsilon_label(eps)}"
+
+
+def privacy_label(privacy: PrivacySpec) -> str:
+    """A spec's ε label, or ``σ=…`` when a fixed noise multiplier replaces the ε target."""
+    if privacy.noise_multiplier is not None:
+        return f"σ={privacy.noise_multiplier:g}"
+    return epsilon_label(privacy.epsilon)
+
+
+def check_privacy(spec: PrivacySpec, n_train: int) -> float:
+    """Validate a privacy spec for ``n_train`` records; returns δ."""
+    if spec.noise_multiplier is None and not spec.epsilon > 0:
+        raise PrivacyConfigError(f"epsilon must be > 0 (or inf for no privacy), got {spec.epsilon}")
+    if spec.noise_multiplier is not None and not spec.noise_multiplier > 0:
+        raise PrivacyConfigError(f"noise multiplier must be > 0, got {spec.noise_multiplier}")
+    if not spec.max_grad_norm > 0:
+        raise PrivacyConfigError(f"clipping norm must be > 0, got {spec.max_grad_norm}")
+    if spec.accountant not in ("rdp", "prv"):
+        raise PrivacyConfigError(f"accountant must be 'rdp' or 'prv', got {spec.accountant!r}")
+    delta = spec.delta if spec.delta is not None else 1.0 / (10 * n_train)
+    if not 0 < delta < 1.0 / n_train:
+        raise PrivacyConfigError(
+            f"delta must be in (0, 1/N) = (0, {1.0 / n_train:.3g}) for N = {n_train} training records, got {delta}")
+    return delta
+
+
+def check_distributed(privacy: PrivacySpec, world_size: int) -> None:
+    """Distributed runs (world size > 1) are for DP-SGD; the non-private twin runs in one process."""
+    if world_size > 1 and not privacy.private:
+        raise DistributedConfigError(
+            f"distributed fine-tuning (world size {world_size}) is for DP-SGD only: give a finite epsilon or a "
+            "noise multiplier, or run the non-private twin (epsilon = inf) in a single process")
+
+
+def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                accountant: str = "rdp") -> float:
+    """ε of ``steps`` Poisson-subsampled Gaussian steps, from Opacus's accountant."""
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    if steps == 0:
+        return 0.0
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    return float(acc.get_epsilon(delta))
+
+
+def run_noise_multiplier(privacy: PrivacySpec, sample_rate: float, steps: int, delta: float) -> float:
+    """σ of a run: the spec's own, the one that reaches its ε target in ``steps`` steps, or 0 without privacy."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not privacy.private:
+        return 0.0
+    return privacy.noise_multiplier or get_noise_multiplier(
+        target_epsilon=privacy.epsilon, target_delta=delta, sample_rate=sample_rate,
+        steps=steps, accountant=privacy.accountant)
+
+
+def privacy_record(privacy: PrivacySpec, sigma: float, q: float, steps: int, delta: float, n: int,
+                   prv: bool) -> PrivacyRecord:
+    """The accountant's record of ``steps`` steps (PRV only when ``prv``: a finished run)."""
+    if not privacy.private:
+        return PrivacyRecord(False, 0.0, q, steps, delta, math.inf, math.inf, None, n)
+    return PrivacyRecord(True, sigma, q, steps, delta, epsilon_for(sigma, q, steps, delta, "rdp"),
+                         epsilon_for(sigma, q, steps, delta, "prv") if prv else None, privacy.max_grad_norm, n)
+
+
+def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: int, extra: str = "") -> str:
+    """Fingerprint of a run's settings; a checkpoint only resumes the same run."""
+    blob = json.dumps([asdict(lora), {**asdict(privacy), "epsilon": str(privacy.epsilon)}, asdict(train),
+                       n_train, extra], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+RECORD_FORMAT = "start+text+eos;length-sorted-physical-batches"   # see prunepriv.lm.text.record_ids; part of every run's digest
+
+
+def data_fingerprint(texts: list[str], model) -> str:
+    """The training texts, their record format and the base model's kept layers, hashed."""
+    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()
+    return f"{RECORD_FORMAT}|{digest}|{getattr(model.config, 'prunepriv_kept_layers', '')}"
