@@ -19,7 +19,7 @@ import yaml
 from prunepriv.config import Profile, load_profile
 from prunepriv.errors import ConfigError
 
-SCALARS = ("seed", "device", "model")     # the profile's top-level settings that commands take
+SCALARS = ("seed", "device", "precision", "model")     # the profile's top-level settings that commands take
 
 
 def _scalar(hint: Any):

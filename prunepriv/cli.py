@@ -55,14 +55,16 @@ def _add_bench(sub) -> None:
     add_profile_flags(lat)
     add_section_flags(lat, None)
     add_section_flags(lat, "latency", exclude=("remove",))
-    dp = bench.add_parser("dp-overhead", help="time and memory of a DP-SGD LoRA step vs a non-private one")
-    dp.add_argument("--batch-size", type=int, default=8, help="records per step")
-    dp.add_argument("--max-length", type=int, default=128, help="tokens per record")
-    dp.add_argument("--repeats", type=int, default=5, help="timed steps")
-    dp.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    dp.add_argument("--json", action="store_true", help="print one JSON object")
-    add_profile_flags(dp)
-    add_section_flags(dp, None)
+    for name, text in (("dp-overhead", "time and memory of a DP-SGD LoRA step vs a non-private one"),
+                       ("throughput", "records/s of evaluation, a plain and a DP-SGD LoRA step, fp32 and bf16")):
+        step = bench.add_parser(name, help=text)
+        step.add_argument("--batch-size", type=int, default=8, help="records per step (default: 8)")
+        step.add_argument("--max-length", type=int, default=128, help="tokens per record (default: 128)")
+        step.add_argument("--repeats", type=int, default=5, help="timed rounds (default: 5)")
+        step.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
+        step.add_argument("--json", action="store_true", help="print one JSON object")
+        add_profile_flags(step)
+        add_section_flags(step, None, exclude=("precision",) if name == "throughput" else ())
 
 
 def _add_finetune(sub) -> None:
@@ -169,10 +171,13 @@ def _bench(args) -> int:
         line = (f"{result['layers']} layers, removed {result['removed']} ({args.strategy}): prefill ratio "
                 f"{result['prefill_ratio']:.3f}, decode ratio {result['decode_ratio']:.3f}, "
                 f"ideal {result['ideal_ratio']:.3f}")
-    else:
+    elif args.bench == "dp-overhead":
         result = bench_command.dp_step_overhead(profile, args.batch_size, args.max_length, args.repeats, args.warmup)
         line = (f"DP-SGD {result['dp_sgd_s_per_example']:.3f} s/example, non-private "
                 f"{result['non_private_s_per_example']:.3f} s/example, ratio {result['ratio']:.2f}")
+    else:
+        result = bench_command.step_throughput(profile, args.batch_size, args.max_length, args.repeats, args.warmup)
+        line = bench_command.throughput_lines(result)
     print(json.dumps(result) if args.json else line)
     return 0
 

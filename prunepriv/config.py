@@ -20,6 +20,7 @@ import yaml
 from prunepriv.errors import ConfigError
 
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
+PRECISIONS = ("auto", "fp32", "bf16")   # see prunepriv.lm.precision
 
 
 @dataclass
@@ -223,6 +224,7 @@ class Profile:
     name: str = "paper"
     seed: int = 0
     device: str = "auto"               # "auto", "cpu", "cuda", "cuda:N"
+    precision: str = "auto"            # "auto" (bf16 where the hardware multiplies it natively), "fp32", "bf16"
     model: str = "embedded"            # "embedded", a local HF folder, or a hub id
     data: DataConfig = field(default_factory=DataConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
@@ -238,6 +240,8 @@ class Profile:
             raise ConfigError(f"profile name must be a plain word, got {self.name!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune,
                         self.memorization, self.baselines):
             section.validate()

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from prunepriv.errors import PrunePrivError
+from prunepriv.lm.models import resolve_device
+from prunepriv.lm.precision import resolve_precision
 from prunepriv.pipeline.registry import REGISTRY, RESULT_KINDS, Artifact, Registry
 
 PACKAGES = (
@@ -114,7 +116,7 @@ def relative_to_cwd(path: str | Path) -> str:
 
 
 def provenance(profile=None) -> dict[str, Any]:
-    """Package versions, platform, git revision, and the profile's seed and digest."""
+    """Package versions, platform, git revision, and the profile's seed, digest and resolved precision."""
     import torch
 
     info: dict[str, Any] = {
@@ -128,7 +130,8 @@ def provenance(profile=None) -> dict[str, Any]:
     }
     if profile is not None:
         info.update(profile=profile.name, profile_sha256=profile.digest(), seed=profile.seed,
-                    profile_source=_relative(profile.source))
+                    profile_source=_relative(profile.source),
+                    precision=resolve_precision(profile.precision, resolve_device(profile.device)))
     return info
 
 

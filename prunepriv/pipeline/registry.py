@@ -108,7 +108,7 @@ class Registry:
         return {s.key: s.notebook for s in self.stages}
 
 
-_BASE = ("seed", "device", "model", "data")
+_BASE = ("seed", "device", "precision", "model", "data")
 _CLAIMS = ("tab:layer-similarity", "data:pruned-layers", "tab:pruning", "tab:latency", "tab:finetuning",
            "tab:synthetic", "tab:memorization", "data:membership-inference", "data:canary-exposure", "tab:audit",
            "tab:federated", "data:federated", "tab:private-selection", "data:private-selection-draws",

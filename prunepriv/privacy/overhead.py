@@ -30,17 +30,11 @@ def dp_overhead(model: nn.Module, tokenizer, texts: list[str], batch_size: int =
     """
     device = next(model.parameters()).device
     torch.manual_seed(seed)
-    encoded = tokenizer(texts[:batch_size], truncation=True, max_length=max_length)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = {k: v.to(device) for k, v in make_collate(pad)([torch.tensor(x) for x in encoded]).items()}
+    batch = encode_batch(tokenizer, texts, batch_size, max_length, device)
     steps = {"non_private": lora_step(model, batch, False, batch_size, seed),
              "dp_sgd": lora_step(model, batch, True, batch_size, seed)}
-    memory = {}
-    for name, step in steps.items():
-        _reset_peak_memory(device)
-        step()
-        memory[name] = _peak_memory_mb(device)
-    times = _interleaved_times(steps, warmup, repeats)
+    memory = peak_memories(steps, device)
+    times = interleaved_times(steps, warmup, repeats)
     per_example = {name: statistics.median(t) / batch["input_ids"].shape[0] for name, t in times.items()}
     return {
         "batch_size": int(batch["input_ids"].shape[0]), "tokens_per_example": max_length,
@@ -52,6 +46,24 @@ def dp_overhead(model: nn.Module, tokenizer, texts: list[str], batch_size: int =
                              else "process peak RSS (VmHWM) after one step; includes the model copies"),
         "device": str(device), "threads": torch.get_num_threads(),
     }
+
+
+def encode_batch(tokenizer, texts: list[str], batch_size: int, max_length: int,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """The first ``batch_size`` texts, tokenized and right-padded into one batch on ``device``."""
+    encoded = tokenizer(texts[:batch_size], truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {k: v.to(device) for k, v in make_collate(pad)([torch.tensor(x) for x in encoded]).items()}
+
+
+def peak_memories(steps: dict[str, Callable[[], float]], device: torch.device) -> dict[str, float]:
+    """Each step's peak memory (MB), measured by running it once after a reset."""
+    memory = {}
+    for name, step in steps.items():
+        reset_peak_memory(device)
+        step()
+        memory[name] = peak_memory_mb(device)
+    return memory
 
 
 def lora_step(model: nn.Module, batch: dict[str, torch.Tensor], private: bool, batch_size: int,
@@ -82,7 +94,7 @@ def lora_step(model: nn.Module, batch: dict[str, torch.Tensor], private: bool, b
     return step
 
 
-def _interleaved_times(steps: dict[str, Callable[[], float]], warmup: int, repeats: int) -> dict[str, list[float]]:
+def interleaved_times(steps: dict[str, Callable[[], float]], warmup: int, repeats: int) -> dict[str, list[float]]:
     """``warmup`` untimed rounds, then ``repeats`` timed rounds, the steps taking turns in each."""
     for _ in range(warmup):
         for step in steps.values():
@@ -94,7 +106,7 @@ def _interleaved_times(steps: dict[str, Callable[[], float]], warmup: int, repea
     return times
 
 
-def _reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
@@ -105,7 +117,7 @@ def _reset_peak_memory(device: torch.device) -> None:
             pass
 
 
-def _peak_memory_mb(device: torch.device) -> float | None:
+def peak_memory_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from prunepriv.errors import PrunePrivError
 from prunepriv.lm.evaluation import sequence_nll
 from prunepriv.lm.lora import add_lora, lora_parameters
+from prunepriv.lm.precision import precision_of
 from prunepriv.privacy.batching import (
     LengthSortedBatches,
     RankShare,
@@ -224,6 +225,8 @@ def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: L
     extra = data_fingerprint(texts, model)
     if world > 1:                                            # one-process digests stay as they were
         extra += f"|world_size={world}"
+    if precision_of(model) != "fp32":                        # fp32 digests stay as they were
+        extra += f"|precision={precision_of(model)}"
     digest = run_digest(lora, privacy, train, n, extra=extra)
     device = next(model.parameters()).device
     if world > 1:

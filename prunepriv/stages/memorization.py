@@ -30,6 +30,7 @@ from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.generation import SamplingSpec, continue_greedy, sample_records
 from prunepriv.lm.lora import load_adapter
 from prunepriv.lm.models import load_model
+from prunepriv.lm.precision import precision_of
 from prunepriv.privacy.record import FinetuneRun, runs_of
 from prunepriv.privacy.specs import epsilon_for
 from prunepriv.results import (
@@ -52,7 +53,7 @@ def tuned_model(bases: dict, run: FinetuneRun):
 def stage_inputs(profile, pruned: dict):
     """What notebooks 04 and 05 start from besides stage 03's runs table: the untuned
     base models (unpruned, and pruned by stage 02's choice ``pruned``), the tokenizer and the corpus."""
-    base, tokenizer = load_model(profile.model, device=profile.device)
+    base, tokenizer = load_model(profile.model, device=profile.device, precision=profile.precision)
     bases = {"unpruned": base.eval(), "pruned": remove_layers(copy.deepcopy(base), pruned["layers"]).eval()}
     return bases, tokenizer, corpus_for(profile)
 
@@ -83,7 +84,7 @@ def synthetic_for_run(model, tokenizer, run: FinetuneRun, spec: SamplingSpec, se
                       out_dir: Path) -> tuple[list[str], Path]:
     """Sample (or reload) one run's synthetic records, saved as JSONL with their settings."""
     path = out_dir / f"{run.label}.jsonl"
-    key = _digest(asdict(spec), seed, _adapter_digest(run))
+    key = _digest(asdict(spec), seed, _adapter_digest(run), precision_of(model))
     if path.is_file():
         first = json.loads(path.read_text().splitlines()[0])
         if first.get("settings") == key:
@@ -112,7 +113,8 @@ def synthetic_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, see
         texts, path = synthetic_for_run(model, tokenizer, run, spec, seed, out_dir)
         del model
         nonempty = [t for t in texts if t.strip()]
-        best = pairwise_f1(nonempty, references).max(1) if nonempty else np.array([np.nan])
+        best = (pairwise_f1(nonempty, references, precision=precision_of(judge)).max(1) if nonempty
+                else np.array([np.nan]))
         rows.append({
             "model": run.model, "target_epsilon": run.target_epsilon, "samples": len(texts),
             "empty_samples": len(texts) - len(nonempty),
@@ -234,7 +236,9 @@ def extraction_attacks(model, base_name: str, tokenizer, refs: References, sampl
     held = [r.text for r in heldout_notes]
     train_ref = [r.text for r in size_matched(train_notes, len(held), seed + 1)]
     kept = [s for s in samples if s.strip()]
-    f1_train, f1_held = pairwise_f1(kept, train_ref), pairwise_f1(kept, held)
+    precision = precision_of(model)
+    f1_train = pairwise_f1(kept, train_ref, precision=precision)
+    f1_held = pairwise_f1(kept, held, precision=precision)
     extraction = attacks.extraction_summary(f1_train, f1_held, cfg.near_copy_f1)
     sample_lp = attacks.record_logprobs(model, tokenizer, kept, ml, bs, end=False)   # samples carry no EOS
     ref_lp = refs.logprobs(base_name, kept, end=False)
@@ -255,7 +259,7 @@ def prefix_attack(model, tokenizer, records: list, cfg) -> dict:
     return {
         "records": len(probes), "token_match": attacks.token_match_rate(generated, truth),
         "exact_suffix": attacks.exact_suffix_rate(generated, truth),
-        "bertscore_f1": float(np.mean(f1(gen_text, true_text))) if probes else float("nan"),
+        "bertscore_f1": float(np.mean(f1(gen_text, true_text, precision=precision_of(model)))) if probes else float("nan"),
         "pii_values": pii_n, "pii_leaked": pii_rate,
     }
 
@@ -279,7 +283,8 @@ def memorization_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, 
     for run in tqdm(runs_of(runs), desc="memorization attacks", leave=False):
         samples = run_samples(synthetic, run)
         path = out_dir / f"{run.label}.json"
-        key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(run), samples, corpus.summary())
+        key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(run), samples, corpus.summary(),
+                      precision_of(bases["unpruned"]))
         if path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("settings") == key:
