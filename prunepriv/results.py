@@ -91,11 +91,17 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# What a run writes: a batch regenerating the committed reference changes these, not the code.
+OUTPUT_PATHS = ("results", "figures", "paper/generated")
+
+
 def git_revision(root: Path = REPO_ROOT) -> str:
-    """``HEAD``'s commit, with ``+dirty`` when tracked files changed; ``unknown`` outside git."""
+    """``HEAD``'s commit, with ``+dirty`` when tracked files other than the run outputs
+    (:data:`OUTPUT_PATHS`) changed; ``unknown`` outside git."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in OUTPUT_PATHS)], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

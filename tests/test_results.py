@@ -39,3 +39,24 @@ def test_run_registers_tables_and_figures(tmp_path):
 def test_provenance_without_profile():
     info = provenance()
     assert "packages" in info and "profile" not in info
+
+
+def test_git_revision_ignores_run_outputs_but_not_code(tmp_path):
+    """Regenerating the committed results leaves the revision clean; an edited module makes it dirty."""
+    import subprocess
+
+    from prunepriv.results import git_revision
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (tmp_path / "results" / "t.csv").write_text("b\n")
+    assert not git_revision(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_revision(tmp_path).endswith("+dirty")
