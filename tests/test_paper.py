@@ -94,8 +94,10 @@ def test_verify_passes_on_a_rerun_within_tolerance_and_fails_outside(tmp_path):
     assert not rerun.same_run and rerun.passed, report(rerun)
 
     runs = pd.read_csv(results / "finetune.csv")
-    runs.loc[runs["model"] == "pruned", "perplexity_private"] *= 1.5      # utility far off
-    runs.to_csv(results / "finetune.csv", index=False)
+    pruned = runs["model"] == "pruned"
+    runs.loc[pruned, "perplexity_private"] *= 1.2      # outside ±15%, yet still below the untuned model's:
+    assert (runs.loc[pruned, "perplexity_private"] < runs.loc[pruned, "perplexity_private_before"]).all()
+    runs.to_csv(results / "finetune.csv", index=False)  # the value differs, the predicate still holds
     audit = pd.read_csv(results / "audit.csv")
     audit.loc[1, "epsilon_lower_bound"] = audit.loc[1, "epsilon_rdp_at_audit_delta"] + 0.1   # bound above ε
     audit.to_csv(results / "audit.csv", index=False)
