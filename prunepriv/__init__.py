@@ -10,6 +10,7 @@ exposure, extraction, audit), ``stages`` (what each notebook calls, plots),
 ``report`` (claims, LaTeX, paper, verify) and ``pipeline`` (the registry of
 stages and artifacts, the cached batch).
 """
+from prunepriv import progress  # noqa: F401,I001 - first: its warning filters apply to every import below
 from prunepriv.compress.pruning import choose_layers, greedy_loss_order, remove_layers
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
 from prunepriv.config import Profile, load_profile

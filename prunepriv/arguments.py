@@ -72,7 +72,7 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str | None, excl
 def add_profile_flags(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """``--profile`` and ``--set``: where every setting not given as a flag comes from."""
     parser.add_argument("--profile", default=default,
-                        help="profile name (profiles/NAME.yaml) or YAML path whose settings are the defaults"
+                        help="profile name (prunepriv/profiles/NAME.yaml) or YAML path whose settings are the defaults"
                              + ("" if default else " (default: the built-in defaults)"))
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="any profile setting, e.g. --set memorization.n_samples=8 (repeatable)")

@@ -12,17 +12,37 @@ import argparse
 import json
 import math
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from prunepriv.arguments import add_profile_flags, add_section_flags, profile_from_args
 from prunepriv.commands import audit as audit_command
 from prunepriv.commands import bench as bench_command
 from prunepriv.commands import finetune as finetune_command
+from prunepriv.commands.canaries import CANARY_FIELDS, add_canaries
 from prunepriv.commands.prune import prune
-from prunepriv.config import load_profile
-from prunepriv.errors import PrunePrivError
+from prunepriv.config import DataConfig, load_profile, profiles_dir
+from prunepriv.errors import PrunePrivError, UsageError
+from prunepriv.lm.models import resolve_device
 from prunepriv.pipeline.reproduce import reproduce
 from prunepriv.report.verify import freeze_reference, report, save_report, verify
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with prunepriv's error convention: one line on stderr, exit status 2 (no usage dump)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _layers(text: str) -> list[int]:
@@ -32,9 +52,14 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"layers must be integers separated by commas, got {text!r}") from None
 
 
+DATA_FIELDS = tuple(DataConfig.__dataclass_fields__)
+
+
 def _add_pipeline(sub) -> None:
     rep = sub.add_parser("reproduce", help="execute the numbered notebooks of a profile with papermill")
-    rep.add_argument("--profile", default="paper", help="profile name (profiles/NAME.yaml) or a YAML path")
+    rep.add_argument("--profile", default=None,
+                     help="profile name (prunepriv/profiles/NAME.yaml) or a YAML path; required (smoke: minutes, "
+                          "paper: the full reproduction)")
     rep.add_argument("--stages", nargs="+", help="only these stages, e.g. 01 02 (run even if unchanged)")
     rep.add_argument("--force", action="store_true", help="rerun stages whose inputs have not changed")
     rep.add_argument("--output-root", default=".", help="folder that receives results/ and figures/")
@@ -58,9 +83,9 @@ def _add_bench(sub) -> None:
     for name, text in (("dp-overhead", "time and memory of a DP-SGD LoRA step vs a non-private one"),
                        ("throughput", "records/s of evaluation, a plain and a DP-SGD LoRA step, fp32 and bf16")):
         step = bench.add_parser(name, help=text)
-        step.add_argument("--batch-size", type=int, default=8, help="records per step (default: 8)")
-        step.add_argument("--max-length", type=int, default=128, help="tokens per record (default: 128)")
-        step.add_argument("--repeats", type=int, default=5, help="timed rounds (default: 5)")
+        step.add_argument("--batch-size", type=_positive, default=8, help="records per step (default: 8)")
+        step.add_argument("--max-length", type=_positive, default=128, help="tokens per record (default: 128)")
+        step.add_argument("--repeats", type=_positive, default=5, help="timed rounds (default: 5)")
         step.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
         step.add_argument("--json", action="store_true", help="print one JSON object")
         add_profile_flags(step)
@@ -90,10 +115,24 @@ def _add_audit(sub) -> None:
     audit.add_argument("--train", help="records the adapter was trained on (.jsonl/.csv/.txt); needs --heldout")
     audit.add_argument("--heldout", help="records of the same kind it never saw: the control")
     audit.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
+    audit.add_argument("--canaries", help="the *.canaries.json that `prunepriv canaries` wrote beside the --train "
+                                          "file: canary exposure and the one-run audit on user data")
     audit.add_argument("--samples", help="JSONL of generated text to audit (default: sample from the model)")
     audit.add_argument("--output", help="folder for report.json (default: ADAPTER/../audit)")
     add_profile_flags(audit, default="paper")
     add_section_flags(audit, None)
+    add_section_flags(audit, "memorization")
+
+
+def _add_canaries(sub) -> None:
+    can = sub.add_parser("canaries", help="insert Secret-Sharer canaries into a corpus before fine-tuning, for the audit")
+    can.add_argument("--data", required=True, help="the user's .jsonl/.csv/.txt file")
+    can.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
+    can.add_argument("--output", required=True, help="JSONL to write (the canaries' secrets go to OUTPUT.canaries.json)")
+    can.add_argument("--canary-seed", type=int, default=None,
+                     help="seed of the secrets (default: drawn from the operating system, and recorded)")
+    add_profile_flags(can)
+    add_section_flags(can, "data", exclude=tuple(f for f in DATA_FIELDS if f not in CANARY_FIELDS))
 
 
 def _add_prune(sub) -> None:
@@ -111,10 +150,11 @@ def _add_prune(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunepriv", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog="prunepriv", description=__doc__.splitlines()[0],
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"prunepriv {version('prunepriv')}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_pipeline, _add_bench, _add_finetune, _add_audit, _add_prune):
+    for add in (_add_pipeline, _add_bench, _add_finetune, _add_audit, _add_prune, _add_canaries):
         add(sub)
     return parser
 
@@ -128,21 +168,51 @@ def _with_data(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; bad input and I/O failures are one line on stderr and exit status 2,
+    Ctrl-C is one line and exit status 130."""
     commands = {"reproduce": _reproduce, "verify": _verify, "finetune": _finetune, "prune": _prune,
-                "audit": _audit, "bench": _bench}
+                "audit": _audit, "bench": _bench, "canaries": _canaries}
     try:
+        args = build_parser().parse_args(argv)
         return commands[args.command](args)
-    except (PrunePrivError, FileNotFoundError) as exc:
-        return _fail(exc, getattr(exc, "user_error", True))
+    except PrunePrivError as exc:
+        return _fail(str(exc), getattr(exc, "user_error", True))
+    except OSError as exc:                                   # disk full, permissions, a folder that is a file
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", True)
+    except KeyboardInterrupt:
+        print("prunepriv: interrupted; finished outputs are kept, the interrupted step left nothing behind",
+              file=sys.stderr)
+        return 130
 
 
-def _fail(exc: BaseException, user_error: bool) -> int:
-    print(f"prunepriv: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+def _fail(message: str, user_error: bool) -> int:
+    lines = message.strip().splitlines()
+    print(f"prunepriv: error: {lines[0] if lines else 'failed'}", file=sys.stderr)
     return 2 if user_error else 1
 
 
+def _profile(args):
+    """The command's profile (``--profile``, flags, ``--set``), with its device checked before any work."""
+    profile = profile_from_args(args)
+    resolve_device(profile.device)
+    return profile
+
+
+def _profile_choices(root: Path) -> str:
+    """The shipped profiles with the time their last run here (or the committed reference run) took."""
+    parts = []
+    for name in sorted(p.stem for p in profiles_dir().glob("*.yaml")):
+        notebooks = sorted((root / "results" / name / "notebooks").glob("*.ipynb"))
+        seconds = sum(json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration") or 0
+                      for nb in notebooks)
+        parts.append(f"{name} ({f'last run {seconds / 60:.0f} min' if seconds else 'not run here yet'})")
+    return ", ".join(parts)
+
+
 def _reproduce(args) -> int:
+    if args.profile is None:
+        raise UsageError(f"reproduce needs --profile: {_profile_choices(Path(args.output_root))}")
     results = reproduce(args.profile, args.stages, args.output_root, force=args.force,
                         log=lambda line: print(line, flush=True))
     ran = [r for r in results if not r.skipped]
@@ -165,7 +235,7 @@ def _verify(args) -> int:
 
 
 def _bench(args) -> int:
-    profile = profile_from_args(args)
+    profile = _profile(args)
     if args.bench == "latency":
         result = bench_command.latency(profile, args.remove, args.strategy)
         line = (f"{result['layers']} layers, removed {result['removed']} ({args.strategy}): prefill ratio "
@@ -186,7 +256,7 @@ def _finetune(args) -> int:
     _with_data(args)
     args.settings = [f"finetune.epsilons=[{'.inf' if math.isinf(args.epsilon) else args.epsilon!r}]",
                      *args.settings]
-    result = finetune_command.run(profile_from_args(args), args.output, args.noise_multiplier, args.merge)
+    result = finetune_command.run(_profile(args), args.output, args.noise_multiplier, args.merge)
     if result is None:                                       # not rank 0 of a torchrun group
         return 0
     r = result.privacy
@@ -199,21 +269,32 @@ def _finetune(args) -> int:
 
 def _prune(args) -> int:
     _with_data(args)
-    result = prune(profile_from_args(args), args.output, args.remove, args.layers, args.strategy)
+    result = prune(_profile(args), args.output, args.remove, args.layers, args.strategy)
     print(f"removed layers {result.layers}; {result.num_layers - len(result.layers)} of {result.num_layers} "
           f"remain; saved to {result.output}")
     return 0
 
 
 def _audit(args) -> int:
-    profile = profile_from_args(args)
-    report_path, rows = audit_command.audit(profile, Path(args.adapter), layers=args.layers, tokenizer=args.tokenizer,
-                                            train=args.train, heldout=args.heldout, text_field=args.text_field,
-                                            samples=args.samples, output=args.output)
+    profile = _profile(args)
+    report_path, rows, skipped = audit_command.audit(
+        profile, Path(args.adapter), layers=args.layers, tokenizer=args.tokenizer, train=args.train,
+        heldout=args.heldout, text_field=args.text_field, samples=args.samples, output=args.output,
+        canaries=args.canaries)
     print(f"{'measurement':44s} {'trained':>10s} {'control':>10s}  control is")
     for name, value, control, what in rows:
         print(f"{name:44s} {value:10.4g} {control if control is not None else float('nan'):10.4g}  {what}")
+    for name, why in skipped:
+        print(f"{name:44s} {'skipped':>10s} {'':>10s}  {why}")
     print(f"report: {report_path}")
+    return 0
+
+
+def _canaries(args) -> int:
+    profile = profile_from_args(args)
+    result = add_canaries(args.data, args.output, profile.data, args.text_field, args.canary_seed)
+    print(f"{result.n_records} records ({result.n_canary_records} of them canaries) in {result.data}; "
+          f"secrets in {result.canaries} (keep it out of training; pass it to audit --canaries)")
     return 0
 
 

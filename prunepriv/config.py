@@ -1,4 +1,4 @@
-"""Profiles: validated run settings read from ``profiles/NAME.yaml``.
+"""Profiles: validated run settings read from ``prunepriv/profiles/NAME.yaml`` or a YAML path.
 
 A profile is nested YAML with the sections below. Unknown keys, wrong types
 and out-of-range values raise :class:`ConfigError` naming the key, so that a
@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -21,6 +22,7 @@ from prunepriv.errors import ConfigError
 
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
 PRECISIONS = ("auto", "fp32", "bf16")   # see prunepriv.lm.precision
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -236,8 +238,9 @@ class Profile:
     source: str = ""                   # path the profile was read from (not a YAML key)
 
     def validate(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"profile name must be a plain word, got {self.name!r}")
+        if not PROFILE_NAME.fullmatch(self.name):
+            raise ConfigError(f"profile name must be a plain word (letters, digits, '-', '_', '.', not "
+                              f"starting with '.'), got {self.name!r}: it names the results folder")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.precision not in PRECISIONS:
@@ -266,8 +269,8 @@ def check_strategy(name: str) -> str:
 
 
 def profiles_dir() -> Path:
-    """The repository's ``profiles/`` folder (next to the package)."""
-    return Path(__file__).resolve().parents[1] / "profiles"
+    """The shipped profiles, ``prunepriv/profiles/`` (package data: present after ``pip install .`` too)."""
+    return Path(__file__).resolve().parent / "profiles"
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:

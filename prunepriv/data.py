@@ -8,7 +8,6 @@ held-out canaries of the same format that are never trained on.
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re
@@ -18,6 +17,7 @@ from typing import Iterable
 
 from prunepriv.config import DataConfig
 from prunepriv.errors import DataError
+from prunepriv.loaders import read_texts
 from prunepriv.results import atomic_write_text
 
 SPLITS = ("train", "heldout", "calibration")
@@ -268,7 +268,7 @@ def synthetic_corpus(seed: int = 0, config: DataConfig | None = None, **settings
     for PII-leakage measurements.
     """
     d = replace(config or DataConfig(), **settings)
-    rng, fake = _seeded(seed)
+    rng, fake = seeded_generators(seed)
     patients = _patients(d.n_patients, rng, fake)
     split_of = _split_ids([p["id"] for p in patients], d.heldout_fraction, d.calibration_fraction, rng)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
@@ -285,7 +285,7 @@ def synthetic_corpus(seed: int = 0, config: DataConfig | None = None, **settings
     return Corpus(splits, canaries, source="synthetic")
 
 
-def _seeded(seed: int):
+def seeded_generators(seed: int):
     """A Python RNG and a British-English Faker, both seeded with ``seed``."""
     from faker import Faker
 
@@ -347,66 +347,16 @@ def _split_ids(ids: list[str], heldout: float, calibration: float, rng: random.R
 # a user's data
 
 def load_records(path: str | Path, text_field: str = "text") -> list[Record]:
-    """Read a user's JSONL, CSV or plain-text file (blank-line separated)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    raw = path.read_text(encoding="utf-8", errors="strict") if path.stat().st_size else ""
-    if not raw.strip():
-        raise DataError(f"data file {path} is empty")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        texts = _jsonl_texts(path, raw, text_field)
-    elif suffix == ".csv":
-        texts = _csv_texts(path, raw, text_field)
-    elif suffix in (".txt", ".text", ".md"):
-        texts = [t.strip() for t in re.split(r"\n\s*\n", raw) if t.strip()]
-    else:
-        raise DataError(f"data file {path}: unsupported extension {suffix!r} (use .jsonl, .csv or .txt)")
-    if not texts:
-        raise DataError(f"data file {path} has no texts")
-    return [Record(f"R{i:06d}", t) for i, t in enumerate(texts)]
-
-
-def _jsonl_texts(path: Path, raw: str, text_field: str) -> list[str]:
-    texts = []
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: malformed JSON line ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        if text_field not in obj:
-            raise DataError(f"{path}:{lineno}: missing text field {text_field!r} (fields: {', '.join(map(str, obj)) or 'none'})")
-        value = obj[text_field]
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{path}:{lineno}: field {text_field!r} must be a non-empty string")
-        texts.append(value)
-    return texts
-
-
-def _csv_texts(path: Path, raw: str, text_field: str) -> list[str]:
-    reader = csv.DictReader(raw.splitlines())
-    if reader.fieldnames is None or text_field not in reader.fieldnames:
-        raise DataError(f"{path}: missing text column {text_field!r} (columns: {', '.join(reader.fieldnames or [])})")
-    texts = []
-    for row in reader:
-        value = row.get(text_field)
-        if value is None or None in row:
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV row (wrong number of fields)")
-        if value.strip():
-            texts.append(value)
-    return texts
+    """A user's JSONL, CSV or plain-text file as records, every text exactly as written
+    (:mod:`prunepriv.loaders`)."""
+    return [Record(f"R{i:06d}", t) for i, t in enumerate(read_texts(path, text_field))]
 
 
 def user_corpus(records: list[Record], seed: int = 0, config: DataConfig | None = None, **settings) -> Corpus:
     """Split a user's records deterministically and insert canaries for the audit
     (split fractions and canaries from ``config``, fields overridable by keyword)."""
     d = replace(config or DataConfig(), **settings)
-    rng, fake = _seeded(seed)
+    rng, fake = seeded_generators(seed)
     split_of = _split_ids([r.id for r in records], d.heldout_fraction, d.calibration_fraction, rng)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     for record in records:

@@ -33,6 +33,18 @@ class AuditError(PrunePrivError):
     """Invalid input to the privacy audit."""
 
 
+class UsageError(PrunePrivError):
+    """A command line that argparse cannot read (unknown flag, wrong type, missing argument)."""
+
+
+class ResultsError(PrunePrivError):
+    """A results folder that cannot be written, or a state file in it that cannot be read."""
+
+
+class LockedError(PrunePrivError):
+    """Another process is running the same profile."""
+
+
 class StageError(PrunePrivError):
     """A notebook failed; the message names the notebook and the cell.
 

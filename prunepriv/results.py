@@ -6,8 +6,8 @@ writes it atomically (temporary file, then ``os.replace``) and records it in
 
 When ``prunepriv reproduce`` runs a notebook it sets ``PRUNEPRIV_STAGE_DIR``:
 the Run then writes into that staging folder (same relative layout) and
-:func:`commit_staged` moves everything into place only once the notebook has
-finished, so a failing stage leaves the previous good outputs untouched.
+:mod:`prunepriv.pipeline.commit` moves everything into place only once the
+notebook has finished, so a failing stage leaves the previous good outputs untouched.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from prunepriv.errors import PrunePrivError
+from prunepriv.errors import PrunePrivError, ResultsError
 from prunepriv.lm.models import resolve_device
 from prunepriv.lm.precision import resolve_precision
 from prunepriv.pipeline.registry import REGISTRY, RESULT_KINDS, Artifact, Registry
@@ -55,6 +55,46 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def share_like_umask(path: str | Path) -> Path:
+    """Give a folder made by ``mkdtemp`` (mode 0700) the mode an ordinary ``mkdir`` would have,
+    and its files 0666 less the umask, so that colleagues and serving containers can read them."""
+    path = Path(path)
+    os.chmod(path, 0o777 & ~_umask())
+    for item in path.rglob("*"):
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_umask())
+    return path
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Refuse, before any work, a folder that cannot be created or written (one line, exit 2).
+
+    The nearest existing ancestor must be a folder in which a file can be made;
+    nothing is left behind by the check.
+    """
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ResultsError(f"cannot write to {folder}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def read_json(path: str | Path, what: str = "") -> Any:
+    """A JSON file written by prunepriv; a damaged one is a one-line :class:`ResultsError`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        hint = f"; {what}" if what else ""
+        raise ResultsError(f"{path} is not valid JSON ({exc}){hint}") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -141,6 +181,14 @@ def provenance(profile=None) -> dict[str, Any]:
     return info
 
 
+def default_output_root() -> Path:
+    """Where results/ and figures/ go when no root is given: the repository root when prunepriv runs
+    from a checkout (so a notebook opened from ``notebooks/`` writes where the batch does), else the
+    working directory."""
+    return REPO_ROOT if (REPO_ROOT / "notebooks").is_dir() and (REPO_ROOT / "pyproject.toml").is_file() \
+        else Path.cwd()
+
+
 class Run:
     """Output folders and manifest for one notebook of one profile.
 
@@ -150,13 +198,13 @@ class Run:
     reads only the upstream artifacts that the stage declares.
     """
 
-    def __init__(self, profile, notebook: str, output_root: str | Path = ".",
+    def __init__(self, profile, notebook: str, output_root: str | Path | None = None,
                  registry: Registry = REGISTRY) -> None:
         self.profile = profile
         self.notebook = notebook
         self.registry = registry
         self.stage = registry.find_stage(notebook)
-        root = Path(output_root)
+        root = Path(output_root) if output_root is not None else default_output_root()
         self.root = root
         self.results_dir = root / "results" / profile.name
         self.figures_dir = root / "figures" / profile.name
@@ -284,37 +332,22 @@ class Run:
         atomic_write_json(manifest_path, manifest)
 
 
-def commit_staged(staging: str | Path, root: str | Path, notebook: str) -> list[Path]:
-    """Move a finished notebook's staged outputs into place and merge its manifest entries.
-
-    The notebook's earlier manifest entries are replaced as a whole (an
-    artifact it no longer produces disappears from the manifest).
-    """
-    staging, root = Path(staging), Path(root)
-    moved, manifests = [], []
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        rel = path.relative_to(staging)
-        if rel.name == "manifest.json":
-            manifests.append(rel)
-            continue
-        final = root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, final)
-        moved.append(final)
-    for rel in manifests:
-        staged = load_manifest(staging / rel)
-        manifest = load_manifest(root / rel)
-        manifest["artifacts"] = {k: v for k, v in manifest["artifacts"].items() if v.get("notebook") != notebook}
-        manifest["artifacts"].update(staged["artifacts"])
-        manifest["profile"] = staged.get("profile", manifest.get("profile"))
-        atomic_write_json(root / rel, manifest)
-    return moved
+def merge_manifest(current: dict[str, Any], staged: dict[str, Any], notebook: str) -> dict[str, Any]:
+    """``current`` with ``notebook``'s entries replaced as a whole by those of ``staged``
+    (an artifact the notebook no longer produces disappears from the manifest)."""
+    merged = dict(current)
+    merged["artifacts"] = {k: v for k, v in current.get("artifacts", {}).items() if v.get("notebook") != notebook}
+    merged["artifacts"].update(staged.get("artifacts", {}))
+    merged["profile"] = staged.get("profile", current.get("profile"))
+    return merged
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_file():
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path, "restore it (git checkout) or delete it and rerun every stage")
+        if not isinstance(manifest, dict):
+            raise ResultsError(f"{path} is not a prunepriv manifest")
         manifest.setdefault("artifacts", {})
         return manifest
     return {"artifacts": {}}

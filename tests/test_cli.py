@@ -98,6 +98,9 @@ def test_prune_saves_a_model_that_reloads(capsys, tmp_path, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 4
     assert len(model.config.prunepriv_kept_layers) == 4
+    card = (out / "README.md").read_text()
+    assert "`cosine` on calibration text" in card and "public: prunepriv's seeded synthetic" in card
+    assert f'from_pretrained("{out.resolve()}")' in card
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 260)
     assert (out / "tokenizer.json").is_file()
@@ -142,6 +145,43 @@ def test_finetune_cli_writes_adapter_and_privacy_record(capsys, tmp_path, tiny_m
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.config.num_hidden_layers == 6
+    # the guarantee travels with the weights: privacy.json and a model card inside adapter/
+    assert json.loads((out / "adapter" / "privacy.json").read_text()) == record
+    card = (out / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in card and f"base_model: {tiny_model_dir.resolve()}" in card
+    assert f"(ε = {record['epsilon_rdp']:.3f}, δ = {record['delta']:.2e})" in card and "Unit of privacy" in card
+    assert "Any earlier use of the same private text" in card
+
+
+def test_adapter_loads_from_another_folder_with_auto_peft(tmp_path, tiny_model_dir, monkeypatch):
+    from peft import AutoPeftModelForCausalLM
+
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(f"note {i}" for i in range(20)))
+    monkeypatch.chdir(tiny_model_dir.parent)                 # a relative --model, as users type it
+    assert main(["finetune", "--model", tiny_model_dir.name, "--data", str(data), "--output", str(tmp_path / "run"),
+                 "--epsilon", "inf", "--batch-size", "10", "--max-length", "16"]) == 0
+    monkeypatch.chdir("/")
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "run" / "adapter")
+    assert model.get_base_model().config.num_hidden_layers == 6
+
+
+def test_saved_models_are_readable_as_the_umask_allows(tmp_path, tiny_model_dir):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["prune", "--model", str(tiny_model_dir), "--output", str(tmp_path / "pruned"),
+                     "--layers", "1,2"]) == 0
+    finally:
+        os.umask(old)
+    out = tmp_path / "pruned"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+    card = (out / "README.md").read_text()
+    assert "Removed layers:** 1, 2 (2 of 6" in card and "the user (explicit indices)" in card
+    assert "Calibration data:** none" in card
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +226,7 @@ def test_audit_cli_reports_each_measurement_beside_its_control(capsys, tmp_path,
 @pytest.mark.parametrize("case, pattern", [
     ("missing-adapter", "no LoRA adapter in"),
     ("other-layers", "does not match the base model"),
+    ("other-width", r"shapes differ: .*lora_A.* is \(2, 64\) in the adapter, \(2, 32\) in the base model"),
     ("tokenizer", "tokenizer has 270 tokens but the model embeds only 260"),
     ("empty-samples", "holds no generated text"),
     ("no-heldout", "--train and --heldout go together"),
@@ -199,6 +240,15 @@ def test_audit_bad_input(capsys, tmp_path, audit_model_dir, tiny_adapter, case, 
         argv[2] = str(tmp_path / "nowhere")
     elif case == "other-layers":
         argv += ["--layers", "4,5"]
+    elif case == "other-width":
+        import transformers as T
+        from peft import LoraConfig, get_peft_model
+
+        wide = T.LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=64, num_hidden_layers=6,
+                             num_attention_heads=4, num_key_value_heads=2)
+        get_peft_model(T.AutoModelForCausalLM.from_config(wide), LoraConfig(r=2, target_modules=["q_proj"])
+                       ).save_pretrained(tmp_path / "wide")
+        argv[2] = str(tmp_path / "wide")
     elif case == "tokenizer":
         from conftest import make_byte_tokenizer
 
@@ -214,3 +264,41 @@ def test_audit_bad_input(capsys, tmp_path, audit_model_dir, tiny_adapter, case, 
     code, err = _run(capsys, argv)
     _one_line_error(code, err, pattern)
     assert not (tmp_path / "audit").exists()
+
+
+def test_canaries_make_exposure_and_the_one_run_audit_work_on_user_data(capsys, tmp_path, audit_model_dir):
+    import json
+    import re
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text("text\n" + "".join(f'"note {i}:\nMr Smith {i} is well"\n' for i in range(40)), encoding="utf-8")
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("\n\n".join(f"note {i}: Ms Jones {i} is unwell" for i in range(20)))
+    mixed = tmp_path / "notes+canaries.jsonl"
+    assert main(["canaries", "--data", str(notes), "--output", str(mixed), "--n-canaries", "2",
+                 "--canary-repetitions", "2", "--n-heldout-canaries", "2", "--n-audit-canaries", "4"]) == 0
+    secrets_file = tmp_path / "notes+canaries.canaries.json"
+    listed = json.loads(secrets_file.read_text())
+    texts = [json.loads(line)["text"] for line in mixed.read_text(encoding="utf-8").splitlines()]
+    assert sorted(t for t in texts if t.startswith("note")) == sorted(f"note {i}:\nMr Smith {i} is well"
+                                                                      for i in range(40))   # user text unchanged
+    trained = [c for c in listed["canaries"] if c["repetitions"] > 0]
+    assert len(texts) == 40 + sum(c["repetitions"] for c in trained)
+    assert not any(c["prefix"] + c["secret"] in "\n".join(texts) for c in listed["canaries"] if not c["repetitions"])
+
+    run = tmp_path / "run"
+    assert main(["finetune", "--model", str(audit_model_dir), "--data", str(mixed), "--output", str(run),
+                 "--epsilon", "8", "--batch-size", "10", "--physical-batch-size", "5", "--max-length", "24"]) == 0
+    capsys.readouterr()
+    code = main(["audit", "--adapter", str(run / "adapter"), "--model", str(audit_model_dir), "--train", str(mixed),
+                 "--heldout", str(heldout), "--canaries", str(secrets_file), "--profile", "smoke",
+                 "--n-samples", "4", "--max-new-tokens", "8", "--n-candidates", "8", "--mia-samples", "8",
+                 "--prefix-records", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "canary exposure (bits, mean)" in out and "audit: ε lower bound" in out
+    assert re.search(r"PII values written verbatim \(fraction\) +skipped +the records carry no PII", out)
+    report = json.loads((run / "audit" / "report.json").read_text())
+    assert len(report["exposure"]) == 4 and report["audit"]["epsilon_rdp"] > 0
+    assert report["target_epsilon"] == pytest.approx(json.loads((run / "privacy.json").read_text())["epsilon_rdp"])
+    assert "NaN" not in (run / "audit" / "report.json").read_text()

@@ -82,9 +82,24 @@ def test_smoke_profile_every_stage_with_papermill_then_cached(tmp_path):
         executed = json.loads((tmp_path / "results/smoke/notebooks" / f"{name}.ipynb").read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
         assert (tmp_path / "results/smoke/notebooks" / f"{name}.html").stat().st_size > 10_000
+        _check_readable(executed, name, tmp_path)
     _check_paper(tmp_path)
     again = reproduce("smoke", None, output_root=tmp_path, progress=False)
     assert all(r.skipped for r in again)                  # nothing changed: every stage cached
+
+
+def _check_readable(executed: dict, name: str, root) -> None:
+    """An executed notebook a reader can read: a handful of stderr outputs at most (no progress-bar
+    spam, no known warnings), no path of the machine that ran it, and a generated findings cell."""
+    outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    stderr = ["".join(o["text"]) for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert len(stderr) <= 3, (name, stderr[:5])
+    text = json.dumps(outputs)
+    assert str(root) not in text and "site-packages" not in text, name
+    last = executed["cells"][-1]
+    assert "findings." in "".join(last["source"])
+    markdown = [o["data"]["text/markdown"] for o in last["outputs"] if "text/markdown" in o.get("data", {})]
+    assert markdown and "".join(markdown[0]).startswith("- "), (name, last["outputs"])
 
 
 def _check_paper(root) -> None:

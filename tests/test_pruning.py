@@ -125,3 +125,37 @@ def test_unsupported_architecture_names_the_families():
 
 def test_tiny_config_is_what_the_family_says(family):
     assert tiny_config(family).model_type == family
+
+
+def test_config_lists_that_are_not_per_layer_are_left_alone():
+    import transformers as T
+
+    config = tiny_config("llama", layers=3)
+    config.eos_token_id = [2, 5, 9]                          # as long as the layer count, but not per layer
+    config.layer_types = ["full_attention"] * 3
+    model = T.AutoModelForCausalLM.from_config(config)
+    remove_layers(model, [1])
+    assert model.config.eos_token_id == [2, 5, 9]
+    assert model.config.layer_types == ["full_attention"] * 2
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_gpt2_inverse_layer_scale_survives_save_and_reload(tmp_path, twice):
+    import transformers as T
+
+    config = tiny_config("gpt2", layers=6)
+    config.scale_attn_by_inverse_layer_idx = True
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 250, (2, 12))
+    with torch.no_grad(), __import__("prunepriv").compress.pruning.skipping(model, [0, 2, 3]):
+        expected = model(ids).logits
+    pruned = remove_layers(copy.deepcopy(model), [0, 2] if twice else [0, 2, 3])
+    if twice:                                                # prune again after a save/reload round trip
+        pruned.save_pretrained(tmp_path / "first")
+        pruned = remove_layers(AutoModelForCausalLM.from_pretrained(tmp_path / "first").eval(), [1])
+    pruned.save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids).logits, expected, atol=1e-5)
+        assert torch.allclose(reloaded(ids).logits, expected, atol=1e-5)

@@ -134,3 +134,93 @@ def test_code_dependencies_follow_the_package_imports():
 def test_real_stages_declare_sections_that_profiles_have():
     sections = set(Profile().to_dict())
     assert all(set(stage.sections) <= sections for stage in REGISTRY.stages)
+
+
+def test_second_run_of_a_profile_is_refused_while_the_first_holds_the_lock(toy, tmp_path):
+    from prunepriv.errors import LockedError
+    from prunepriv.pipeline.commit import profile_lock
+
+    run, root, notebooks, profile, lines = toy
+    with profile_lock(root / "results/toy", "toy"):
+        with pytest.raises(LockedError, match=r"profile toy is already being run by pid \d+ on .* since"):
+            run()
+    assert run() == {"01": False, "02": False}          # released when the holder ends
+
+
+def test_an_interrupted_commit_is_finished_and_leftovers_removed_at_the_next_start(toy):
+    from prunepriv.pipeline.commit import JOURNAL
+    from prunepriv.results import atomic_write_json
+
+    run, root, notebooks, profile, lines = toy
+    run()
+    results = root / "results/toy"
+    # a run killed after writing its journal and making one of two moves
+    staged = results / ".tmp-stage-01_writer-x"
+    (staged / "a").mkdir(parents=True)
+    (staged / "a" / "numbers.json").write_text('{"seed": 3, "value": 7}')
+    (staged / "a" / "other.json").write_text("{}")
+    os_moves = [[str(staged / "a" / "numbers.json"), str(results / "numbers.json")],
+                [str(staged / "a" / "other.json"), str(results / "other.json")]]
+    (staged / "a" / "other.json").replace(results / "other.json")
+    atomic_write_json(results / JOURNAL, {"moves": os_moves})
+    (results / ".tmp-stage-02_reader-y").mkdir()                 # a staging folder left by kill -9
+    run(stages=["2"])
+    assert lines[0].startswith("finished the commit")
+    assert json.loads((results / "numbers.json").read_text())["value"] == 7
+    assert not (results / JOURNAL).exists()
+    assert not list(results.glob(".tmp-stage-*"))
+
+
+CTRL_C_SCRIPT = """
+import functools, sys
+from pathlib import Path
+import prunepriv.cli as cli
+from prunepriv.pipeline import reproduce as rp
+from prunepriv.pipeline.registry import Artifact, Registry, Stage
+rp.NOTEBOOKS_DIR = Path(sys.argv[1])
+rp.preflight = lambda profile: None
+registry = Registry(stages=(Stage("01", "01_writer.ipynb", ("seed",)),),
+                    artifacts=(Artifact("data:numbers", "numbers.json", "01", "json"),))
+cli.reproduce = functools.partial(rp.reproduce, registry=registry, progress=False)
+sys.exit(cli.main(["reproduce", "--profile", sys.argv[2], "--output-root", sys.argv[3]]))
+"""
+
+
+def _kernels() -> int:
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", "ipykernel_launcher"], capture_output=True, text=True).stdout
+    return len(out.split())
+
+
+def test_ctrl_c_stops_a_stage_within_seconds_and_commits_nothing(toy, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, root, notebooks, profile, lines = toy
+    run()
+    before = (root / "results/toy/numbers.json").read_text()
+    kernels = _kernels()
+    _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "5") + "\nimport time\ntime.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(notebooks), str(profile), str(root)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    deadline = time.time() + 60                                  # wait until the notebook writes its output
+    while time.time() < deadline and not list((root / "results/toy").glob(".tmp-stage-*/tree/results/toy/*.json")):
+        time.sleep(0.5)
+    assert list((root / "results/toy").glob(".tmp-stage-*/tree/results/toy/numbers.json")), "stage never started"
+    start = time.time()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert time.time() - start < 15
+    assert child.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "prunepriv: interrupted; finished outputs are kept, the interrupted step left nothing behind"]
+    assert (root / "results/toy/numbers.json").read_text() == before
+    assert not list((root / "results/toy").glob(".tmp-*"))
+    deadline = time.time() + 10
+    while _kernels() > kernels and time.time() < deadline:     # the kernel follows its parent out
+        time.sleep(0.5)
+    assert _kernels() <= kernels

@@ -60,3 +60,13 @@ def test_git_revision_ignores_run_outputs_but_not_code(tmp_path):
     assert not git_revision(tmp_path).endswith("+dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_revision(tmp_path).endswith("+dirty")
+
+
+def test_notebooks_opened_from_their_folder_write_to_the_repository_root(monkeypatch):
+    from pathlib import Path
+
+    from prunepriv.results import default_output_root
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root / "notebooks")
+    assert default_output_root() == root

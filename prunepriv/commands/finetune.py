@@ -13,6 +13,7 @@ from prunepriv.lm.lora import check_lora_targets, merge_and_save, meta_model
 from prunepriv.lm.models import load_model, model_num_layers, resolve_model_path
 from prunepriv.privacy.specs import check_distributed, check_privacy, finetune_specs
 from prunepriv.privacy.train import TrainResult, finetune
+from prunepriv.results import check_writable
 
 
 def training_texts(profile: Profile) -> list[str]:
@@ -42,6 +43,7 @@ def run(profile: Profile, output: str | Path, noise_multiplier: float | None = N
     """Fine-tune ``profile.model`` on the profile's data into ``output``; ``None`` on ranks other than 0."""
     from transformers import AutoConfig
 
+    check_writable(output)
     texts = training_texts(profile)
     lora, privacy, train = specs(profile, len(texts), noise_multiplier)
 

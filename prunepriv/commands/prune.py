@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunepriv.cards import write_pruned_card
 from prunepriv.compress.pruning import (
     check_count,
     check_layers,
@@ -17,6 +18,7 @@ from prunepriv.config import Profile, check_strategy
 from prunepriv.data import corpus_for, load_records
 from prunepriv.errors import PrunePrivError
 from prunepriv.lm.models import load_model, model_num_layers
+from prunepriv.results import check_writable, share_like_umask
 from prunepriv.stages.experiments import (
     calibration_texts,
     greedy_order_for,
@@ -58,10 +60,11 @@ def prune(profile: Profile, output: str | Path, remove: int | None = None, layer
 
     Every check that needs only the model's config (and the data file) runs before the weights load.
     """
-    output = Path(output)
-    if output.exists() and any(output.iterdir()):
+    output = check_writable(output)
+    if output.is_dir() and any(output.iterdir()):
         raise PrunePrivError(f"output folder {output} exists and is not empty")
     num_layers = model_num_layers(profile.model)
+    explicit = layers is not None
     if layers is not None:
         layers = check_layers(layers, num_layers)
     else:
@@ -73,17 +76,23 @@ def prune(profile: Profile, output: str | Path, remove: int | None = None, layer
     if layers is None:
         layers = choose(model, tokenizer, profile, strategy, remove, num_layers)
     remove_layers(model, layers)
-    save_atomically(model, tokenizer, output)
+    save_atomically(model, tokenizer, output,
+                    lambda folder: write_pruned_card(folder, profile.model, list(layers), num_layers,
+                                                     "explicit" if explicit else strategy, profile.data.source, output))
     return Pruned(list(layers), num_layers, output)
 
 
-def save_atomically(model, tokenizer, output: Path) -> None:
-    """``save_pretrained`` of model and tokenizer into a temporary folder, renamed into place when complete."""
+def save_atomically(model, tokenizer, output: Path, card=None) -> None:
+    """``save_pretrained`` of model and tokenizer (and ``card(folder)``, the model card) into a
+    temporary folder, renamed into place when complete, readable as the umask allows."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{output.name}-", dir=output.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if card is not None:
+            card(tmp)
+        share_like_umask(tmp)
         if output.exists():
             output.rmdir()
         os.replace(tmp, output)

@@ -22,7 +22,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from prunepriv.compress.similarity import LayerSimilarity
 from prunepriv.config import STRATEGIES
@@ -30,6 +29,7 @@ from prunepriv.errors import PruningError
 from prunepriv.lm.evaluation import next_token_nll
 from prunepriv.lm.models import decoder_layers, set_decoder_layers
 from prunepriv.lm.text import to_device
+from prunepriv.progress import tqdm
 
 KEPT_LAYERS_KEY = "prunepriv_kept_layers"
 
@@ -57,6 +57,27 @@ def check_count(k: int, num_layers: int) -> None:
         raise PruningError(f"cannot remove {k} layers: the model has {num_layers}; at most {num_layers - 1} can go")
 
 
+# Config lists with one entry per decoder layer (other lists, e.g. eos_token_id, are left alone).
+PER_LAYER_CONFIG_KEYS = ("layer_types", "no_rope_layers")
+
+
+def fold_inverse_layer_scale(layer: nn.Module, old_index: int, new_index: int) -> None:
+    """GPT-2's ``scale_attn_by_inverse_layer_idx`` divides attention scores by ``layer_idx + 1``,
+    computed from the index when the model is built. After a layer moves from ``old_index`` to
+    ``new_index``, a reloaded model divides by ``new_index + 1``: fold ``(new + 1) / (old + 1)``
+    into the query projection and set the in-memory scale to what a reload computes, so that
+    the pruned model is the same function before and after ``save_pretrained``."""
+    attn = getattr(layer, "attn", None)
+    if not getattr(attn, "scale_attn_by_inverse_layer_idx", False) or old_index == new_index:
+        return
+    ratio = (new_index + 1) / (old_index + 1)
+    width = attn.embed_dim                                  # c_attn's output is [q | k | v]
+    with torch.no_grad():
+        attn.c_attn.weight[:, :width] *= ratio
+        attn.c_attn.bias[:width] *= ratio
+    attn.scaling /= ratio
+
+
 def remove_layers(model: nn.Module, layers: Iterable[int]) -> nn.Module:
     """Remove decoder layers in place and keep the model consistent.
 
@@ -73,12 +94,14 @@ def remove_layers(model: nn.Module, layers: Iterable[int]) -> nn.Module:
     config = model.config
     original = list(getattr(config, KEPT_LAYERS_KEY, None) or range(num_layers))
     set_decoder_layers(model, nn.ModuleList([current[i] for i in keep]))
-    for new_index, layer in enumerate(decoder_layers(model)):
+    for new_index, (old_index, layer) in enumerate(zip(keep, decoder_layers(model))):
+        fold_inverse_layer_scale(layer, old_index, new_index)
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new_index
-    for key, value in list(config.to_dict().items()):
-        if isinstance(value, list) and len(value) == num_layers and key != KEPT_LAYERS_KEY:
+    for key in PER_LAYER_CONFIG_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, list) and len(value) == num_layers:
             setattr(config, key, [value[i] for i in keep])
     config.num_hidden_layers = len(keep)
     setattr(config, KEPT_LAYERS_KEY, [original[i] for i in keep])

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from prunepriv.config import MemorizationConfig
 from prunepriv.errors import ConfigError
 from prunepriv.lm.text import document_start_id
+from prunepriv.progress import tqdm
 
 
 @dataclass

@@ -75,10 +75,20 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path):
     probe = get_peft_model_state_dict(get_peft_model(_shape_twin(model), config))
     wrong = [k for k, v in saved.items() if k not in probe or probe[k].shape != v.shape]
     if wrong or len(saved) != len(probe):
-        raise ModelError(f"adapter {adapter_dir} does not match the base model "
-                         f"({len(saved)} adapter tensors, {len(probe)} expected; first mismatch: "
-                         f"{(wrong or sorted(set(probe) - set(saved)))[:1]})")
+        raise ModelError(f"adapter {adapter_dir} does not match the base model ({len(saved)} adapter tensors, "
+                         f"{len(probe)} expected; {_first_mismatch(saved, probe, wrong)})")
     return PeftModel.from_pretrained(model, adapter_dir)
+
+
+def _first_mismatch(saved: dict, probe: dict, wrong: list[str]) -> str:
+    """Which tensor does not fit, and how: a shape that differs, or a module the other side lacks."""
+    if not wrong:
+        return f"{sorted(set(probe) - set(saved))[0]} is missing from the adapter"
+    key = wrong[0]
+    if key in probe:
+        return (f"shapes differ: {key} is {tuple(saved[key].shape)} in the adapter, "
+                f"{tuple(probe[key].shape)} in the base model")
+    return f"{key} has no counterpart in the base model (another layer count or architecture?)"
 
 
 def _shape_twin(model: nn.Module) -> nn.Module:

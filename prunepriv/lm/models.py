@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -111,9 +112,22 @@ def _dequantize_embedded(target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """``embedded`` → the cached folder; anything else is passed through."""
-    return str(embedded_model_dir()) if name_or_path in (EMBEDDED, "default") else name_or_path
+    """``embedded`` → the cached folder; a local folder or a hub id is passed through.
+
+    A name that can only be a path (absolute, ``./``, ``~``, several ``/``) and
+    does not exist is a one-line ModelError, not the hub's "Repo id must be …".
+    """
+    if name_or_path in (EMBEDDED, "default"):
+        return str(embedded_model_dir())
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and not HUB_ID.fullmatch(name_or_path):
+        raise ModelError(f"model folder {name_or_path} not found (give a local Hugging Face folder, "
+                         f"a hub id such as org/name, or 'embedded')")
+    return str(path) if path.exists() else name_or_path
 
 
 def load_tokenizer(name_or_path: str = EMBEDDED):

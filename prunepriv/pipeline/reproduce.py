@@ -16,8 +16,11 @@ idea applied to notebooks):
 
 Outputs are staged: the notebook writes into a temporary folder and only a
 finished notebook's files are moved into ``results/NAME/`` and
-``figures/NAME/``; a failing stage leaves the previous good outputs in place
-and its executed copy in a temporary folder named in the error.
+``figures/NAME/``, together with the manifest, the executed notebook and
+``stages.json`` (:mod:`prunepriv.pipeline.commit`); a failing stage leaves the
+previous good outputs in place and its executed copy in ``results/NAME/.failed/``.
+The notebook runs in a child process (:mod:`prunepriv.pipeline.execute`), so
+Ctrl-C stops it within seconds and commits nothing.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import ast
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,17 +41,21 @@ from tqdm.auto import tqdm
 from prunepriv.compress.pruning import check_count
 from prunepriv.config import load_profile
 from prunepriv.data import corpus_for
-from prunepriv.errors import PrunePrivError, StageError, user_error_names
-from prunepriv.lm.models import model_num_layers
+from prunepriv.errors import PrunePrivError, ResultsError, StageError, user_error_names
+from prunepriv.lm.models import model_num_layers, resolve_device
+from prunepriv.pipeline.commit import clean_leftovers, commit, profile_lock, recover
+from prunepriv.pipeline.execute import NotebookFailure, execute
 from prunepriv.pipeline.registry import REGISTRY, Registry
 from prunepriv.privacy.specs import check_privacy, finetune_specs
 from prunepriv.results import (
     STAGE_DIR_ENV,
     atomic_write_json,
     atomic_write_text,
-    commit_staged,
+    check_writable,
     load_manifest,
+    merge_manifest,
     package_versions,
+    read_json,
     sha256_file,
 )
 
@@ -76,6 +84,7 @@ def select_stages(stages: list[str] | None, registry: Registry = REGISTRY) -> li
 
 def preflight(profile) -> None:
     """Checks that need only the model config, so bad input fails before any run."""
+    resolve_device(profile.device)
     num_layers = model_num_layers(profile.model)
     for k in set(profile.pruning.remove) | set(profile.latency.remove) | {profile.pruning.paper_remove}:
         check_count(k, num_layers)
@@ -180,18 +189,10 @@ def stage_fingerprint(key: str, profile, results_dir: Path, registry: Registry =
 
 def load_state(results_dir: Path) -> dict:
     path = results_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _outputs(root: Path, results_dir: Path, notebook_stem: str) -> dict[str, str]:
-    """Files the manifest lists for a notebook, plus its executed copy, with their sha256."""
-    manifest = load_manifest(results_dir / "manifest.json")
-    files = {f["path"]: f["sha256"] for entry in manifest["artifacts"].values()
-             if entry.get("notebook") == notebook_stem for f in entry["files"]}
-    executed = results_dir / "notebooks" / f"{notebook_stem}.ipynb"
-    if executed.is_file():
-        files[Path(os.path.relpath(executed, root)).as_posix()] = sha256_file(executed)
-    return files
+    state = read_json(path, "delete it to rerun every stage") if path.is_file() else {}
+    if not isinstance(state, dict):
+        raise ResultsError(f"{path} is not a prunepriv stage record; delete it to rerun every stage")
+    return state
 
 
 def why_stale(key: str, fingerprint: dict, state: dict, root: Path) -> str | None:
@@ -230,13 +231,25 @@ def reproduce(profile_name: str, stages: list[str] | None = None, output_root: s
 
     Stages whose fingerprint is unchanged are skipped unless ``force`` is set
     or they are named in ``stages``. ``log`` receives one line per decision.
+    Bad input, an unwritable output root and damaged state files fail before
+    anything runs; one run per profile holds its lock; leftovers of an
+    interrupted run are finished (a half-made commit) or removed first.
     """
     profile = load_profile(profile_name)
-    preflight(profile)
     keys = select_stages(stages, registry)
-    forced = force or bool(stages)
-    root = Path(output_root).resolve()
+    root = check_writable(Path(output_root).resolve())
     results_dir = root / "results" / profile.name
+    load_state(results_dir), load_manifest(results_dir / "manifest.json")   # damaged state fails before any run
+    preflight(profile)
+    with profile_lock(results_dir, profile.name):
+        if recover(results_dir):
+            log("finished the commit of a stage that an interrupted run had begun")
+        clean_leftovers(results_dir)
+        return _run_stages(profile, keys, root, results_dir, force or bool(stages), progress, log, registry)
+
+
+def _run_stages(profile, keys: list[str], root: Path, results_dir: Path, forced: bool, progress: bool, log,
+                registry: Registry) -> list[StageResult]:
     results = []
     bar = tqdm(keys, desc=f"reproduce[{profile.name}]", unit="stage", disable=not progress)
     for key in bar:
@@ -253,8 +266,7 @@ def reproduce(profile_name: str, stages: list[str] | None = None, output_root: s
             results.append(StageResult(key, executed, 0.0, skipped=True))
             continue
         log(f"{key} {source.stem}: running ({reason})")
-        seconds = _run_stage(source, profile, root, results_dir, progress)
-        _save_state(results_dir, key, fingerprint, seconds, _outputs(root, results_dir, source.stem))
+        seconds = _run_stage(key, source, profile, root, results_dir, fingerprint, progress)
         results.append(StageResult(key, executed, seconds))
     return results
 
@@ -269,39 +281,63 @@ def _notebook_parameters(profile, root: Path) -> dict:
     return {"profile": profile_arg, "output_root": "."}
 
 
-def _run_stage(source: Path, profile, root: Path, results_dir: Path, progress: bool) -> float:
-    """Execute one notebook into a staging folder; move its outputs into place when it finishes."""
-    import papermill as pm
-
-    results_dir.mkdir(parents=True, exist_ok=True)
+def _run_stage(key: str, source: Path, profile, root: Path, results_dir: Path, fingerprint: dict,
+               progress: bool) -> float:
+    """Execute one notebook into a staging folder; commit its outputs, executed copy and state together."""
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-stage-{source.stem}-", dir=results_dir))
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f"prunepriv-{profile.name}-{source.stem}-"))
-    tmp_nb = tmp_dir / source.name
-    start = time.perf_counter()
-    previous = os.environ.get(STAGE_DIR_ENV)
-    os.environ[STAGE_DIR_ENV] = str(staging)
     try:
-        pm.execute_notebook(str(source), str(tmp_nb), parameters=_notebook_parameters(profile, root),
-                            cwd=str(root), kernel_name="python3", progress_bar=progress, log_output=False)
-    except pm.PapermillExecutionError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise StageError(_describe_failure(source, tmp_nb, exc), exc.ename in user_error_names()) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        executed = staging / "executed" / source.name
+        executed.parent.mkdir()
+        start = time.perf_counter()
+        try:
+            execute(source, executed, _notebook_parameters(profile, root), root,
+                    {STAGE_DIR_ENV: str(staging / "tree")}, progress)
+        except NotebookFailure as exc:
+            kept = _keep_failed(executed, results_dir)
+            raise StageError(_describe_failure(source, kept, exc), exc.ename in user_error_names()) from None
+        seconds = time.perf_counter() - start
+        commit(results_dir, _staged_moves(key, source, staging, root, results_dir, fingerprint, seconds))
     finally:
-        if previous is None:
-            os.environ.pop(STAGE_DIR_ENV, None)
-        else:
-            os.environ[STAGE_DIR_ENV] = previous
-    commit_staged(staging, root, source.stem)
-    shutil.rmtree(staging, ignore_errors=True)
-    out_dir = results_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_html(tmp_nb, out_dir / f"{source.stem}.html")
-    shutil.move(tmp_nb, out_dir / source.name)
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    return time.perf_counter() - start
+        shutil.rmtree(staging, ignore_errors=True)
+    return seconds
+
+
+def _keep_failed(executed: Path, results_dir: Path) -> Path:
+    """Keep a failed notebook's executed copy in ``results/NAME/.failed/`` for the user to read."""
+    kept = results_dir / ".failed" / executed.name
+    if executed.is_file():
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(executed, kept)
+    return kept
+
+
+def _staged_moves(key: str, source: Path, staging: Path, root: Path, results_dir: Path, fingerprint: dict,
+                  seconds: float) -> list[tuple[Path, Path]]:
+    """Stage the merged manifest, the executed notebook and HTML, and ``stages.json``; every move to make."""
+    tree, meta = staging / "tree", staging / "meta"
+    moves, merged = [], load_manifest(results_dir / "manifest.json")
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        rel = path.relative_to(tree)
+        if rel.name != "manifest.json":
+            moves.append((path, root / rel))
+            continue
+        manifest = merge_manifest(load_manifest(root / rel), load_manifest(path), source.stem)
+        atomic_write_json(meta / rel, manifest)
+        moves.append((meta / rel, root / rel))
+        if root / rel == results_dir / "manifest.json":
+            merged = manifest
+    executed, html = staging / "executed" / source.name, staging / "executed" / f"{source.stem}.html"
+    _write_html(executed, html)
+    notebooks = results_dir / "notebooks"
+    moves += [(executed, notebooks / source.name), (html, notebooks / html.name)]
+    outputs = {f["path"]: f["sha256"] for entry in merged["artifacts"].values()
+               if entry.get("notebook") == source.stem for f in entry["files"]}
+    outputs[Path(os.path.relpath(notebooks / source.name, root)).as_posix()] = sha256_file(executed)
+    state = load_state(results_dir)
+    state[key] = {"fingerprint": fingerprint, "outputs": outputs, "seconds": round(seconds, 1),
+                  "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(meta / STATE_FILE, state)
+    return moves + [(meta / STATE_FILE, results_dir / STATE_FILE)]
 
 
 def _write_html(executed: Path, target: Path) -> None:
@@ -309,18 +345,17 @@ def _write_html(executed: Path, target: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(executed), as_version=4))
+    exporter = HTMLExporter()
+    level = exporter.log.level
+    exporter.log.setLevel(logging.ERROR)     # "Alternative text is missing on N image(s)": inline matplotlib figures
+    try:
+        body, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4))
+    finally:
+        exporter.log.setLevel(level)
     atomic_write_text(target, body)
 
 
-def _save_state(results_dir: Path, key: str, fingerprint: dict, seconds: float, outputs: dict) -> None:
-    state = load_state(results_dir)
-    state[key] = {"fingerprint": fingerprint, "outputs": outputs, "seconds": round(seconds, 1),
-                  "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(results_dir / STATE_FILE, state)
-
-
-def _describe_failure(source: Path, executed: Path, exc) -> str:
+def _describe_failure(source: Path, executed: Path, exc: NotebookFailure) -> str:
     """Name the failing cell as the committed notebook numbers it (papermill's injected cell not counted)."""
     message = str(exc.evalue).strip().splitlines()
     detail = message[0] if message else exc.ename

@@ -44,8 +44,9 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from prunepriv.cards import base_reference, write_adapter_card
+from prunepriv.compress.pruning import KEPT_LAYERS_KEY
 from prunepriv.errors import PrunePrivError
 from prunepriv.lm.evaluation import sequence_nll
 from prunepriv.lm.lora import add_lora, lora_parameters
@@ -90,6 +91,7 @@ from prunepriv.privacy.specs import (
     run_digest,
     run_noise_multiplier,
 )
+from prunepriv.progress import tqdm
 from prunepriv.results import atomic_write_json, atomic_write_text
 
 DEFAULT_LORA, DEFAULT_PRIVACY, DEFAULT_TRAIN = default_specs()   # the default profile's, non-private
@@ -407,15 +409,27 @@ def finish(t: Trainer, seconds: float, resumed_from: int) -> TrainResult:
 
 
 def write_outputs(t: Trainer, record: PrivacyRecord, seconds: float, resumed_from: int) -> None:
-    """``adapter/``, ``train_log.csv``, ``privacy.json`` and ``run.json``; the checkpoint is removed."""
+    """``adapter/`` (with its model card and ``privacy.json``, so the guarantee travels with the
+    weights), ``train_log.csv``, ``privacy.json`` and ``run.json``; the checkpoint is removed."""
     out = t.plan.output_dir
-    t.peft_model.save_pretrained(out / "adapter")
+    save_adapter(t.peft_model, out / "adapter", record, t.privacy.accountant)
     atomic_write_text(out / "train_log.csv", _csv(t.log))
     atomic_write_json(out / "privacy.json", asdict(record))
     atomic_write_json(out / "run.json", {"digest": t.plan.digest, "seconds": seconds,
                                          "resumed_from_step": resumed_from, "world_size": t.plan.world,
                                          "log": t.log})
     t.plan.checkpoint.unlink(missing_ok=True)
+
+
+def save_adapter(peft_model: nn.Module, adapter_dir: Path, record: PrivacyRecord, accountant: str) -> None:
+    """peft ``save_pretrained`` with an absolute base path (loadable from any folder), the run's
+    ``privacy.json`` and a model card stating base model and privacy record."""
+    config = peft_model.peft_config["default"]
+    config.base_model_name_or_path = base_reference(config.base_model_name_or_path or "")
+    peft_model.save_pretrained(adapter_dir)
+    atomic_write_json(adapter_dir / "privacy.json", asdict(record))
+    kept = getattr(peft_model.get_base_model().config, KEPT_LAYERS_KEY, None)
+    write_adapter_card(adapter_dir, config.base_model_name_or_path, record, accountant, kept)
 
 
 def _check_lora_moved(initial: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prunepriv.errors import PrunePrivError
+from prunepriv.errors import PrunePrivError, ResultsError
 from prunepriv.report.claims import TABLES, claims_from, compare, format_value
 from prunepriv.results import atomic_write_bytes, atomic_write_text, load_manifest
 
@@ -58,11 +58,24 @@ def verify(results_dir: str | Path, reference: str | Path | None = None) -> Veri
     if not (ref_dir / "manifest.json").is_file():
         raise PrunePrivError(f"no reference run in {ref_dir}: pass --reference DIR (the committed one is "
                              "results/paper/reference/), or freeze the current results as one with --update-reference")
-    table = compare(claims_from(ref_dir), claims_from(results_dir))
+    table = compare(checked_claims(ref_dir, "reference"), checked_claims(results_dir, "results"))
     ref_prov, rep_prov = _provenance(ref_dir), _provenance(results_dir)
     same = all((ref_dir / n).read_bytes() == (results_dir / n).read_bytes() for n in TABLES) and \
         ref_prov.get("created") == rep_prov.get("created")
     return Verification(table, ref_prov, rep_prov, same)
+
+
+def checked_claims(results_dir: Path, what: str) -> list:
+    """The claims of one results folder; a damaged manifest or table is a one-line ResultsError."""
+    load_manifest(results_dir / "manifest.json")
+    try:
+        return claims_from(results_dir)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:     # pandas' parser errors are ValueErrors
+        if isinstance(exc, PrunePrivError):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResultsError(f"the {what} tables in {results_dir} are damaged ({type(exc).__name__}: {detail}); "
+                           "restore them (git checkout) or rerun the stages that write them") from None
 
 
 def describe_run(prov: dict) -> str:
@@ -90,7 +103,7 @@ def report(result: Verification) -> str:
                  + "".join(f", {n} {v}" for v, n in counts.items() if v != "reproduced"))
     if result.same_run:
         lines.append("these results are the reference run's own files: run `make reproduce` (or "
-                     "`prunepriv reproduce`) first, then verify")
+                     "`prunepriv reproduce --profile NAME`) first, then verify")
     return "\n".join(lines)
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from prunepriv.attacks import probes as attacks
 from prunepriv.attacks.audit import audit
@@ -38,6 +37,7 @@ from prunepriv.privacy import federated, selection
 from prunepriv.privacy.record import FinetuneRun, run_name
 from prunepriv.privacy.specs import check_privacy, finetune_specs
 from prunepriv.privacy.train import finetune
+from prunepriv.progress import tqdm
 from prunepriv.results import relative_to_cwd
 from prunepriv.stages.experiments import calibration_texts
 from prunepriv.stages.memorization import (

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from prunepriv.compress.latency import compare_latency
 from prunepriv.compress.pruning import (
@@ -25,6 +24,7 @@ from prunepriv.lm.text import batches
 from prunepriv.privacy.record import FinetuneRun, run_name, runs_of
 from prunepriv.privacy.specs import epsilon_label, finetune_specs
 from prunepriv.privacy.train import finetune
+from prunepriv.progress import tqdm
 from prunepriv.results import relative_to_cwd
 
 

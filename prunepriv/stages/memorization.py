@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from prunepriv.attacks import probes as attacks
 from prunepriv.attacks.audit import audit
@@ -31,8 +30,10 @@ from prunepriv.lm.generation import SamplingSpec, continue_greedy, sample_record
 from prunepriv.lm.lora import load_adapter
 from prunepriv.lm.models import load_model
 from prunepriv.lm.precision import precision_of
+from prunepriv.loaders import jsonl_texts, read_utf8
 from prunepriv.privacy.record import FinetuneRun, runs_of
 from prunepriv.privacy.specs import epsilon_for
+from prunepriv.progress import tqdm
 from prunepriv.results import (
     atomic_write_json,
     atomic_write_text,
@@ -74,7 +75,7 @@ def load_samples(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no synthetic samples at {path}; run stage 04 first")
-    texts = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    texts = jsonl_texts(path, read_utf8(path), "text", allow_empty=True) if path.stat().st_size else []
     if not texts:
         raise DataError(f"{path} holds no generated text")
     return texts
@@ -363,8 +364,26 @@ def audit_table(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+NO_PII = "the records carry no PII annotations (only the synthetic corpus records its PII spans)"
+NO_CANARIES = ("no {what} canaries in the training data: insert them with `prunepriv canaries` before "
+               "fine-tuning and pass --canaries to the audit")
+
+
+def skipped_measurements(result: dict) -> list[tuple[str, str]]:
+    """(measurement, why it was not made) for every attack the data could not support."""
+    skipped = []
+    if not result["pii"]["train_values"]:
+        skipped += [("PII values written verbatim (fraction)", NO_PII), ("prefix attack: suffix PII completed", NO_PII)]
+    if not any(e["repetitions"] > 0 for e in result["exposure"]):
+        skipped.append(("canary exposure (bits, mean)", NO_CANARIES.format(what="exposure")))
+    if "audit" not in result:
+        skipped.append(("audit: ε lower bound", NO_CANARIES.format(what="audit")))
+    return skipped
+
+
 def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
-    """(measurement, value on trained data, control value, what the control is) for a printed report."""
+    """(measurement, value on trained data, control value, what the control is) for a printed report;
+    measurements in :func:`skipped_measurements` are left out."""
     nan = float("nan")
     ex, pii, pre = result["extraction"], result["pii"], result["prefix"]
     rows = [
@@ -379,6 +398,8 @@ def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
         ("prefix attack: suffix PII completed", pre["train"]["pii_leaked"], pre["heldout"]["pii_leaked"],
          "prefixes of held-out records"),
     ]
+    skipped = {name for name, _ in skipped_measurements(result)}
+    rows = [row for row in rows if row[0] not in skipped]
     trained = [e["exposure"] for e in result["exposure"] if e["repetitions"] > 0]
     heldout = [e["exposure"] for e in result["exposure"] if e["repetitions"] == 0]
     if trained:

@@ -9,13 +9,14 @@ from prunepriv.config import Profile, load_profile
 from prunepriv.results import Run
 
 
-def stage(notebook: str, profile: str | Path | Profile, output_root: str | Path = ".") -> Run:
+def stage(notebook: str, profile: str | Path | Profile, output_root: str | Path | None = None) -> Run:
     """Open stage ``notebook`` (its stem, as in the registry) of ``profile``.
 
     Loads and validates the profile (a name, a YAML path or a loaded
     :class:`~prunepriv.config.Profile`), seeds torch with the profile's seed and
     returns the :class:`~prunepriv.results.Run` that loads upstream artifacts
-    and saves this stage's by id (``run.load("tab:finetuning")``).
+    and saves this stage's by id (``run.load("tab:finetuning")``). ``output_root``
+    ``None`` is the repository root, wherever the notebook was opened from.
     """
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
     run = Run(profile, notebook, output_root)

@@ -1,0 +1,101 @@
+"""Model cards (``README.md``) for what a user carries away: a pruned model and a LoRA adapter.
+
+Hugging Face's convention: YAML metadata between ``---`` lines, then Markdown.
+A pruned model's card states its base model, the layers removed and how they
+were chosen, and which text chose them (public or private); an adapter's card
+states its base model and the privacy record of the run that trained it, the
+same record that ``privacy.json`` beside it holds.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from prunepriv.privacy.specs import PrivacyRecord
+from prunepriv.results import atomic_write_text
+
+CALIBRATION_FREE = ("last", "random", "explicit")     # choices that read no text ("explicit": --layers)
+
+
+def base_reference(name_or_path: str) -> str:
+    """An absolute path for a local folder (valid from any working directory), else the hub id."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def _front_matter(meta: dict) -> str:
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
+
+
+def calibration_text(strategy: str, data_source: str) -> str:
+    """Which text chose the layers, and whether it is private."""
+    if strategy in CALIBRATION_FREE:
+        return f"none: the {strategy!r} strategy reads no text"
+    if data_source == "synthetic":
+        return "public: prunepriv's seeded synthetic clinical notes (calibration split)"
+    return (f"private: the user's file {data_source} (calibration split). The choice of layers is not "
+            "covered by any differential-privacy guarantee")
+
+
+def write_pruned_card(folder: Path, base: str, removed: list[int], num_layers: int, strategy: str,
+                      data_source: str, final: Path | None = None) -> Path:
+    """``README.md`` of a pruned model folder written in ``folder``, to be loaded from ``final``."""
+    where = (final or folder).resolve()
+    meta = {"library_name": "transformers", "base_model": base_reference(base),
+            "tags": ["prunepriv", "layer-pruning"]}
+    lines = [
+        "# Layer-pruned model (prunepriv)", "",
+        f"- **Base model:** `{base_reference(base)}`",
+        f"- **Removed layers:** {', '.join(map(str, removed)) or 'none'} "
+        f"({len(removed)} of {num_layers}; indices of the base model)",
+        "- **Chosen by:** " + ("the user (explicit indices)" if strategy == "explicit" else
+                               f"`{strategy}`" + ("" if strategy in CALIBRATION_FREE else " on calibration text")),
+        f"- **Calibration data:** {calibration_text(strategy, data_source)}",
+        "- **Training:** none; the kept layers are the base model's, unchanged.", "",
+        "## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'model = AutoModelForCausalLM.from_pretrained("{where}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}")', "```", "",
+        "`config.json` records the kept layers' original indices as `prunepriv_kept_layers`.", "",
+    ]
+    return atomic_write_text(folder / "README.md", _front_matter(meta) + "\n".join(lines))
+
+
+def privacy_lines(record: PrivacyRecord, accountant: str) -> list[str]:
+    """The privacy record as Markdown bullet points."""
+    if not record.private:
+        return ["- **Differential privacy:** none (non-private fine-tuning); the adapter may "
+                "reproduce its training text."]
+    prv = "" if record.epsilon_prv is None or not math.isfinite(record.epsilon_prv) else \
+        f", {record.epsilon_prv:.3f} by the PRV accountant"
+    return [
+        f"- **Differential privacy:** (ε = {record.epsilon_rdp:.3f}, δ = {record.delta:.2e}) by the "
+        f"{accountant.upper()} accountant{prv}",
+        f"- **DP-SGD:** noise multiplier σ = {record.noise_multiplier:.4g}, sampling rate q = "
+        f"{record.sample_rate:.4g} (Poisson), {record.steps} steps, clipping norm C = {record.max_grad_norm}",
+        f"- **Unit of privacy:** {record.unit}; {record.note}",
+        f"- **Training records:** {record.n_train}",
+        "- **Covers:** the LoRA weights only. Any earlier use of the same private text (e.g. choosing "
+        "layers on it) is not covered.",
+    ]
+
+
+def write_adapter_card(adapter_dir: Path, base: str, record: PrivacyRecord, accountant: str,
+                       kept_layers: list[int] | None = None) -> Path:
+    """``README.md`` of a LoRA adapter folder (replacing peft's blank template); ``kept_layers``:
+    the original indices of the layers the (pruned) base model keeps."""
+    meta = {"library_name": "peft", "base_model": base_reference(base),
+            "tags": ["prunepriv", "lora"] + (["differential-privacy", "dp-sgd"] if record.private else [])}
+    lines = [
+        "# LoRA adapter (prunepriv)", "",
+        f"- **Base model:** `{base_reference(base)}`",
+        *([f"- **Layers:** trained on the base model with only its layers {', '.join(map(str, kept_layers))} "
+           "kept; if the base folder above is not that pruned model, remove the other layers "
+           "(`prunepriv prune --layers ...`) before attaching the adapter"] if kept_layers else []),
+        *privacy_lines(record, accountant),
+        "- **Privacy record:** `privacy.json` in this folder", "",
+        "## Load", "", "```python", "from peft import AutoPeftModelForCausalLM",
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{adapter_dir.resolve()}")', "```", "",
+    ]
+    return atomic_write_text(adapter_dir / "README.md", _front_matter(meta) + "\n".join(lines))

@@ -1,0 +1,147 @@
+""""What this notebook found": the closing cell of every notebook, written from the run's own tables.
+
+Each function takes the frames the notebook has just computed and returns
+Markdown sentences with the numbers filled in, so that the findings change
+when the results do and no number is typed by hand. Where the evidence is
+too thin to rank two settings (membership-inference AUCs of a few dozen
+records) the sentence says so and gives the interval.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+class Findings(str):
+    """Markdown text that Jupyter renders as Markdown (and prints as plain text elsewhere)."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def _eps(value: float) -> str:
+    return "∞ (non-private)" if math.isinf(float(value)) else f"{float(value):g}"
+
+
+def _bullets(lines: list[str]) -> Findings:
+    return Findings("\n".join(f"- {line}" for line in lines))
+
+
+def auc_interval(auc: float, members: int, nonmembers: int, z: float = 1.96) -> tuple[float, float]:
+    """Approximate 95% interval of an AUC (Hanley & McNeil 1982, the exponential approximation)."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (members - 1) * (q1 - auc * auc) + (nonmembers - 1) * (q2 - auc * auc)) \
+        / (members * nonmembers)
+    half = z * math.sqrt(max(var, 0.0))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
+def similarity(table: pd.DataFrame, readings: dict[str, list[int]], k: int) -> Findings:
+    """Notebook 01: where the layers are most alike, and which layers each reading removes."""
+    inner = table.dropna(subset=["adjacent_cosine"])
+    top = inner.sort_values("adjacent_cosine", ascending=False).iloc[0]
+    low = inner.sort_values("adjacent_cosine").iloc[0]
+    shared = len(set(readings["cosine"]) & set(readings["block"]))
+    return _bullets([
+        f"Layer {int(top['layer'])} changes its input least (cosine {top['adjacent_cosine']:.4f} between the "
+        f"representation before and after it) and layer {int(low['layer'])} most (cosine {low['adjacent_cosine']:.4f}).",
+        f"Removing {k} layers, the adjacent-cosine reading picks {_join(readings['cosine'])} and the block "
+        f"reading (Gromov et al.) picks {_join(readings['block'])}: {shared} of {k} in common.",
+    ])
+
+
+def _join(layers) -> str:
+    return ", ".join(map(str, layers))
+
+
+def pruning(sweep: pd.DataFrame, latency: pd.DataFrame, strategy: str, k: int) -> Findings:
+    """Notebook 02: perplexity and latency of the paper's pruned model, and the strategies at the same k."""
+    full = sweep[sweep["removed"] == 0].iloc[0]
+    at_k = sweep[sweep["removed"] == k].set_index("strategy")
+    lines = []
+    if strategy in at_k.index:
+        row = at_k.loc[strategy]
+        lines.append(f"Removing {k} layers with `{strategy}` leaves {row['parameter_fraction']:.0%} of the parameters "
+                     f"and raises held-out private perplexity from {full['perplexity_private']:.2f} to "
+                     f"{row['perplexity_private']:.2f} (×{row['perplexity_private'] / full['perplexity_private']:.2f}), "
+                     f"general-English perplexity from {full['perplexity_general']:.2f} to {row['perplexity_general']:.2f}.")
+    if len(at_k) > 1:
+        best = at_k["perplexity_private"].idxmin()
+        lines.append(f"At {k} layers removed, the lowest private perplexity is `{best}`'s "
+                     f"({at_k.loc[best, 'perplexity_private']:.2f}); the others: "
+                     + ", ".join(f"`{s}` {v:.2f}" for s, v in at_k["perplexity_private"].items() if s != best) + ".")
+    pruned = latency[latency["removed"] > 0]
+    if len(pruned):
+        row = pruned.iloc[-1]
+        lines.append(f"Without {int(row['removed'])} layers, prefill takes {row['prefill_ratio']:.2f} and decoding "
+                     f"{row['decode_ratio']:.2f} of the unpruned time (the layer count alone predicts "
+                     f"{row['ideal_ratio']:.2f}); one timing run of {len(latency)} points, no spread measured.")
+    return _bullets(lines)
+
+
+def finetuning(runs: pd.DataFrame) -> Findings:
+    """Notebook 03: utility per model and ε, and the ε each run actually spent."""
+    lines = []
+    for model, group in runs.groupby("model", sort=False):
+        before = group["perplexity_private_before"].iloc[0]
+        parts = [f"ε = {_eps(r.target_epsilon)}: {r.perplexity_private:.2f}" for r in group.itertuples()]
+        lines.append(f"**{model}** ({int(group['layers'].iloc[0])} layers): held-out private perplexity "
+                     f"{before:.2f} before fine-tuning; after: " + "; ".join(parts) + ".")
+    private = runs[runs["target_epsilon"].map(lambda e: not math.isinf(float(e)))]
+    if len(private):
+        worst = (private["epsilon_rdp"] / private["target_epsilon"]).max()
+        lines.append(f"Every private run's accountant ε (RDP) is at most {worst:.3f}× its target; δ = "
+                     f"{private['delta'].iloc[0]:.1e}, {int(private['steps'].max())} steps at most.")
+    lines.append("Single runs (one seed): differences between ε values are not tested here.")
+    return _bullets(lines)
+
+
+def synthetic(table: pd.DataFrame) -> Findings:
+    """Notebook 04: how much text each model wrote and how close it is to held-out notes."""
+    lines = [f"{r.model}, ε = {_eps(r.target_epsilon)}: {int(r.samples)} samples ({int(r.empty_samples)} empty), "
+             f"{r.mean_tokens:.1f} tokens on average, BERTScore F1 to held-out notes {r.bertscore_f1_heldout:.3f}."
+             for r in table.itertuples()]
+    return _bullets(lines)
+
+
+def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame) -> Findings:
+    """Notebook 05: membership inference with intervals, canary exposure beside its control, the audit."""
+    lines = []
+    loss = mia[mia["attack"] == "loss"]
+    for r in loss.itertuples():
+        lo, hi = auc_interval(r.auc, int(r.members), int(r.nonmembers))
+        lines.append(f"{r.model}, ε = {_eps(r.target_epsilon)}: loss-attack AUC {r.auc:.3f} "
+                     f"(≈95% interval {lo:.2f}–{hi:.2f}, {int(r.members)} vs {int(r.nonmembers)} records)"
+                     + ("; the interval includes chance (0.5)" if lo <= 0.5 <= hi else "") + ".")
+    for r in table.itertuples():
+        lines.append(f"{r.model}, ε = {_eps(r.target_epsilon)}: canary exposure {r.exposure_trained:.2f} bits for "
+                     f"trained canaries vs {r.exposure_heldout:.2f} for never-trained ones (chance "
+                     f"{r.exposure_chance:.2f}).")
+    if len(audit):
+        lines.append(f"One-run audit: every lower bound is below the accountant's ε "
+                     f"({int(audit['bound_below_accountant'].sum())} of {len(audit)} runs); the largest bound is "
+                     f"{audit['epsilon_lower_bound'].max():.2f}.")
+    lines.append("One seed per setting and a few dozen records per attack: orderings between ε values whose "
+                 "intervals overlap are not findings.")
+    return _bullets(lines)
+
+
+def baselines(fed_summary: dict, chosen: pd.DataFrame, compression: pd.DataFrame) -> Findings:
+    """Notebook 06: federated agreement, private selection's end-to-end ε, the compression baselines."""
+    lines = [f"Federated layer scores differ from centralized ones by at most "
+             f"{fed_summary['similarity_max_abs_difference']:.2e}; clients agree on layers with mean Jaccard "
+             f"{fed_summary['layers_client_pairwise_jaccard']:.2f}."]
+    for r in chosen.itertuples():
+        lines.append(f"Private selection at ε = {r.selection_epsilon:g} removes {r.removed}; fine-tuned, "
+                     f"private perplexity {r.perplexity_private:.2f}, end-to-end ε = {r.end_to_end_epsilon_rdp:.3f} (RDP).")
+    for r in compression.itertuples():
+        lines.append(f"`{r.model}`: {r.parameter_fraction:.0%} of the parameters non-zero, private perplexity "
+                     f"{r.perplexity_private:.2f} at ε = {r.epsilon_rdp:.2f}.")
+    return _bullets(lines)
+
+
+def paper(table: pd.DataFrame, failing: pd.DataFrame) -> Findings:
+    """Notebook 07: how many claims the run supports."""
+    return _bullets([f"{len(table)} claims computed from this run's tables; {len(failing)} qualitative claim(s) "
+                     "do not hold in it" + (": " + ", ".join(failing["claim"]) if len(failing) else "") + "."])
