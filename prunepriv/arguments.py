@@ -10,16 +10,37 @@ exit status 2 before any model is loaded.
 from __future__ import annotations
 
 import argparse
+import inspect
+import io
 import math
+import tokenize
 from dataclasses import fields
+from functools import lru_cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from prunepriv.config import Profile, load_profile
+from prunepriv.config import ACCOUNTANTS, PRECISIONS, Profile, load_profile
 from prunepriv.errors import ConfigError
 
 SCALARS = ("seed", "device", "precision", "model")     # the profile's top-level settings that commands take
+CHOICES = {"precision": PRECISIONS, "accountant": ACCOUNTANTS}   # settings whose values form a closed set
+
+
+@lru_cache(maxsize=None)
+def field_help(cls: type) -> dict[str, str]:
+    """The comment after each field of a profile dataclass (``lr: float = 2e-3  # Adam learning rate``):
+    the field's one definition carries its help text too."""
+    helps: dict[str, str] = {}
+    pending: str | None = None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and pending is None:
+            pending = tok.string
+        elif tok.type == tokenize.COMMENT and pending:
+            helps[pending] = tok.string.lstrip("#").strip()
+        elif tok.type == tokenize.NEWLINE:
+            pending = None
+    return helps
 
 
 def _scalar(hint: Any):
@@ -42,17 +63,21 @@ def _converter(hint: Any):
 
 
 def add_section_flags(parser: argparse.ArgumentParser, section: str | None, exclude: tuple[str, ...] = (),
-                      aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+                      aliases: dict[str, tuple[str, ...]] | None = None, profile: str | None = None) -> None:
     """One flag per field of a profile section (``None``: the top-level :data:`SCALARS`).
 
     Flags default to "not given", so that the profile's value applies; ``dest`` is the
-    dotted profile key, read back by :func:`profile_from_args`.
+    dotted profile key, read back by :func:`profile_from_args`. The defaults shown are
+    those of ``profile`` (the subcommand's default ``--profile``), else the built-in ones.
     """
     cls = Profile if section is None else get_type_hints(Profile)[section]
     hints = get_type_hints(cls)
-    defaults = cls()
+    loaded = load_profile(profile) if profile else Profile()
+    defaults = loaded if section is None else getattr(loaded, section)
     title = "run settings" if section is None else f"{section} settings"
-    group = parser.add_argument_group(f"{title} (default: the --profile's value, shown for the built-in defaults)")
+    shown_from = f"profile {profile!r}" if profile else "the built-in defaults"
+    group = parser.add_argument_group(f"{title} (default: the --profile's value; shown: {shown_from})")
+    helps = field_help(cls)
     for f in fields(cls):
         if f.name in exclude or (section is None and f.name not in SCALARS):
             continue
@@ -61,19 +86,20 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str | None, excl
         default = getattr(defaults, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         dest = f.name if section is None else f"{section}.{f.name}"
+        text = f"{helps.get(f.name, '')} (default: {shown})".strip().replace("%", "%%")
         if hints[f.name] is bool:
             group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=f"(default: {shown})")
+                               help=text)
         else:
             group.add_argument(*names, dest=dest, type=_converter(hints[f.name]), default=argparse.SUPPRESS,
-                               metavar=f.name.upper(), help=f"(default: {shown})")
+                               choices=CHOICES.get(f.name), metavar=f.name.upper(), help=text)
 
 
 def add_profile_flags(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """``--profile`` and ``--set``: where every setting not given as a flag comes from."""
     parser.add_argument("--profile", default=default,
                         help="profile name (prunepriv/profiles/NAME.yaml) or YAML path whose settings are the defaults"
-                             + ("" if default else " (default: the built-in defaults)"))
+                             + (f" (default: {default})" if default else " (default: the built-in defaults)"))
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="any profile setting, e.g. --set memorization.n_samples=8 (repeatable)")
 

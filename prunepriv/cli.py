@@ -100,9 +100,9 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--epsilon", type=float, default=8.0, help="target ε of this run; inf for a non-private run")
     ft.add_argument("--noise-multiplier", type=float, default=None, help="fix σ instead of targeting ε")
     ft.add_argument("--merge", action="store_true", help="also save a merged model under OUTPUT/merged")
-    add_profile_flags(ft)
-    add_section_flags(ft, None)
-    add_section_flags(ft, "finetune", exclude=("epsilons", "models", "eval_samples", "save_merged"),
+    add_profile_flags(ft, default="paper")
+    add_section_flags(ft, None, profile="paper")
+    add_section_flags(ft, "finetune", exclude=("epsilons", "models", "eval_samples", "save_merged"), profile="paper",
                       aliases={"learning_rate": ("--lr",)})
 
 
@@ -120,8 +120,8 @@ def _add_audit(sub) -> None:
     audit.add_argument("--samples", help="JSONL of generated text to audit (default: sample from the model)")
     audit.add_argument("--output", help="folder for report.json (default: ADAPTER/../audit)")
     add_profile_flags(audit, default="paper")
-    add_section_flags(audit, None)
-    add_section_flags(audit, "memorization")
+    add_section_flags(audit, None, profile="paper")
+    add_section_flags(audit, "memorization", profile="paper")
 
 
 def _add_canaries(sub) -> None:
@@ -146,7 +146,7 @@ def _add_prune(sub) -> None:
     prune_.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
     add_profile_flags(prune_)
     add_section_flags(prune_, None)
-    add_section_flags(prune_, "similarity", aliases={"n_samples": ("--samples",)})
+    add_section_flags(prune_, "similarity")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from prunepriv.errors import ConfigError
 
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
 PRECISIONS = ("auto", "fp32", "bf16")   # see prunepriv.lm.precision
+ACCOUNTANTS = ("rdp", "prv")
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -34,7 +35,7 @@ class DataConfig:
     n_patients: int = 200              # synthetic: number of patients (identities)
     notes_per_patient: int = 3         # synthetic: notes written per patient
     n_canaries: int = 8                # Secret-Sharer canaries in training data
-    canary_repetitions: list[int] = field(default_factory=lambda: [1, 4, 16])
+    canary_repetitions: list[int] = field(default_factory=lambda: [1, 4, 16]) # times each trained canary is inserted (cycled over the canaries)
     n_heldout_canaries: int = 8        # canaries of the same format never trained on
     n_audit_canaries: int = 0          # one-run audit canaries, each trained on with probability 1/2
     heldout_fraction: float = 0.2      # patients (and their PII) kept out of training
@@ -58,9 +59,9 @@ class DataConfig:
 class SimilarityConfig:
     """Layer-similarity measurement on calibration text (notebook 01)."""
 
-    n_samples: int = 64
-    max_length: int = 128
-    batch_size: int = 8
+    n_samples: int = 64                # calibration records whose hidden states are compared
+    max_length: int = 128              # tokens per calibration record
+    batch_size: int = 8                # records per forward pass
 
     def validate(self) -> None:
         _positive(self, "n_samples", "max_length", "batch_size")
@@ -70,13 +71,13 @@ class SimilarityConfig:
 class PruningConfig:
     """Layer-removal sweep (notebook 02)."""
 
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES)) # layer-choice strategies compared in the sweep
     paper_strategy: str = "cosine"     # the strategy later stages fine-tune
-    remove: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10, 12])
+    remove: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 8, 10, 12]) # numbers of layers removed in the sweep
     paper_remove: int = 8              # layers removed for the paper's pruned model
     eval_samples: int = 64             # held-out records / general passages per point
-    eval_max_length: int = 128
-    batch_size: int = 8
+    eval_max_length: int = 128         # tokens per record when measuring perplexity
+    batch_size: int = 8                # records per forward pass
     greedy_samples: int = 16           # calibration records scoring SLEB candidates
 
     def validate(self) -> None:
@@ -93,11 +94,11 @@ class PruningConfig:
 class LatencyConfig:
     """Prefill and decode latency versus layers removed (notebook 02, `bench`)."""
 
-    remove: list[int] = field(default_factory=lambda: [0, 4, 8, 12])
-    prompt_length: int = 128
-    new_tokens: int = 32
-    repeats: int = 5
-    warmup: int = 2
+    remove: list[int] = field(default_factory=lambda: [0, 4, 8, 12]) # numbers of layers removed in the latency sweep
+    prompt_length: int = 128           # prompt tokens (prefill)
+    new_tokens: int = 32               # generated tokens (decode)
+    repeats: int = 5                   # timed repetitions (the median is reported)
+    warmup: int = 2                    # untimed repetitions first
 
     def validate(self) -> None:
         _positive(self, "prompt_length", "new_tokens", "repeats")
@@ -110,23 +111,23 @@ class LatencyConfig:
 class FinetuneConfig:
     """LoRA + DP-SGD fine-tuning over an ε grid (notebook 03)."""
 
-    epsilons: list[float] = field(default_factory=lambda: [math.inf, 8.0, 3.0, 1.0])
-    models: list[str] = field(default_factory=lambda: ["unpruned", "pruned"])
-    delta: Optional[float] = None      # default 1 / (10 N)
-    max_grad_norm: float = 1.0
-    accountant: str = "rdp"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    epochs: float = 1.0
-    learning_rate: float = 2e-3
-    batch_size: int = 32
-    physical_batch_size: int = 8
-    max_length: int = 128
-    checkpoint_every: int = 10
-    eval_samples: int = 64
-    save_merged: bool = False
+    epsilons: list[float] = field(default_factory=lambda: [math.inf, 8.0, 3.0, 1.0]) # target ε of each run; .inf: the non-private twin
+    models: list[str] = field(default_factory=lambda: ["unpruned", "pruned"]) # which models are fine-tuned: unpruned and/or pruned
+    delta: Optional[float] = None      # δ of DP-SGD; None: 1 / (10 N), N the training records
+    max_grad_norm: float = 1.0         # per-record clipping norm C of DP-SGD
+    accountant: str = "rdp"            # calibrates σ to the target ε: rdp or prv (both are reported)
+    lora_rank: int = 8                 # LoRA rank r
+    lora_alpha: int = 16               # LoRA scaling α (the update is scaled by α / r)
+    lora_dropout: float = 0.0          # dropout on the LoRA input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"]) # linear layers that get LoRA adapters
+    epochs: float = 1.0                # passes over the training records (expected, under Poisson sampling)
+    learning_rate: float = 2e-3        # Adam learning rate
+    batch_size: int = 32               # expected logical batch size (records per DP-SGD step)
+    physical_batch_size: int = 8       # records per forward/backward pass (memory only)
+    max_length: int = 128              # tokens per training record (longer ones are cut)
+    checkpoint_every: int = 10         # steps between checkpoints (a killed run resumes from the last)
+    eval_samples: int = 64             # held-out records / general passages per perplexity
+    save_merged: bool = False          # also save each run's LoRA-merged model
 
     def validate(self) -> None:
         _positive(self, "lora_rank", "lora_alpha", "batch_size", "physical_batch_size", "max_length",
@@ -140,7 +141,7 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ConfigError(f"finetune.delta must be in (0, 1/N), got {self.delta}")
-        if self.accountant not in ("rdp", "prv"):
+        if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"finetune.accountant must be 'rdp' or 'prv', got {self.accountant!r}")
         if not self.epochs > 0 or not self.learning_rate > 0:
             raise ConfigError("finetune.epochs and finetune.learning_rate must be > 0")
@@ -153,22 +154,22 @@ class MemorizationConfig:
     """Synthetic data (notebook 04) and memorization attacks (notebook 05)."""
 
     n_samples: int = 32                # synthetic records per fine-tuned model
-    max_new_tokens: int = 96
-    temperature: float = 1.0
+    max_new_tokens: int = 96           # tokens generated per synthetic record
+    temperature: float = 1.0           # sampling temperature
     top_k: int = 0                     # 0: no top-k filter
     top_p: float = 1.0                 # 1.0: no nucleus filter
-    batch_size: int = 16
+    batch_size: int = 16               # records per forward pass or generation batch
     max_length: int = 128              # tokens per record when scoring
     quality_references: int = 64       # held-out records that synthetic samples are compared with
     n_candidates: int = 64             # exposure: random secrets ranked against each canary
     mia_samples: int = 64              # members and non-members each
     min_k: float = 0.2                 # Min-K% Prob
     prefix_records: int = 16           # prefix attack: records per split
-    prefix_tokens: int = 32
-    suffix_tokens: int = 24
+    prefix_tokens: int = 32            # prefix attack: tokens of the record given to the model
+    suffix_tokens: int = 24            # prefix attack: tokens of its true continuation compared
     rank_top_k: int = 8                # extraction: most suspicious samples inspected per metric
     near_copy_f1: float = 0.95         # BERTScore F1 at which a sample counts as a near-copy
-    audit_confidence: float = 0.95
+    audit_confidence: float = 0.95     # one-run audit: confidence of the ε lower bound
     audit_delta: float = 1e-6          # δ of the audit; the accountant's ε is recomputed at this δ
 
     def validate(self) -> None:
@@ -192,14 +193,14 @@ class BaselinesConfig:
     sparsity: float = 0.5              # unstructured sparsity of the magnitude and Wanda baselines
     n_clients: int = 4                 # federated pruning: simulated clients
     client_samples: int = 10           # records per client for its local statistics
-    selection_epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, math.inf])
+    selection_epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, math.inf]) # ε values of private layer selection (.inf: non-private)
     selection_draws: int = 20          # noise draws per selection ε (which layers are chosen)
     selection_clip: float = 0.15       # L2 bound on one record's Block Influence minus the public reference
     selection_samples: int = 0         # training records scored for private selection (0: all of them)
     selection_finetune: list[float] = field(default_factory=lambda: [1.0])   # selection ε values fine-tuned (and ∞)
     eval_samples: int = 24             # held-out records / general passages per perplexity
-    max_length: int = 128
-    batch_size: int = 8
+    max_length: int = 128              # tokens per record
+    batch_size: int = 8                # records per forward pass
 
     def validate(self) -> None:
         _positive(self, "n_clients", "client_samples", "selection_draws", "eval_samples", "max_length",
@@ -223,8 +224,8 @@ class BaselinesConfig:
 class Profile:
     """One run's settings; ``name`` decides where results and figures go."""
 
-    name: str = "paper"
-    seed: int = 0
+    name: str = "paper"                # names results/NAME/ and figures/NAME/
+    seed: int = 0                      # seeds data, sampling and every random choice
     device: str = "auto"               # "auto", "cpu", "cuda", "cuda:N"
     precision: str = "auto"            # "auto" (bf16 where the hardware multiplies it natively), "fp32", "bf16"
     model: str = "embedded"            # "embedded", a local HF folder, or a hub id

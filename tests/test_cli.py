@@ -93,7 +93,7 @@ def test_reproduce_refuses_removing_every_layer(capsys, tmp_path, tiny_model_dir
 def test_prune_saves_a_model_that_reloads(capsys, tmp_path, tiny_model_dir):
     out = tmp_path / "pruned"
     code = main(["prune", "--model", str(tiny_model_dir), "--output", str(out), "--remove", "2",
-                 "--strategy", "cosine", "--samples", "4", "--max-length", "32"])
+                 "--strategy", "cosine", "--n-samples", "4", "--max-length", "32"])
     assert code == 0
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 4

@@ -110,7 +110,8 @@ def runs(tmp_path_factory):
     data.write_text("\n\n".join(f"note {i}: the patient{' is' * (i % 5)} well, MRN-{1000 + i}" for i in range(40)))
     # q = 3/40: small logical batches, so some give rank 1 an empty share (checked below)
     common = ["--model", str(model_dir), "--data", str(data), "--batch-size", "3", "--physical-batch-size", "2",
-              "--max-length", "24", "--lr", "0.01", "--checkpoint-every", "5", "--device", "cpu"]
+              "--max-length", "24", "--lr", "0.01", "--checkpoint-every", "5", "--device", "cpu",
+              "--epochs", "1", "--target-modules", "q_proj,v_proj"]
     (tmp / "spy").mkdir()
     (tmp / "worker.py").write_text(WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
