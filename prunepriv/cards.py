@@ -80,6 +80,7 @@ def privacy_lines(record: PrivacyRecord, accountant: str) -> list[str]:
         f"{accountant.upper()} accountant{prv}",
         f"- **DP-SGD:** noise multiplier σ = {record.noise_multiplier:.4g}, sampling rate q = "
         f"{record.sample_rate:.4g} (Poisson), {record.steps} steps, clipping norm C = {record.max_grad_norm}",
+        f"- **Randomness:** {record.noise}",
         f"- **Unit of privacy:** {record.unit}; {record.note}",
         f"- **Training records:** {record.n_train}",
         "- **Covers:** the LoRA weights only. Any earlier use of the same private text (e.g. choosing "

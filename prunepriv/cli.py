@@ -21,7 +21,7 @@ from prunepriv.commands import bench as bench_command
 from prunepriv.commands import finetune as finetune_command
 from prunepriv.commands.canaries import CANARY_FIELDS, add_canaries
 from prunepriv.commands.prune import prune
-from prunepriv.config import DataConfig, load_profile, profiles_dir
+from prunepriv.config import NOISE_SOURCES, DataConfig, load_profile, profiles_dir
 from prunepriv.errors import PrunePrivError, UsageError
 from prunepriv.lm.models import resolve_device
 from prunepriv.pipeline.reproduce import reproduce
@@ -100,6 +100,10 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--epsilon", type=float, default=8.0, help="target ε of this run; inf for a non-private run")
     ft.add_argument("--noise-multiplier", type=float, default=None, help="fix σ instead of targeting ε")
     ft.add_argument("--merge", action="store_true", help="also save a merged model under OUTPUT/merged")
+    ft.add_argument("--noise", choices=NOISE_SOURCES, default="secure",
+                    help="where DP noise and batches come from: secure (from the operating system; the default, "
+                         "whatever the profile says) or seeded (from --seed: reproducible, a research setting with "
+                         "no guarantee against anyone who knows the seed)")
     add_profile_flags(ft, default="paper")
     add_section_flags(ft, None, profile="paper")
     add_section_flags(ft, "finetune", exclude=("epsilons", "models", "eval_samples", "save_merged"), profile="paper",
@@ -255,7 +259,7 @@ def _bench(args) -> int:
 def _finetune(args) -> int:
     _with_data(args)
     args.settings = [f"finetune.epsilons=[{'.inf' if math.isinf(args.epsilon) else args.epsilon!r}]",
-                     *args.settings]
+                     *args.settings, f"noise={args.noise}"]
     result = finetune_command.run(_profile(args), args.output, args.noise_multiplier, args.merge)
     if result is None:                                       # not rank 0 of a torchrun group
         return 0

@@ -23,6 +23,7 @@ from prunepriv.errors import ConfigError
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
 PRECISIONS = ("auto", "fp32", "bf16")   # see prunepriv.lm.precision
 ACCOUNTANTS = ("rdp", "prv")
+NOISE_SOURCES = ("secure", "seeded")     # see prunepriv.privacy.noise
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -228,6 +229,7 @@ class Profile:
     seed: int = 0                      # seeds data, sampling and every random choice
     device: str = "auto"               # "auto", "cpu", "cuda", "cuda:N"
     precision: str = "auto"            # "auto" (bf16 where the hardware multiplies it natively), "fp32", "bf16"
+    noise: str = "secure"              # DP noise and batches: secure (OS entropy) or seeded (from seed; research only)
     model: str = "embedded"            # "embedded", a local HF folder, or a hub id
     data: DataConfig = field(default_factory=DataConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
@@ -246,6 +248,8 @@ class Profile:
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.noise not in NOISE_SOURCES:
+            raise ConfigError(f"noise must be one of {', '.join(NOISE_SOURCES)}, got {self.noise!r}")
         for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune,
                         self.memorization, self.baselines):
             section.validate()

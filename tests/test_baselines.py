@@ -200,7 +200,7 @@ def test_end_to_end_epsilon_of_a_real_run_composes_with_its_accountant(byte_toke
     lora = LoRASpec(rank=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
     privacy = PrivacySpec(epsilon=3.0, delta=None, max_grad_norm=1.0, noise_multiplier=None, accountant="rdp")
     train = TrainSpec(epochs=1.0, learning_rate=2e-3, batch_size=8, physical_batch_size=4, max_length=32,
-                      checkpoint_every=10, seed=0)
+                      checkpoint_every=10, seed=0, noise="seeded")
     result = finetune(model, byte_tokenizer, texts, tmp_path / "run", lora, privacy, train, progress=False)
     r = result.privacy
     sel_sigma = selection.noise_multiplier_for(1.0, r.delta)

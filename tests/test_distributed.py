@@ -73,11 +73,23 @@ def spy(model, tokenizer, texts, output_dir, lora, privacy, train, **kw):
     result = original(model, tokenizer, texts, output_dir, lora, privacy, train, **kw)
     # the finished run is reloaded, not retrained, on every rank (rank 0 reads the adapter and sends it)
     again = original(fresh_model(model), tokenizer, texts, output_dir, lora, privacy, train, **kw)
+    # under secure noise every rank must still draw the same (now secret) Poisson batches
+    sampler_states, make_sampler = [], ft.sampler_generator
+
+    def recorded_sampler(*a):
+        gen = make_sampler(*a)
+        sampler_states.append(gen.get_state())
+        return gen
+
+    ft.sampler_generator = recorded_sampler
+    original(fresh_model(model), tokenizer, texts, str(output_dir) + "-secure", lora, privacy,
+             dataclasses.replace(train, noise="secure"), stop_after=2, **kw)
+    ft.sampler_generator = make_sampler
     trained, reloaded = lora_of(result.model), lora_of(again.model)
     torch.save({"refused": refused, "world_size": result.world_size, "log": result.log,
                 "backend": dist.get_backend(), "lora": trained,
                 "part_steps": len(part.log), "checkpoint_step": checkpoint_step,
-                "resumed_from": result.resumed_from_step,
+                "resumed_from": result.resumed_from_step, "secure_sampler": sampler_states[0],
                 "reloaded_same": (again.seconds == result.seconds and again.world_size == 2
                                   and reloaded.keys() == trained.keys()
                                   and all(torch.equal(reloaded[n], trained[n]) for n in trained))},
@@ -111,7 +123,7 @@ def runs(tmp_path_factory):
     # q = 3/40: small logical batches, so some give rank 1 an empty share (checked below)
     common = ["--model", str(model_dir), "--data", str(data), "--batch-size", "3", "--physical-batch-size", "2",
               "--max-length", "24", "--lr", "0.01", "--checkpoint-every", "5", "--device", "cpu",
-              "--epochs", "1", "--target-modules", "q_proj,v_proj"]
+              "--epochs", "1", "--target-modules", "q_proj,v_proj", "--noise", "seeded"]
     (tmp / "spy").mkdir()
     (tmp / "worker.py").write_text(WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -195,3 +207,10 @@ def test_non_private_distributed_run_is_refused(runs):
     for rank in runs["ranks"]:
         assert rank["refused"] and "is for DP-SGD only" in rank["refused"]
     assert runs["proc"].stderr.count("prunepriv: error: distributed fine-tuning (world size 2) is for DP-SGD only") == 2
+
+
+def test_secure_noise_shares_rank0_secret_batches(runs):
+    """Under secure noise the sampler's seed is secret, yet every rank draws rank 0's batches."""
+    rank0, rank1 = (r["secure_sampler"] for r in runs["ranks"])
+    assert torch.equal(rank0, rank1)
+    assert not torch.equal(rank0, torch.Generator().manual_seed(0).get_state())

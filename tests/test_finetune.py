@@ -23,7 +23,7 @@ from prunepriv.privacy.train import finetune
 TEXTS = [f"Patient {i} was seen in clinic and started on medication number {i % 7}." for i in range(48)]
 LORA = LoRASpec(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
 TRAIN = TrainSpec(epochs=1.0, learning_rate=1e-2, batch_size=12, physical_batch_size=5, max_length=32,
-                  checkpoint_every=1, seed=0)
+                  checkpoint_every=1, seed=0, noise="seeded")
 
 
 def privacy_spec(**changes) -> PrivacySpec:

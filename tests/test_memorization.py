@@ -35,7 +35,7 @@ def tiny_runs(tmp_path_factory, byte_tokenizer):
     for eps in (math.inf, 4.0):
         out = root / f"unpruned-eps-{eps:g}"
         result = finetune(copy.deepcopy(base), byte_tokenizer, texts, out, LoRASpec(4, 8, 0.0, ["q_proj", "v_proj"]),
-                          PrivacySpec(eps, None, 1.0, None, "rdp"), TrainSpec(1.0, 1e-2, 16, 8, 48, 100, 0),
+                          PrivacySpec(eps, None, 1.0, None, "rdp"), TrainSpec(1.0, 1e-2, 16, 8, 48, 100, 0, "seeded"),
                           progress=False)
         r = result.privacy
         rows.append({"model": "unpruned", "target_epsilon": eps, "epsilon_rdp": r.epsilon_rdp,

@@ -34,18 +34,21 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def rng_state(sampler_gen: torch.Generator, noise_gen: torch.Generator | None) -> dict[str, Any]:
-    """Every generator a run draws from: its sampler's and noise's, and the global ones."""
+def rng_state(sampler_gen: torch.Generator | None, noise_gen: torch.Generator | None) -> dict[str, Any]:
+    """Every generator a run draws from: its sampler's and noise's (``None``: not saved, see
+    :mod:`prunepriv.privacy.noise`), and the global ones."""
     return {
-        "sampler": sampler_gen.get_state(), "noise": noise_gen.get_state() if noise_gen is not None else None,
+        "sampler": sampler_gen.get_state() if sampler_gen is not None else None,
+        "noise": noise_gen.get_state() if noise_gen is not None else None,
         "torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(state: dict[str, Any], sampler_gen: torch.Generator, noise_gen: torch.Generator | None) -> None:
-    """Put back the generators saved by :func:`rng_state`."""
-    sampler_gen.set_state(state["sampler"])
+    """Put back the generators saved by :func:`rng_state` (one saved as ``None`` keeps its fresh state)."""
+    if state["sampler"] is not None:
+        sampler_gen.set_state(state["sampler"])
     if noise_gen is not None and state["noise"] is not None:
         noise_gen.set_state(state["noise"])
     torch.set_rng_state(state["torch"])

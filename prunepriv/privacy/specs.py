@@ -53,6 +53,7 @@ class TrainSpec:
     max_length: int
     checkpoint_every: int
     seed: int
+    noise: str                          # "secure" or "seeded": see prunepriv.privacy.noise
 
 
 @dataclass
@@ -68,6 +69,7 @@ class PrivacyRecord:
     epsilon_prv: float | None
     max_grad_norm: float | None
     n_train: int
+    noise: str                          # where the noise and batches came from (prunepriv.privacy.noise)
     unit: str = "one training record"
     note: str = ("a canary inserted k times is k records: it is covered only by group "
                  "privacy (roughly k·ε), not by ε")
@@ -78,7 +80,7 @@ def finetune_specs(profile) -> tuple[LoRASpec, dict[float, PrivacySpec], TrainSp
     f = profile.finetune
     lora = LoRASpec(f.lora_rank, f.lora_alpha, f.lora_dropout, list(f.target_modules))
     train = TrainSpec(f.epochs, f.learning_rate, f.batch_size, f.physical_batch_size, f.max_length,
-                      f.checkpoint_every, profile.seed)
+                      f.checkpoint_every, profile.seed, profile.noise)
     privacy = {eps: PrivacySpec(epsilon=eps, delta=f.delta, max_grad_norm=f.max_grad_norm, noise_multiplier=None,
                                 accountant=f.accountant)
                for eps in f.epsilons}
@@ -157,12 +159,14 @@ def run_noise_multiplier(privacy: PrivacySpec, sample_rate: float, steps: int, d
 
 
 def privacy_record(privacy: PrivacySpec, sigma: float, q: float, steps: int, delta: float, n: int,
-                   prv: bool) -> PrivacyRecord:
-    """The accountant's record of ``steps`` steps (PRV only when ``prv``: a finished run)."""
+                   prv: bool, noise: str) -> PrivacyRecord:
+    """The accountant's record of ``steps`` steps (PRV only when ``prv``: a finished run); ``noise`` says
+    where its randomness came from (:func:`prunepriv.privacy.noise.noise_note`)."""
     if not privacy.private:
-        return PrivacyRecord(False, 0.0, q, steps, delta, math.inf, math.inf, None, n)
+        return PrivacyRecord(False, 0.0, q, steps, delta, math.inf, math.inf, None, n, "none (non-private)")
     return PrivacyRecord(True, sigma, q, steps, delta, epsilon_for(sigma, q, steps, delta, "rdp"),
-                         epsilon_for(sigma, q, steps, delta, "prv") if prv else None, privacy.max_grad_norm, n)
+                         epsilon_for(sigma, q, steps, delta, "prv") if prv else None, privacy.max_grad_norm, n,
+                         noise)
 
 
 def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: int, extra: str = "") -> str:

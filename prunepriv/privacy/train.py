@@ -76,6 +76,7 @@ from prunepriv.privacy.distributed import (
     global_loss,
     read_on_rank0,
 )
+from prunepriv.privacy.noise import noise_note, torch_generator
 from prunepriv.privacy.record import TrainResult
 from prunepriv.privacy.specs import (
     LoRASpec,
@@ -148,7 +149,8 @@ class Trainer:
 
     def record(self, prv: bool) -> PrivacyRecord:
         p = self.plan
-        return privacy_record(self.privacy, p.sigma, p.sample_rate, self.step, p.delta, p.n, prv=prv)
+        return privacy_record(self.privacy, p.sigma, p.sample_rate, self.step, p.delta, p.n, prv=prv,
+                              noise=noise_note(self.train.noise, self.train.seed))
 
 
 class TrainingData(NamedTuple):
@@ -242,9 +244,9 @@ def prepare_trainer(peft_model: nn.Module, privacy: PrivacySpec, train: TrainSpe
 
     params = lora_parameters(peft_model)
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(params.values(), lr=train.learning_rate, weight_decay=0.0)
-    sampler_gen = torch.Generator().manual_seed(train.seed)
-    loader_gen = torch.Generator().manual_seed(train.seed + 1)
-    noise_gen = torch.Generator(device=plan.device).manual_seed(train.seed + 2) if privacy.private else None
+    sampler_gen = sampler_generator(train, plan)
+    loader_gen = torch.Generator().manual_seed(train.seed + 1)   # unused by a batch sampler without workers
+    noise_gen = torch_generator(train.noise, train.seed + 2, plan.device) if privacy.private else None
     accountant = RDPAccountant()
     net: nn.Module = peft_model
     if privacy.private:
@@ -254,16 +256,27 @@ def prepare_trainer(peft_model: nn.Module, privacy: PrivacySpec, train: TrainSpe
                    noise_gen)
 
 
+def sampler_generator(train: TrainSpec, plan: RunPlan) -> torch.Generator:
+    """The Poisson draws of the logical batches (secret unless seeded: subsampling amplification
+    assumes nobody knows which records a step used); under W > 1 every rank takes rank 0's."""
+    gen = torch_generator(train.noise, train.seed)
+    if plan.distributed and train.noise == "secure":
+        gen.set_state(from_rank0(gen.get_state(), plan.device))
+    return gen
+
+
 def wrap_private(peft_model: nn.Module, optimizer: torch.optim.Optimizer, privacy: PrivacySpec, train: TrainSpec,
                  plan: RunPlan, noise_gen: torch.Generator | None):
     """Opacus's per-sample-gradient module and DP optimizer (their distributed forms under W > 1)."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
+    secure = train.noise == "secure"                     # Opacus's sampling against floating-point attacks
     if not plan.distributed:
         net = GradSampleModule(peft_model, batch_first=True, loss_reduction="mean")
         return net, DPOptimizer(optimizer, noise_multiplier=plan.sigma, max_grad_norm=privacy.max_grad_norm,
-                                expected_batch_size=train.batch_size, loss_reduction="mean", generator=noise_gen)
+                                expected_batch_size=train.batch_size, loss_reduction="mean", generator=noise_gen,
+                                secure_mode=secure)
     from opacus.distributed import (
         DifferentiallyPrivateDistributedDataParallel as DPDDP,
     )
@@ -275,7 +288,7 @@ def wrap_private(peft_model: nn.Module, optimizer: torch.optim.Optimizer, privac
     net = GradSampleModule(DPDDP(peft_model), batch_first=True, loss_reduction="mean")
     return net, DistributedDPOptimizer(optimizer, noise_multiplier=plan.sigma, max_grad_norm=privacy.max_grad_norm,
                                        expected_batch_size=train.batch_size / plan.world, loss_reduction="mean",
-                                       generator=noise_gen)
+                                       generator=noise_gen, secure_mode=secure)
 
 
 def resume(t: Trainer) -> None:
@@ -385,8 +398,14 @@ def finish_step(t: Trainer, losses: list[torch.Tensor], batch_size: int) -> None
             "digest": plan.digest, "step": t.step, "log": t.log,
             "lora": {k: v.detach().cpu() for k, v in t.params.items()},
             "optimizer": t.base_optimizer.state_dict(),
-            "accountant": t.accountant.state_dict(), "rng": rng_state(t.sampler_gen, t.noise_gen),
+            "accountant": t.accountant.state_dict(), "rng": rng_state(*saved_generators(t)),
         })
+
+
+def saved_generators(t: Trainer) -> tuple[torch.Generator | None, torch.Generator | None]:
+    """The sampler and noise generators a checkpoint may hold: none under secure noise (a resumed
+    secure run draws fresh secret ones, so no file ever holds what the guarantee rests on)."""
+    return (t.sampler_gen, t.noise_gen) if t.train.noise == "seeded" else (None, None)
 
 
 def finish(t: Trainer, seconds: float, resumed_from: int) -> TrainResult:

@@ -34,6 +34,7 @@ from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.models import decoder_layers
 from prunepriv.lm.text import batches
 from prunepriv.privacy import federated, selection
+from prunepriv.privacy.noise import noise_note, numpy_generator
 from prunepriv.privacy.record import FinetuneRun, run_name
 from prunepriv.privacy.specs import check_privacy, finetune_specs
 from prunepriv.privacy.train import finetune
@@ -163,8 +164,9 @@ def training_delta(profile, corpus) -> float:
 def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, dict]:
     """Private choices of ``paper_remove`` layers for every selection ε and noise draw (:mod:`prunepriv.privacy.selection`).
 
-    Draw ``d`` uses the same standard normal vector at every ε (common random
-    numbers), so the curves differ only by σ. ``agreement`` is the Jaccard
+    Under seeded noise (the research profiles) draw ``d`` uses the same standard
+    normal vector at every ε (common random numbers), so the curves differ only
+    by σ; under secure noise every draw is fresh (:mod:`prunepriv.privacy.noise`). ``agreement`` is the Jaccard
     index with the non-private choice on the same records; perplexity
     (held-out private text, before fine-tuning) is measured for the first
     three draws of each ε.
@@ -191,7 +193,7 @@ def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, di
     for eps in tqdm(b.selection_epsilons, desc="private selection", leave=False):
         sigma = selection.noise_multiplier_for(eps, delta)
         for draw in range(b.selection_draws):
-            layers = choose(sigma, np.random.default_rng([profile.seed, draw]))
+            layers = choose(sigma, numpy_generator(profile.noise, profile.seed, draw))
             ppl = math.nan
             if draw < 3:
                 if tuple(layers) not in scored:
@@ -202,7 +204,7 @@ def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, di
             rows.append({"selection_epsilon": eps, "selection_sigma": sigma, "draw": draw,
                          "removed": _layers_text(layers), "agreement": federated.jaccard(layers, non_private),
                          "same_layers": layers == non_private, "perplexity_private": ppl})
-    info = {"records": len(texts), "clip": b.selection_clip, "fraction_clipped": fraction, "delta": delta,
+    info = {"records": len(texts), "noise": noise_note(profile.noise, profile.seed), "clip": b.selection_clip, "fraction_clipped": fraction, "delta": delta,
             "layers": num_layers, "removed": k, "non_private_choice": non_private,
             "public_reference_choice": public_only,
             "public_reference_agreement": federated.jaccard(public_only, non_private),
