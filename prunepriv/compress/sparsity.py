@@ -3,8 +3,10 @@
 Anchors: magnitude pruning (Han et al. 2015), layer-wise threshold per
 weight matrix; Wanda (Sun et al. 2024), score ``|W_ij| · ‖X_j‖₂`` with
 ``‖X_j‖₂`` the L2 norm of input feature ``j`` over the calibration tokens,
-compared within each output row. Both are the compression half of the DP
-model-compression baseline (Yu et al. 2022) and Wanda masks are what
+compared within each output row. Both are the compression half of the
+one-shot sparsity + DP-LoRA baseline (a simplified stand-in for DP model
+compression, Mireshghallah et al. NeurIPS 2022, whose DP iterative magnitude
+pruning recomputes masks from DP-trained weights) and Wanda masks are what
 FedPrLLM's clients share (:mod:`prunepriv.privacy.federated`).
 
 A mask is ``True`` where a weight is kept. Only ``nn.Linear`` modules inside

@@ -7,7 +7,10 @@
   (:mod:`prunepriv.privacy.selection`) over a grid of selection ε, and DP-SGD
   fine-tuning of the privately pruned model with the end-to-end ε composed by
   the accountant (``tab:private-selection``).
-* :func:`compression_baselines` — DP model compression (Yu et al. 2022):
+* :func:`compression_baselines` — one-shot sparsity then DP-LoRA, a simplified
+  stand-in for DP model compression (Mireshghallah, Backurs, Inan, Wutschitz and
+  Kulkarni, NeurIPS 2022; their DP iterative magnitude pruning, which recomputes
+  masks from DP-trained weights, is not implemented):
   unstructured magnitude and Wanda sparsity, then the same DP-LoRA at the same
   ε, against structural layer removal at a matched parameter count and the
   dense model: perplexity, memorization probes with their controls, measured
@@ -269,7 +272,7 @@ def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame,
 
 
 # --------------------------------------------------------------------------
-# 3. DP model compression
+# 3. One-shot sparsity then DP-LoRA (stand-in for DP model compression, Mireshghallah et al. 2022)
 
 def matched_layer_count(model, sparsity_level: float) -> int:
     """Layers whose removal takes away about as many parameters as ``sparsity_level`` of the decoder's linear weights."""
