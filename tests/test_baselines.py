@@ -12,6 +12,7 @@ from conftest import tiny_model
 import prunepriv
 from prunepriv.compress import sparsity
 from prunepriv.compress.similarity import layer_similarity
+from prunepriv.compress.wanda import sequential_wanda_masks
 from prunepriv.data import Record
 from prunepriv.errors import DataError, PruningError
 from prunepriv.lm.text import batches
@@ -127,15 +128,73 @@ def test_count_aggregation_keeps_the_majority_and_equals_unanimous_masks():
     model = tiny_model("llama", layers=1)
     wanda_like = {name: sparsity.keep_top(m.weight.detach().abs(), m.weight.shape[1] - m.weight.shape[1] // 2, 1)
                   for name, m in sparsity.prunable_linears(model).items()}
-    agg = federated.count_masks(model, [wanda_like] * 3, 0.5)
+    agg = federated.row_count_masks(model, [wanda_like] * 3, 0.5)
     assert all(torch.equal(agg[name], wanda_like[name]) for name in agg)        # unanimous clients: their mask
     name = next(iter(agg))
     columns = wanda_like[name].shape[1]
     first, second = (torch.zeros_like(wanda_like[name]) for _ in range(2))
     first[:, 0], second[:, 1] = True, True                                       # keep one column per row
     votes = [{**wanda_like, name: m} for m in (first, first, second)]
-    top = federated.count_masks(model, votes, 1 - 1 / columns)
+    top = federated.row_count_masks(model, votes, 1 - 1 / columns)
     assert top[name][:, 0].all() and not top[name][:, 1].any()                   # two votes beat one
+
+
+def _full_forward_wanda(model, batch_list, level):
+    """Independent reference for sequential Wanda: for each layer a full forward pass of the model with
+    the earlier layers already pruned (the one-pass tools), keeping that layer's masks."""
+    import copy
+
+    masks = {}
+    for i in range(len(prunepriv.lm.models.decoder_layers(model))):
+        pruned = sparsity.apply_masks(copy.deepcopy(model), masks)
+        layer = {k: v for k, v in sparsity.wanda_masks(pruned, sparsity.input_norms(pruned, batch_list), level).items()
+                 if k.split(".")[0] == str(i)}
+        masks.update(layer)
+    return masks
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "gpt_neox", "opt"])
+def test_sequential_wanda_equals_forward_passes_through_the_pruned_layers(byte_tokenizer, family):
+    """The official code's order (locuslab/wanda prune_wanda): layer i's statistics come from
+    activations through layers 0..i-1 already pruned. Gemma 3 passes each layer its own mask
+    (sliding or full attention), OPT and GPT-NeoX their own arguments."""
+    model = tiny_model(family, layers=3)
+    batch_list = list(batches(byte_tokenizer, TEXTS[:7], 32, 3))           # padded batches of 3, 3 and 1
+    before = linear_weights(model)
+    got = sequential_wanda_masks(model, batch_list, 0.5)
+    want = _full_forward_wanda(model, batch_list, 0.5)
+    assert got.keys() == want.keys() == set(sparsity.prunable_linears(model))
+    for name in got:
+        assert torch.equal(got[name], want[name]), name
+    assert all(torch.equal(before[n], w) for n, w in linear_weights(model).items())     # model unchanged
+    one_pass = sparsity.wanda_masks(model, sparsity.input_norms(model, batch_list), 0.5)
+    assert all(torch.equal(got[n], one_pass[n]) for n in got if n.startswith("0."))      # layer 0: same inputs
+    assert any(not torch.equal(got[n], one_pass[n]) for n in got if not n.startswith("0."))
+
+
+def _fedprllm_layer(counts_pruned: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FedPrLLM's prune_fedprllm_layer, literally: threshold on -count, strict below, ties to fill.
+    Returns (surely pruned, tied at the threshold) and checks the count it prunes."""
+    metric = -counts_pruned.float()
+    thresh = torch.sort(metric.flatten())[0][int(metric.numel() * level)]
+    return metric < thresh, metric == thresh
+
+
+def test_layer_aggregation_is_fedprllms(byte_tokenizer):
+    model = tiny_model("llama", layers=2)
+    clients = [sequential_wanda_masks(model, batches(byte_tokenizer, TEXTS[i::3], 32, 4), 0.5) for i in range(3)]
+    got = federated.layer_count_masks(model, clients, 0.5, torch.Generator().manual_seed(0))
+    other = federated.layer_count_masks(model, clients, 0.5, torch.Generator().manual_seed(1))
+    for name, mask in got.items():
+        pruned_by = sum((~m[name]).to(torch.int32) for m in clients)
+        sure, tied = _fedprllm_layer(pruned_by, 0.5)
+        n_pruned = int(mask.numel() * 0.5)
+        assert int((~mask).sum()) == n_pruned                               # over the whole matrix, not per row
+        assert (~mask)[sure].all() and mask[~sure & ~tied].all()            # the same weights wherever no tie
+        assert int((~mask)[tied].sum()) == n_pruned - int(sure.sum())
+    assert any(not torch.equal(got[n], other[n]) for n in got)              # ties are broken at random
+    rows = federated.row_count_masks(model, clients, 0.5)
+    assert any(not torch.equal(got[n], rows[n]) for n in got)               # and it is not the row-wise variant
 
 
 def test_jaccard():
@@ -243,7 +302,8 @@ def test_stage_06_on_a_tiny_model(byte_tokenizer, tmp_path, tiny_profile):
     model = tiny_model("llama", layers=6)
     corpus = prunepriv.corpus_for(tiny_profile)
     fed, summary = baselines.federated_pruning(model, byte_tokenizer, corpus, tiny_profile)
-    assert set(fed["source"]) == {"centralized", "federated", "client 1", "client 2", "client 3"}
+    assert set(fed["source"]) == {"centralized", "federated", baselines.ROW_VARIANT, "client 1", "client 2", "client 3"}
+    assert set(fed[fed["method"].str.startswith("layer")]["source"]) == set(fed["source"]) - {baselines.ROW_VARIANT}
     assert summary["similarity_max_abs_difference"] < 1e-5
     assert summary["layer_choice"]["federated"] == summary["layer_choice"]["centralized"]
 

@@ -65,6 +65,14 @@ class InputNorms:
         return InputNorms({k: v + other.sumsq[k] for k, v in self.sumsq.items()}, self.tokens + other.tokens)
 
 
+def masked_sumsq(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-feature sum of squares of ``x`` (``(..., features)``; OPT flattens batch and sequence) over the
+    tokens where ``mask`` (``(batch, sequence)``) is 1, in float64 on the CPU."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    keep = mask.reshape(-1).to(device=flat.device, dtype=flat.dtype)
+    return (flat.pow(2) * keep[:, None]).sum(0).double().cpu()
+
+
 @torch.inference_mode()
 def input_norms(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> InputNorms:
     """Wanda's activation statistics of ``model`` on ``batches``."""
@@ -76,8 +84,7 @@ def input_norms(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) ->
 
     def hook_for(name: str):
         def hook(module, args):
-            x = args[0].float() * mask[0][..., None]
-            sumsq[name] += x.pow(2).sum(dim=tuple(range(x.dim() - 1))).double().cpu()
+            sumsq[name] += masked_sumsq(args[0], mask[0])
         return hook
 
     for name, module in linears.items():

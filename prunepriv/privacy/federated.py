@@ -8,10 +8,16 @@ on its shard and shares only those:
   server averages them, weighted by token counts — the token-weighted mean of
   the clients' means is the pooled mean, so federated similarity equals the
   centralized one up to float rounding;
-* a Wanda mask (:mod:`prunepriv.compress.sparsity`); the server aggregates by
-  counting, as FedPrLLM does: each weight scores the number of clients that
-  keep it, ties broken by ``|W|`` (the server holds the weights), and each
-  output row keeps its ``1 - sparsity`` highest counts.
+* a Wanda mask (sequential Wanda, :mod:`prunepriv.compress.wanda`, as the
+  FedPrLLM clients run it); the server aggregates by counting the clients that
+  prune each weight. :func:`layer_count_masks` is FedPrLLM's recommended
+  aggregation (Guo et al. 2025; official code ``Pengxin-Guo/FedPrLLM``
+  ``lib/prune.py:prune_fedprllm_layer`` with ``--comparison_group layer`` and
+  no ``--weight_scaling``): in each weight matrix the ``floor(sparsity · n)``
+  weights pruned by most clients are pruned, ties at the threshold chosen at
+  random, and the kept weights are not rescaled. :func:`row_count_masks` is the
+  variant this package used first (comparison within each output row, ties
+  broken by ``|W|``), kept as an extra row.
 
 Compared with a centralized choice (all shards pooled) and each client's
 local-only choice.
@@ -69,8 +75,22 @@ def average_similarity(local: Sequence[LayerSimilarity]) -> LayerSimilarity:
     return LayerSimilarity(matrix, adjacent, block, int(tokens.sum()), int(seqs.sum()))
 
 
-def count_masks(model, local: Sequence[Masks], sparsity: float) -> Masks:
-    """FedPrLLM's aggregation: per output row keep the weights most clients keep (ties: larger |W|)."""
+def layer_count_masks(model, local: Sequence[Masks], sparsity: float, generator: torch.Generator) -> Masks:
+    """FedPrLLM's recommended aggregation: in each weight matrix prune the ``floor(sparsity · n)`` weights
+    that most clients prune, ties at the threshold at random (``generator``); no weight scaling."""
+    sparsity = check_sparsity(sparsity)
+    if not local:
+        raise DataError("no client masks to aggregate")
+    out = {}
+    for name, module in prunable_linears(model).items():
+        kept = sum(m[name].to(torch.float32) for m in local)        # clients keeping each weight
+        jitter = 0.5 * torch.rand(kept.shape, generator=generator)  # orders equal counts only, uniformly
+        out[name] = keep_top(kept + jitter, kept.numel() - int(math.floor(sparsity * kept.numel())), None)
+    return out
+
+
+def row_count_masks(model, local: Sequence[Masks], sparsity: float) -> Masks:
+    """The row-wise variant: per output row keep the weights most clients keep (ties: larger |W|)."""
     sparsity = check_sparsity(sparsity)
     if not local:
         raise DataError("no client masks to aggregate")

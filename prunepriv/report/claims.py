@@ -220,7 +220,7 @@ def _federated_claims(t) -> list[Claim]:
               bool(layers.loc["federated", "removed"] == layers.loc["centralized", "removed"])),
         Claim("federated.layers.local.agreement", f"mean Jaccard of the {len(clients)} local-only layer choices "
               "with the centralized choice", float(layers.loc[clients, "agreement"].mean()), AGREEMENT),
-        Claim("federated.wanda.agreement", "FedPrLLM count-aggregated Wanda mask: Jaccard of pruned weights with the "
+        Claim("federated.wanda.agreement", "FedPrLLM layer-wise count-aggregated Wanda mask: Jaccard of pruned weights with the "
               "centralized mask (above every local-only mask's)", float(wanda.loc["federated", "agreement"]), MASKS,
               bool(wanda.loc["federated", "agreement"] >= wanda.loc[clients, "agreement"].max())),
         Claim("federated.wanda.local.agreement", "mean Jaccard of local-only Wanda masks with the centralized mask",

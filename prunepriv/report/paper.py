@@ -189,8 +189,8 @@ def _federated_table(frame: pd.DataFrame) -> str:
     rows = [[escape(r.method), escape(r.source), f"{r.agreement:.3f}", _sci(r.perplexity_private),
              _sci(r.perplexity_general)] for r in frame.itertuples()]
     return tabular(["method", "choice", "agreement", "ppl private", "ppl general"], rows, "llrrr",
-                   "Federated pruning (FedPrLLM): layer removal by averaged similarity and Wanda masks by count "
-                   "aggregation, against the centralized and each client's local-only choice. Agreement: Jaccard "
+                   "Federated pruning (FedPrLLM): layer removal by averaged similarity and sequential Wanda "
+                   "masks by FedPrLLM's layer-wise count aggregation (and its row-wise variant), against the centralized and each client's local-only choice. Agreement: Jaccard "
                    "index of the removed layers or pruned weights with the centralized choice.", "tab:gen-federated")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from prunepriv.attacks import probes as attacks
 from prunepriv.attacks.audit import audit
@@ -32,6 +33,7 @@ from prunepriv.compress import sparsity
 from prunepriv.compress.latency import compare_latency
 from prunepriv.compress.pruning import choose_layers, remove_layers
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
+from prunepriv.compress.wanda import sequential_wanda_masks
 from prunepriv.data import general_english
 from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.models import decoder_layers
@@ -85,33 +87,46 @@ class Evaluator:
 # --------------------------------------------------------------------------
 # 1. federated pruning
 
+ROW_VARIANT = "federated (row-wise, |W| ties)"
+
+
+def wanda_sources(model, tokenizer, shards: list[list[str]], b, seed: int) -> dict[str, sparsity.Masks]:
+    """Sequential Wanda masks: centralized (shards pooled), FedPrLLM's layer-wise aggregation of the
+    clients' masks (ties drawn with ``seed``), its row-wise variant, and each client's own."""
+    def wanda(texts: list[str]) -> sparsity.Masks:
+        return sequential_wanda_masks(model, batches(tokenizer, texts, b.max_length, b.batch_size), b.sparsity)
+
+    local = [wanda(shard) for shard in tqdm(shards, desc="client Wanda masks", leave=False)]
+    return {"centralized": wanda([t for shard in shards for t in shard]),
+            "federated": federated.layer_count_masks(model, local, b.sparsity, torch.Generator().manual_seed(seed)),
+            ROW_VARIANT: federated.row_count_masks(model, local, b.sparsity),
+            **{f"client {i + 1}": m for i, m in enumerate(local)}}
+
+
 def federated_pruning(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, dict]:
     """FedPrLLM on ``n_clients`` shards of the training notes: one row per (method, source).
 
     Sources: ``centralized`` (shards pooled), ``federated`` (server
-    aggregation of shared statistics) and ``client i`` (its own shard only).
+    aggregation of shared statistics: FedPrLLM's layer-wise count for Wanda
+    masks, plus its row-wise variant as :data:`ROW_VARIANT`) and ``client i``
+    (its own shard only). Every Wanda mask is sequential Wanda
+    (:mod:`prunepriv.compress.wanda`).
     ``agreement`` is the Jaccard index of the removed layers (layer removal)
     or of the pruned weights (Wanda) with the centralized choice.
     """
     b, k = profile.baselines, profile.pruning.paper_remove
     num_layers = len(decoder_layers(model))
     shards = federated.client_shards(note_records(corpus, "train"), b.n_clients, b.client_samples, profile.seed)
-    sims, norms = [], []
-    for shard in tqdm(shards, desc="client statistics", leave=False):
-        sims.append(layer_similarity(model, list(batches(tokenizer, shard, b.max_length, b.batch_size))))
-        norms.append(sparsity.input_norms(model, batches(tokenizer, shard, b.max_length, b.batch_size)))
+    sims = [layer_similarity(model, list(batches(tokenizer, shard, b.max_length, b.batch_size)))
+            for shard in tqdm(shards, desc="client similarity", leave=False)]
     pooled_texts = [t for shard in shards for t in shard]
     central_sim = layer_similarity(model, list(batches(tokenizer, pooled_texts, b.max_length, b.batch_size)))
     fed_sim = federated.average_similarity(sims)
-    pooled_norms = sum(norms[1:], norms[0])
 
     layer_choice = {"centralized": choose_layers("cosine", k, num_layers, central_sim),
                     "federated": choose_layers("cosine", k, num_layers, fed_sim)}
     layer_choice.update({f"client {i + 1}": choose_layers("cosine", k, num_layers, s) for i, s in enumerate(sims)})
-    local_masks = [sparsity.wanda_masks(model, n, b.sparsity) for n in norms]
-    masks = {"centralized": sparsity.wanda_masks(model, pooled_norms, b.sparsity),
-             "federated": federated.count_masks(model, local_masks, b.sparsity)}
-    masks.update({f"client {i + 1}": m for i, m in enumerate(local_masks)})
+    masks = wanda_sources(model, tokenizer, shards, b, profile.seed)
 
     evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
     rows, scored = [], {}
@@ -287,13 +302,13 @@ def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, pro
     """The dense model, magnitude and Wanda sparsity, and layer removal at a matched parameter count."""
     b = profile.baselines
     texts = calibration_texts(corpus, profile.similarity.n_samples)
-    stats = sparsity.input_norms(model, batches(tokenizer, texts, b.max_length, b.batch_size))
+    wanda = sequential_wanda_masks(model, batches(tokenizer, texts, b.max_length, b.batch_size), b.sparsity)
     k = matched_layer_count(model, b.sparsity)
     layers = choose_layers("cosine", k, len(decoder_layers(model)), similarity)
     models = {
         "dense": model,
         f"magnitude {b.sparsity:.0%}": sparsity.sparsified(model, sparsity.magnitude_masks(model, b.sparsity)),
-        f"Wanda {b.sparsity:.0%}": sparsity.sparsified(model, sparsity.wanda_masks(model, stats, b.sparsity)),
+        f"Wanda {b.sparsity:.0%}": sparsity.sparsified(model, wanda),
         f"layer removal (k={k})": remove_layers(copy.deepcopy(model), layers),
     }
     info = {"matched_layers": k, "removed_layers": layers, "wanda_calibration_records": len(texts)}

@@ -197,12 +197,15 @@ def federated_agreement(table: pd.DataFrame, layer_choice: dict[str, list[int]],
     left.set_xlabel("decoder layer")
     left.set_title("Layers removed (cosine similarity): centralized, federated, local-only")
     methods = list(dict.fromkeys(table["method"]))
-    order = ["centralized", "federated"] + [s for s in dict.fromkeys(table["source"]) if s.startswith("client")]
+    order = [s for s in dict.fromkeys(table["source"]) if not s.startswith("client")] + \
+        [s for s in dict.fromkeys(table["source"]) if s.startswith("client")]
     width = 0.8 / len(methods)
     for j, method in enumerate(methods):
         rows = table[table["method"] == method].set_index("source").reindex(order)
         bars = right.barh(np.arange(len(order)) + j * width, rows["perplexity_private"], height=width, label=method)
         for bar, agree in zip(bars, rows["agreement"]):
+            if not np.isfinite(agree):                      # a source this method has no row for
+                continue
             right.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {agree:.2f}", va="center", fontsize=7)
     right.set_yticks(np.arange(len(order)) + width * (len(methods) - 1) / 2)
     right.set_yticklabels(order)
