@@ -20,11 +20,17 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from prunepriv.config import ACCOUNTANTS, PRECISIONS, Profile, load_profile
+from prunepriv.config import (
+    ACCOUNTANTS,
+    CALIBRATION_SOURCES,
+    PRECISIONS,
+    Profile,
+    load_profile,
+)
 from prunepriv.errors import ConfigError
 
 SCALARS = ("seed", "device", "precision", "model")     # the profile's top-level settings that commands take
-CHOICES = {"precision": PRECISIONS, "accountant": ACCOUNTANTS}   # settings whose values form a closed set
+CHOICES = {"precision": PRECISIONS, "accountant": ACCOUNTANTS, "calibration": CALIBRATION_SOURCES}   # settings whose values form a closed set
 
 
 @lru_cache(maxsize=None)

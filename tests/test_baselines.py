@@ -316,8 +316,15 @@ def test_stage_06_on_a_tiny_model(byte_tokenizer, tmp_path, tiny_profile):
 
     sim = layer_similarity(model, list(batches(byte_tokenizer, corpus.texts("calibration")[:6], 32, 3)))
     table, meta = baselines.compression_baselines(model, byte_tokenizer, corpus, sim, tiny_profile, tmp_path / "comp")
-    assert list(table["model"]) == ["dense", "magnitude 50%", "Wanda 50%", f"layer removal (k={meta['matched_layers']})"]
+    assert list(table["model"]) == ["dense", "magnitude 50%", "Wanda 50%", f"layer removal (k={meta['matched_layers']})",
+                                   "DPIMP 50%"]
     sparse = table[table["model"].str.contains("%")]
     assert (sparse["base_zeros_after_finetuning"] > 0).all()          # LoRA trains beside the zeros, not into them
     assert (table["epsilon_rdp"] == table["epsilon_rdp"].iloc[0]).all()
     assert table["parameter_fraction"].iloc[1:].between(0.4, 0.8).all()
+    one_shot = table[table["model"].isin(["magnitude 50%", "Wanda 50%"])]
+    assert (one_shot["deployed_parameter_fraction"] > one_shot["parameter_fraction"]).all()   # merged LoRA fills zeros
+    dpimp_row = table.set_index("model").loc["DPIMP 50%"]
+    assert dpimp_row["deployed_parameter_fraction"] == dpimp_row["parameter_fraction"]       # deployed as measured
+    assert [r["reached"] for r in meta["dpimp_rounds"]][-1] == 0.5 and meta["dpimp_rounds"][-1]["deployed"]
+    assert table["decode_ratio"].notna().all()

@@ -99,7 +99,10 @@ def test_prune_saves_a_model_that_reloads(capsys, tmp_path, tiny_model_dir):
     assert model.config.num_hidden_layers == 4
     assert len(model.config.prunepriv_kept_layers) == 4
     card = (out / "README.md").read_text()
-    assert "`cosine` on calibration text" in card and "public: prunepriv's seeded synthetic" in card
+    assert "`cosine` on calibration text" in card
+    assert "layer choice (cosine) on 4 records of general English passages (public) — public" in card
+    assert model.config.prunepriv_data_uses == [{"purpose": "layer choice (cosine)", "records": 4, "private": False,
+                                                 "data": "general English passages (public)", "epsilon": None}]
     assert f'from_pretrained("{out.resolve()}")' in card
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 260)
@@ -150,7 +153,9 @@ def test_finetune_cli_writes_adapter_and_privacy_record(capsys, tmp_path, tiny_m
     card = (out / "adapter" / "README.md").read_text()
     assert "library_name: peft" in card and f"base_model: {tiny_model_dir.resolve()}" in card
     assert f"(ε = {record['epsilon_rdp']:.3f}, δ = {record['delta']:.2e})" in card and "Unit of privacy" in card
-    assert "Any earlier use of the same private text" in card
+    assert "Earlier use of data:** none recorded on the base model" in card
+    assert record["data_uses"] == [{"purpose": "LoRA fine-tuning (DP-SGD)", "data": "training records (private)",
+                                    "records": 40, "private": True, "epsilon": record["epsilon_rdp"]}]
 
 
 def test_adapter_loads_from_another_folder_with_auto_peft(tmp_path, tiny_model_dir, monkeypatch):
@@ -306,9 +311,41 @@ def test_canaries_make_exposure_and_the_one_run_audit_work_on_user_data(capsys, 
 
 def test_model_cards_name_the_embedded_model_by_its_hub_id(tmp_path):
     from prunepriv.cards import base_reference, write_pruned_card
+    from prunepriv.privacy.uses import DataUse
 
     assert base_reference("embedded") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert base_reference(str(tmp_path)) == str(tmp_path.resolve())
-    card = write_pruned_card(tmp_path, "embedded", [20, 21], 30, "cosine", "notes.csv").read_text()
+    use = DataUse("layer choice (cosine)", "the calibration split of notes.csv (private)", 40, private=True)
+    card = write_pruned_card(tmp_path, "embedded", [20, 21], 30, "cosine", use).read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Q4_1 GGUF" in card
-    assert "private: the user's file notes.csv" in card and "not covered by any differential-privacy" in card
+    assert ("layer choice (cosine) on 40 records of the calibration split of notes.csv (private) — private, "
+            "not differentially private: no ε covers it") in card
+
+
+def test_every_use_of_private_data_reaches_the_privacy_record(capsys, tmp_path, tiny_model_dir):
+    """Layers chosen on the user's text are a private use that DP-SGD's ε does not cover: the pruned
+    model carries it, and the adapter's privacy record and card name it; public calibration does not."""
+    import json
+
+    data = tmp_path / "notes.txt"
+    data.write_text("\n\n".join(f"note {i}: the patient is well, MRN-{1000 + i}" for i in range(60)))
+    records = {}
+    for calibration in ("private", "public"):
+        pruned, run = tmp_path / f"pruned-{calibration}", tmp_path / f"run-{calibration}"
+        extra = ["--data", str(data)] if calibration == "private" else []
+        assert main(["prune", "--model", str(tiny_model_dir), "--output", str(pruned), "--remove", "2",
+                     "--n-samples", "6", "--max-length", "24", *extra]) == 0
+        assert main(["finetune", "--model", str(pruned), "--data", str(data), "--output", str(run), "--epsilon", "4",
+                     "--batch-size", "12", "--physical-batch-size", "6", "--max-length", "24", "--epochs", "0.5",
+                     "--target-modules", "q_proj,v_proj"]) == 0
+        records[calibration] = (json.loads((run / "privacy.json").read_text()),
+                                (run / "adapter" / "README.md").read_text())
+    private, card = records["private"]
+    assert [u["purpose"] for u in private["data_uses"]] == ["layer choice (cosine)", "LoRA fine-tuning (DP-SGD)"]
+    first = private["data_uses"][0]
+    assert first["private"] and first["epsilon"] is None and "notes.txt" in first["data"] and first["records"] == 6
+    assert "Not covered: 1 earlier private use(s)" in card and "no ε covers it" in card
+    public, card = records["public"]
+    assert public["data_uses"][0] == {"purpose": "layer choice (cosine)", "data": "general English passages (public)",
+                                      "records": 6, "private": False, "epsilon": None}
+    assert "Every recorded earlier use of data is public or differentially private" in card

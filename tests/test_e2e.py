@@ -137,8 +137,11 @@ def _check_baselines(root, profile) -> None:
     layers = fed[fed["method"].str.startswith("layer removal")].set_index("source")
     assert layers.loc["federated", "removed"] == layers.loc["centralized", "removed"]
     comp = pd.read_csv(root / "results/smoke/compression_baselines.csv")
-    assert len(comp) == 4 and (comp["target_epsilon"] == profile.baselines.epsilon).all()
+    assert len(comp) == 5 and (comp["target_epsilon"] == profile.baselines.epsilon).all()
     assert (comp["epsilon_rdp"] <= profile.baselines.epsilon * 1.02).all()
+    dpimp = comp.set_index("model").loc["DPIMP 50%"]
+    assert dpimp["deployed_parameter_fraction"] < 0.75                   # half of the decoder linears are zero
+    assert comp["uncovered_uses"].fillna("").str.contains("Wanda masks").any()   # smoke calibrates on private text
 
 
 def _check_finetuning(root, profile) -> None:
@@ -158,6 +161,9 @@ def _check_finetuning(root, profile) -> None:
                 epsilon_for(row.noise_multiplier, row.sample_rate, row.steps, row.delta), rel=1e-9)
             assert row.epsilon_prv <= row.epsilon_rdp
         assert (root / row.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+        uses = json.loads((root / row.run_dir / "privacy.json").read_text())["data_uses"]
+        # the pruned model's layers were chosen on the private calibration split (profile: calibration private)
+        assert [u["purpose"] for u in uses[:-1]] == (["layer choice (cosine)"] if row.model == "pruned" else [])
     pruned = runs[runs["model"] == "pruned"]
     assert (pruned["layers"] == 30 - profile.pruning.paper_remove).all()
 
@@ -185,7 +191,7 @@ def test_bf16_matches_fp32_on_the_embedded_model(embedded):
     profile = load_profile("smoke")
     corpus = corpus_for(profile)
     heldout = corpus.texts("heldout")[:16]
-    calibration = calibration_texts(corpus, profile.similarity.n_samples)
+    calibration = calibration_texts(profile, corpus, profile.similarity.n_samples)
     fp32, tokenizer = embedded
     found = {}
     for name, model in (("fp32", fp32), ("bf16", cast_weights(copy.deepcopy(fp32), torch.bfloat16))):

@@ -1,6 +1,11 @@
 """``prunepriv bench``: latency of a pruned model, the cost of DP-SGD over a plain LoRA step, throughput."""
 from __future__ import annotations
 
+import os
+from importlib.metadata import version
+
+import torch
+
 from prunepriv.commands.prune import choose
 from prunepriv.compress.latency import latency_ratio
 from prunepriv.compress.pruning import check_count
@@ -12,6 +17,26 @@ from prunepriv.lm.precision import bf16_native
 from prunepriv.privacy.overhead import dp_overhead
 from prunepriv.privacy.throughput import WORK, throughput
 
+BUSY_LOAD = 0.5          # a 1-minute load average above this many runnable tasks per CPU: timings are unreliable
+PACKAGES = ("prunepriv", "torch", "transformers", "peft", "opacus")
+
+
+def machine_state() -> dict:
+    """What a timing depends on besides the code: threads, CPUs, the load average before the run
+    (``busy`` when its 1-minute value exceeds :data:`BUSY_LOAD` per CPU) and package versions."""
+    load = os.getloadavg()
+    cpus = os.cpu_count() or 1
+    return {"threads": torch.get_num_threads(), "cpus": cpus, "load_average": [round(x, 2) for x in load],
+            "busy": load[0] > BUSY_LOAD * cpus, "versions": {p: version(p) for p in PACKAGES}}
+
+
+def busy_warning(state: dict) -> str | None:
+    """A one-line warning when the machine was busy before the run, else ``None``."""
+    if not state["busy"]:
+        return None
+    return (f"the machine was busy before this benchmark (1-minute load average {state['load_average'][0]} on "
+            f"{state['cpus']} CPUs): its timings are unreliable; rerun when it is idle")
+
 
 def latency(profile: Profile, remove: int, strategy: str = "cosine") -> dict:
     """Prefill and decode time of the model with ``remove`` layers removed by ``strategy``, relative
@@ -22,7 +47,7 @@ def latency(profile: Profile, remove: int, strategy: str = "cosine") -> dict:
     num_layers = model_num_layers(profile.model)
     check_count(remove, num_layers)
     model, tokenizer = load_model(profile.model, device=profile.device, precision=profile.precision)
-    layers = choose(model, tokenizer, profile, strategy, remove, num_layers)
+    layers, _ = choose(model, tokenizer, profile, strategy, remove, num_layers)
     c = profile.latency
     result = latency_ratio(model, layers, prompt_length=c.prompt_length, new_tokens=c.new_tokens,
                            repeats=c.repeats, warmup=c.warmup, seed=profile.seed)

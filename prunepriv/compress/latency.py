@@ -67,9 +67,9 @@ def time_once(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[
     return prefill, time.perf_counter() - start
 
 
-def compare_latency(models: dict[str, nn.Module], prompt_length: int = 128, new_tokens: int = 32,
-                    repeats: int = 5, warmup: int = 2, seed: int = 0) -> dict[str, Latency]:
-    """Interleaved timing of several models on the same random prompt."""
+def time_models(models: dict[str, nn.Module], prompt_length: int = 128, new_tokens: int = 32,
+                repeats: int = 5, warmup: int = 2, seed: int = 0) -> dict[str, list[tuple[float, float]]]:
+    """``(prefill, decode)`` seconds of every repeat of each model, timed interleaved on the same random prompt."""
     first = next(iter(models.values()))
     device = next(first.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -81,11 +81,26 @@ def compare_latency(models: dict[str, nn.Module], prompt_length: int = 128, new_
     for _ in range(repeats):
         for name, model in models.items():
             times[name].append(time_once(model, prompt, new_tokens))
+    return times
+
+
+def compare_latency(models: dict[str, nn.Module], prompt_length: int = 128, new_tokens: int = 32,
+                    repeats: int = 5, warmup: int = 2, seed: int = 0) -> dict[str, Latency]:
+    """Interleaved timing of several models on the same random prompt: the median of each."""
+    times = time_models(models, prompt_length, new_tokens, repeats, warmup, seed)
     return {
         name: Latency(statistics.median(t[0] for t in runs), statistics.median(t[1] for t in runs),
                       prompt_length, new_tokens)
         for name, runs in times.items()
     }
+
+
+def paired_ratio_range(pruned: list[tuple[float, float]], unpruned: list[tuple[float, float]],
+                       part: int) -> list[float]:
+    """``[min, max]`` over the repeats of pruned / unpruned time of ``part`` (0 prefill, 1 decode), each
+    repeat's pair timed back to back: the spread of the ratio the median reports."""
+    ratios = [p[part] / u[part] for p, u in zip(pruned, unpruned)]
+    return [min(ratios), max(ratios)]
 
 
 def latency_ratio(model: nn.Module, layers: list[int], **kwargs) -> dict:
@@ -96,14 +111,19 @@ def latency_ratio(model: nn.Module, layers: list[int], **kwargs) -> dict:
     """
     num_layers = len(decoder_layers(model))
     pruned = remove_layers(copy.deepcopy(model), layers)
-    result = compare_latency({"unpruned": model, "pruned": pruned}, **kwargs)
-    base, small = result["unpruned"], result["pruned"]
+    times = time_models({"unpruned": model, "pruned": pruned}, **kwargs)
+    prompt_length, new_tokens = kwargs.get("prompt_length", 128), kwargs.get("new_tokens", 32)
+    base, small = (Latency(statistics.median(t[0] for t in times[name]), statistics.median(t[1] for t in times[name]),
+                           prompt_length, new_tokens) for name in ("unpruned", "pruned"))
     return {
         "layers": num_layers,
         "removed": len(layers),
         "removed_layers": list(layers),
         "prefill_ratio": small.prefill_s / base.prefill_s,
         "decode_ratio": small.decode_s / base.decode_s,
+        "prefill_ratio_range": paired_ratio_range(times["pruned"], times["unpruned"], 0),
+        "decode_ratio_range": paired_ratio_range(times["pruned"], times["unpruned"], 1),
+        "repeats": len(times["pruned"]),
         "ideal_ratio": (num_layers - len(layers)) / num_layers,
         "unpruned": {**asdict(base), "prefill_tokens_per_s": base.prefill_tokens_per_s,
                      "decode_tokens_per_s": base.decode_tokens_per_s},

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prunepriv.privacy.specs import PrivacyRecord, epsilon_label
+from prunepriv.privacy.uses import uncovered
 
 
 @dataclass
@@ -62,6 +63,7 @@ class FinetuneRun:
     final_loss: float = math.nan
     train_seconds: float = math.nan
     run_dir: str
+    uncovered_uses: str = ""            # earlier private uses of data no ε covers (prunepriv.privacy.uses), "; "-joined
 
     @property
     def label(self) -> str:
@@ -97,7 +99,8 @@ class FinetuneRun:
                    perplexity_general_before=before["perplexity_general"],
                    perplexity_private=after["perplexity_private"], perplexity_general=after["perplexity_general"],
                    final_loss=result.log[-1]["loss"] if result.log else float("nan"),
-                   train_seconds=result.seconds, run_dir=run_dir)
+                   train_seconds=result.seconds, run_dir=run_dir,
+                   uncovered_uses="; ".join(u.text() for u in uncovered(r.data_uses[:-1])))
 
     @classmethod
     def from_privacy(cls, *, model: str, run_dir: str, record: dict[str, Any], target_epsilon: float,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from prunepriv.config import Profile
 from prunepriv.errors import DistributedConfigError, PrivacyConfigError
+from prunepriv.privacy.uses import DataUse
 
 
 @dataclass
@@ -70,6 +71,7 @@ class PrivacyRecord:
     max_grad_norm: float | None
     n_train: int
     noise: str                          # where the noise and batches came from (prunepriv.privacy.noise)
+    data_uses: list                     # every use of data behind the model, this run last (prunepriv.privacy.uses)
     unit: str = "one training record"
     note: str = ("a canary inserted k times is k records: it is covered only by group "
                  "privacy (roughly k·ε), not by ε")
@@ -159,14 +161,19 @@ def run_noise_multiplier(privacy: PrivacySpec, sample_rate: float, steps: int, d
 
 
 def privacy_record(privacy: PrivacySpec, sigma: float, q: float, steps: int, delta: float, n: int,
-                   prv: bool, noise: str) -> PrivacyRecord:
+                   prv: bool, noise: str, earlier: list[DataUse]) -> PrivacyRecord:
     """The accountant's record of ``steps`` steps (PRV only when ``prv``: a finished run); ``noise`` says
-    where its randomness came from (:func:`prunepriv.privacy.noise.noise_note`)."""
+    where its randomness came from (:func:`prunepriv.privacy.noise.noise_note`), ``earlier`` the uses of
+    data recorded on the base model (:mod:`prunepriv.privacy.uses`), to which this run's own is added."""
     if not privacy.private:
-        return PrivacyRecord(False, 0.0, q, steps, delta, math.inf, math.inf, None, n, "none (non-private)")
-    return PrivacyRecord(True, sigma, q, steps, delta, epsilon_for(sigma, q, steps, delta, "rdp"),
+        own = DataUse("LoRA fine-tuning (non-private)", "training records (private)", n, private=True)
+        return PrivacyRecord(False, 0.0, q, steps, delta, math.inf, math.inf, None, n, "none (non-private)",
+                             [asdict(u) for u in [*earlier, own]])
+    eps = epsilon_for(sigma, q, steps, delta, "rdp")
+    own = DataUse("LoRA fine-tuning (DP-SGD)", "training records (private)", n, private=True, epsilon=eps)
+    return PrivacyRecord(True, sigma, q, steps, delta, eps,
                          epsilon_for(sigma, q, steps, delta, "prv") if prv else None, privacy.max_grad_norm, n,
-                         noise)
+                         noise, [asdict(u) for u in [*earlier, own]])
 
 
 def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: int, extra: str = "") -> str:

@@ -36,11 +36,12 @@ Module map: settings and accounting in :mod:`prunepriv.privacy.specs`, LoRA in
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -92,6 +93,7 @@ from prunepriv.privacy.specs import (
     run_digest,
     run_noise_multiplier,
 )
+from prunepriv.privacy.uses import data_uses
 from prunepriv.progress import tqdm
 from prunepriv.results import atomic_write_json, atomic_write_text
 
@@ -141,6 +143,7 @@ class Trainer:
     log: list[dict[str, Any]] = field(default_factory=list)
     initial: dict[str, torch.Tensor] | None = None   # LoRA weights before the first step (the guard)
     bar: Any = None
+    after_step: Callable[[Trainer], None] | None = None   # runs after each logical step (no checkpoints then)
 
     @property
     def base_optimizer(self) -> torch.optim.Optimizer:
@@ -150,7 +153,8 @@ class Trainer:
     def record(self, prv: bool) -> PrivacyRecord:
         p = self.plan
         return privacy_record(self.privacy, p.sigma, p.sample_rate, self.step, p.delta, p.n, prv=prv,
-                              noise=noise_note(self.train.noise, self.train.seed))
+                              noise=noise_note(self.train.noise, self.train.seed),
+                              earlier=data_uses(self.peft_model.get_base_model()))
 
 
 class TrainingData(NamedTuple):
@@ -170,6 +174,7 @@ def finetune(
     train: TrainSpec = DEFAULT_TRAIN,
     progress: bool = True,
     stop_after: int | None = None,
+    after_step: Callable[[Trainer], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` (already on its device) with LoRA, privately or not.
 
@@ -177,6 +182,10 @@ def finetune(
     ``privacy.json`` and, while running, ``checkpoint.pt``. A run whose
     ``checkpoint.pt`` exists resumes from it. ``stop_after`` ends the call
     after that many logical steps in total (used to test resumption).
+    ``after_step(trainer)`` runs after every logical step and may change the
+    frozen weights (DPIMP, :mod:`prunepriv.compress.dpimp`); such a run is
+    neither resumed nor reloaded (its adapter alone does not hold the model)
+    and always trains from the start.
 
     Inside an initialised ``torch.distributed`` group of world size W > 1
     (``torchrun``), call it on every rank with the model on that rank's
@@ -187,7 +196,8 @@ def finetune(
     under W > 1 is refused with :class:`DistributedConfigError`.
     """
     plan = plan_run(model, texts, output_dir, lora, privacy, train)
-    done = read_on_rank0(lambda: finished_run(plan.output_dir, plan.digest), plan.rank, plan.world, plan.device)
+    done = None if after_step else read_on_rank0(lambda: finished_run(plan.output_dir, plan.digest), plan.rank,
+                                                 plan.world, plan.device)
     seed_everything(train.seed)
     peft_model = add_lora(model, lora)                       # model is already on its device
     peft_model.train()
@@ -196,7 +206,9 @@ def finetune(
         done.model = peft_model
         return done
     t = prepare_trainer(peft_model, privacy, train, plan)
-    resume(t)
+    t.after_step = after_step
+    if after_step is None:
+        resume(t)
     resumed_from = t.step
     data = prepare_data(tokenizer, texts, t)
     t.initial = {k: v.detach().clone() for k, v in t.params.items()} if t.step == 0 else None
@@ -231,6 +243,8 @@ def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: L
         extra += f"|world_size={world}"
     if precision_of(model) != "fp32":                        # fp32 digests stay as they were
         extra += f"|precision={precision_of(model)}"
+    if data_uses(model):                                     # a record is never reloaded with other uses
+        extra += "|uses=" + json.dumps([asdict(u) for u in data_uses(model)], sort_keys=True)
     digest = run_digest(lora, privacy, train, n, extra=extra)
     device = next(model.parameters()).device
     if world > 1:
@@ -393,6 +407,9 @@ def finish_step(t: Trainer, losses: list[torch.Tensor], batch_size: int) -> None
     t.log.append({"step": t.step, "loss": loss, "batch_size": batch_size, "epsilon": eps})
     t.bar.update(1)
     t.bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}")
+    if t.after_step is not None:
+        t.after_step(t)
+        return
     if plan.rank == 0 and (t.step % t.train.checkpoint_every == 0 or t.step == plan.total_steps):
         save_checkpoint(plan.checkpoint, {
             "digest": plan.digest, "step": t.step, "log": t.log,

@@ -29,7 +29,7 @@ import torch
 
 from prunepriv.attacks import probes as attacks
 from prunepriv.attacks.audit import audit
-from prunepriv.compress import sparsity
+from prunepriv.compress import dpimp, sparsity
 from prunepriv.compress.latency import compare_latency
 from prunepriv.compress.pruning import choose_layers, remove_layers
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
@@ -43,9 +43,14 @@ from prunepriv.privacy.noise import noise_note, numpy_generator
 from prunepriv.privacy.record import FinetuneRun, run_name
 from prunepriv.privacy.specs import check_privacy, finetune_specs
 from prunepriv.privacy.train import finetune
+from prunepriv.privacy.uses import DataUse, record_use
 from prunepriv.progress import tqdm
-from prunepriv.results import relative_to_cwd
-from prunepriv.stages.experiments import calibration_texts
+from prunepriv.results import atomic_write_json, relative_to_cwd
+from prunepriv.stages.experiments import (
+    calibration_texts,
+    calibration_use,
+    layer_choice_use,
+)
 from prunepriv.stages.memorization import (
     accountant_at,
     audit_scores,
@@ -56,7 +61,7 @@ from prunepriv.stages.memorization import (
 # the columns of a fine-tuning run (a FinetuneRun) in the rows of tab:compression-baselines
 RUN_COLUMNS = ("epsilon_rdp", "epsilon_prv", "delta", "noise_multiplier", "sample_rate", "steps",
                "perplexity_private_before", "perplexity_general_before", "perplexity_private", "perplexity_general",
-               "train_seconds", "run_dir")
+               "train_seconds", "run_dir", "uncovered_uses")
 # ... and in those of tab:private-selection
 SELECTION_RUN_COLUMNS = ("delta", "noise_multiplier", "sample_rate", "steps", "perplexity_private_before",
                          "perplexity_private", "perplexity_general", "run_dir")
@@ -271,8 +276,12 @@ def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame,
         key = tuple(layers)
         if key not in done:
             name = f"removed-{'-'.join(map(str, layers))}"
-            run, tuned = _finetune_run(remove_layers(copy.deepcopy(model), layers), tokenizer, corpus, profile,
-                                       Path(runs_dir) / run_name(name, b.epsilon), evaluator, name)
+            pruned = remove_layers(copy.deepcopy(model), layers)
+            record_use(pruned, DataUse("layer choice (private selection)", "training records (private)",
+                                       len(selection_records(corpus, b, profile.seed)), private=True,
+                                       epsilon=eps if math.isfinite(eps) else None))
+            run, tuned = _finetune_run(pruned, tokenizer, corpus, profile, Path(runs_dir) / run_name(name, b.epsilon),
+                                       evaluator, name)
             done[key] = run
             del tuned
         run = done[key]
@@ -301,7 +310,7 @@ def matched_layer_count(model, sparsity_level: float) -> int:
 def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, profile) -> tuple[dict, dict]:
     """The dense model, magnitude and Wanda sparsity, and layer removal at a matched parameter count."""
     b = profile.baselines
-    texts = calibration_texts(corpus, profile.similarity.n_samples)
+    texts = calibration_texts(profile, corpus, profile.similarity.n_samples)
     wanda = sequential_wanda_masks(model, batches(tokenizer, texts, b.max_length, b.batch_size), b.sparsity)
     k = matched_layer_count(model, b.sparsity)
     layers = choose_layers("cosine", k, len(decoder_layers(model)), similarity)
@@ -311,6 +320,8 @@ def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, pro
         f"Wanda {b.sparsity:.0%}": sparsity.sparsified(model, wanda),
         f"layer removal (k={k})": remove_layers(copy.deepcopy(model), layers),
     }
+    record_use(models[f"Wanda {b.sparsity:.0%}"], calibration_use(profile, "Wanda masks (sequential)", len(texts)))
+    record_use(models[f"layer removal (k={k})"], layer_choice_use(profile, "cosine", similarity.n_sequences))
     info = {"matched_layers": k, "removed_layers": layers, "wanda_calibration_records": len(texts)}
     return models, info
 
@@ -352,35 +363,83 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: F
 
 def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity, profile, runs_dir,
                           dense_run_dir: Path | None = None) -> tuple[pd.DataFrame, dict]:
-    """``tab:compression-baselines``: every compressed model, DP-LoRA at the same ε, measured alike.
+    """``tab:compression-baselines``: every compressed model, DP-LoRA at the same ε, measured alike, and
+    DPIMP (:mod:`prunepriv.compress.dpimp`), which prunes during that DP fine-tuning.
 
     ``dense_run_dir``: where the dense model's run at this ε already lives
-    (stage 03), so that it is reloaded rather than trained again.
+    (stage 03), so that it is reloaded rather than trained again. Latency is
+    measured after training, interleaved over the models as deployed (the
+    one-shot rows' sparse weights, DPIMP's final model).
     """
-
     b, lat = profile.baselines, profile.latency
     models, info = compressed_models(model, tokenizer, corpus, similarity, profile)
-    timing = compare_latency(models, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
-                             repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed)
-    dense_params = sparsity.nonzero_parameters(model)
     evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
-    rows = []
+    rows, timed = [], {}
     for name, base in tqdm(models.items(), desc="compression baselines", leave=False):
         slug = name.split(" ")[0].lower() if name != "dense" else "dense"
         out = dense_run_dir if name == "dense" and dense_run_dir else Path(runs_dir) / run_name(slug, b.epsilon)
-        nonzero = sparsity.nonzero_parameters(base)
         run, tuned = _finetune_run(copy.deepcopy(base), tokenizer, corpus, profile, Path(out), evaluator, name)
         probe = memorization_probe(tuned, base, tokenizer, corpus, profile.memorization, profile.seed, run)
-        base_zeros = sum(int((m.weight == 0).sum()) for m in sparsity.prunable_linears(tuned.get_base_model()).values())
-        rows.append({"model": name, "nonzero_parameters": nonzero, "parameter_fraction": nonzero / dense_params,
-                     "base_zeros_after_finetuning": base_zeros,
-                     "prefill_ratio": timing[name].prefill_s / timing["dense"].prefill_s,
-                     "decode_ratio": timing[name].decode_s / timing["dense"].decode_s,
-                     "prefill_s": timing[name].prefill_s, "decode_s": timing[name].decode_s,
-                     "target_epsilon": b.epsilon, **run.to_row(RUN_COLUMNS), **probe})
+        rows.append(_compression_row(name, base, tuned.get_base_model(), sparsity.nonzero_parameters(
+            copy.deepcopy(tuned).merge_and_unload()), run, probe, model, b.epsilon))
+        timed[name] = base
         del tuned
+    name = f"DPIMP {b.sparsity:.0%}"
+    run, deployed, info["dpimp_rounds"] = _dpimp_run(model, tokenizer, corpus, profile,
+                                                     Path(runs_dir) / run_name("dpimp", b.epsilon), evaluator, name)
+    probe = memorization_probe(deployed, model, tokenizer, corpus, profile.memorization, profile.seed, run)
+    rows.append(_compression_row(name, deployed, deployed, sparsity.nonzero_parameters(deployed), run, probe, model,
+                                 b.epsilon))
+    timed[name] = deployed
+    timing = compare_latency(timed, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
+                             repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed)
+    for row in rows:
+        row.update({"prefill_ratio": timing[row["model"]].prefill_s / timing["dense"].prefill_s,
+                    "decode_ratio": timing[row["model"]].decode_s / timing["dense"].decode_s,
+                    "prefill_s": timing[row["model"]].prefill_s, "decode_s": timing[row["model"]].decode_s})
     info["latency_device"] = str(next(model.parameters()).device)
     return pd.DataFrame(rows), info
+
+
+def _compression_row(name: str, base, tuned_base, deployed_nonzero: int, run: FinetuneRun, probe: dict, dense,
+                     epsilon: float) -> dict:
+    """One row of ``tab:compression-baselines`` (latency columns are added once every model is timed).
+
+    ``parameter_fraction``: non-zeros of the compressed weights before fine-tuning, relative to dense;
+    ``deployed_parameter_fraction``: after the LoRA update is merged into them (it fills zeros in the
+    adapted matrices), the model that would actually ship.
+    """
+    dense_params = sparsity.nonzero_parameters(dense)
+    nonzero = sparsity.nonzero_parameters(base)
+    base_zeros = sum(int((m.weight == 0).sum()) for m in sparsity.prunable_linears(tuned_base).values())
+    return {"model": name, "nonzero_parameters": nonzero, "parameter_fraction": nonzero / dense_params,
+            "deployed_parameter_fraction": deployed_nonzero / dense_params,
+            "base_zeros_after_finetuning": base_zeros, "prefill_ratio": math.nan, "decode_ratio": math.nan,
+            "prefill_s": math.nan, "decode_s": math.nan, "target_epsilon": epsilon,
+            **run.to_row(RUN_COLUMNS), **probe}
+
+
+def _dpimp_run(model, tokenizer, corpus, profile, out: Path, evaluator: Evaluator,
+               name: str) -> tuple[FinetuneRun, object, list[dict]]:
+    """DPIMP at ``baselines.epsilon`` from the dense ``model`` (copied): the run, the deployed sparse model
+    and the rounds (written to ``out/dpimp.json``, beside the adapter, which alone is not the model)."""
+    b = profile.baselines
+    lora, privacy, train = finetune_specs(profile)
+    spec = replace(next(iter(privacy.values())), epsilon=b.epsilon)
+    hook = dpimp.DPIMP(b.dpimp_rounds, b.sparsity)
+    before = evaluator.both(model)
+    result = finetune(copy.deepcopy(model), tokenizer, corpus.texts("train"), out, lora, spec, train, progress=True,
+                      after_step=hook)
+    deployed, reached = dpimp.deploy(result.model, b.sparsity)
+    deployed.eval()
+    rounds = [*hook.history, {"step": result.privacy.steps, "sparsity": b.sparsity, "reached": reached,
+                              "deployed": True}]
+    atomic_write_json(out / "dpimp.json", {"rounds": rounds, "note": "adapter/ holds the last round's LoRA weights "
+                                           "only: the frozen weights were pruned during training"})
+    run = FinetuneRun.from_result(result, model=name, layers=len(decoder_layers(deployed)),
+                                  target_epsilon=b.epsilon, before=before, after=evaluator.both(deployed),
+                                  run_dir=relative_to_cwd(out))
+    return run, deployed, rounds
 
 
 def dense_run_dir(runs: pd.DataFrame | None, epsilon: float) -> Path | None:

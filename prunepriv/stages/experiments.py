@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from prunepriv.compress.pruning import (
     remove_layers,
 )
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
-from prunepriv.data import general_english
+from prunepriv.data import general_english, public_calibration
 from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.lora import merge_and_save
 from prunepriv.lm.models import decoder_layers
@@ -24,16 +25,47 @@ from prunepriv.lm.text import batches
 from prunepriv.privacy.record import FinetuneRun, run_name, runs_of
 from prunepriv.privacy.specs import epsilon_label, finetune_specs
 from prunepriv.privacy.train import finetune
+from prunepriv.privacy.uses import DataUse, record_use
 from prunepriv.progress import tqdm
 from prunepriv.results import relative_to_cwd
 
+DATA_STRATEGIES = ("cosine", "block", "greedy-loss")      # strategies that read calibration text
 
-def calibration_texts(corpus, n: int) -> list[str]:
-    """Up to ``n`` calibration records (canaries never enter calibration)."""
+
+def calibration_texts(profile, corpus, n: int) -> list[str]:
+    """Up to ``n`` texts that choose layers, SLEB's order and Wanda's masks (``data.calibration``):
+    general English passages disjoint from every general-English evaluation passage (``public``),
+    or the records of the private calibration split, canaries never among them (``private``)."""
+    if profile.data.calibration == "public":
+        return public_calibration(n, profile.seed)
     texts = corpus.texts("calibration", include_canaries=False)
     if len(texts) < n:
         warnings.warn(f"only {len(texts)} calibration records available (asked for {n})")
     return texts[:n]
+
+
+def calibration_use(profile, purpose: str, records: int) -> DataUse:
+    """The :class:`~prunepriv.privacy.uses.DataUse` of ``records`` calibration texts for ``purpose``."""
+    if profile.data.calibration == "public":
+        return DataUse(purpose, "general English passages (public)", records, private=False)
+    where = "synthetic clinical notes" if profile.data.source == "synthetic" else Path(profile.data.source).name
+    return DataUse(purpose, f"the calibration split of {where} (private)", records, private=True)
+
+
+def layer_choice_use(profile, strategy: str, records: int) -> DataUse | None:
+    """The data use of choosing layers with ``strategy`` (``None``: the strategy reads no text)."""
+    if strategy not in DATA_STRATEGIES:
+        return None
+    return calibration_use(profile, f"layer choice ({strategy})", records)
+
+
+def paper_choice_use(profile, similarity: LayerSimilarity, greedy_records: int) -> dict | None:
+    """What chose the paper's pruned layers (saved with them by notebook 02): the calibration texts of
+    the layer similarity (``cosine``, ``block``) or of SLEB's search (``greedy-loss``)."""
+    strategy = profile.pruning.paper_strategy
+    records = greedy_records if strategy == "greedy-loss" else similarity.n_sequences
+    use = layer_choice_use(profile, strategy, records)
+    return None if use is None else asdict(use)
 
 
 def measure_similarity(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> LayerSimilarity:
@@ -133,13 +165,16 @@ def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int,
     return pd.DataFrame(rows)
 
 
-def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir) -> pd.DataFrame:
+def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir,
+                   choice_use: dict | None = None) -> pd.DataFrame:
     """Fine-tune every (model, ε) of the profile; one row per run (notebook 03).
 
     Each run starts from a fresh copy of ``base`` (pruned by ``pruned_layers``
     for the pruned model), trains on the training split (canaries included),
     and is evaluated on held-out records and general English text. Runs that
     finished earlier with the same settings are reloaded, not retrained.
+    ``choice_use`` (the data that chose ``pruned_layers``) is recorded on the
+    pruned model, so that its runs' privacy records list it.
     """
     f = profile.finetune
     lora, privacy, train = finetune_specs(profile)
@@ -158,6 +193,8 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
         model = copy.deepcopy(base)
         if model_name == "pruned":
             remove_layers(model, pruned_layers)
+            if choice_use is not None:
+                record_use(model, DataUse(**choice_use))
         if model_name not in before:                      # the same untuned model for every ε
             before[model_name] = scores(model)
         out = Path(runs_dir) / run_name(model_name, eps)

@@ -93,6 +93,9 @@ def finetuning(runs: pd.DataFrame) -> Findings:
         worst = (private["epsilon_rdp"] / private["target_epsilon"]).max()
         lines.append(f"Every private run's accountant ε (RDP) is at most {worst:.3f}× its target; δ = "
                      f"{private['delta'].iloc[0]:.1e}, {int(private['steps'].max())} steps at most.")
+    uncovered = runs["uncovered_uses"].fillna("") if "uncovered_uses" in runs else pd.Series([], dtype=str)
+    for model, uses in runs[uncovered != ""].groupby("model", sort=False)["uncovered_uses"]:
+        lines.append(f"The **{model}** model's ε covers its training records only; not covered: {uses.iloc[0]}.")
     lines.append("Single runs (one seed): differences between ε values are not tested here.")
     return _bullets(lines)
 
@@ -136,8 +139,10 @@ def baselines(fed_summary: dict, chosen: pd.DataFrame, compression: pd.DataFrame
         lines.append(f"Private selection at ε = {r.selection_epsilon:g} removes {r.removed}; fine-tuned, "
                      f"private perplexity {r.perplexity_private:.2f}, end-to-end ε = {r.end_to_end_epsilon_rdp:.3f} (RDP).")
     for r in compression.itertuples():
-        lines.append(f"`{r.model}`: {r.parameter_fraction:.0%} of the parameters non-zero, private perplexity "
-                     f"{r.perplexity_private:.2f} at ε = {r.epsilon_rdp:.2f}.")
+        deployed = getattr(r, "deployed_parameter_fraction", r.parameter_fraction)
+        lines.append(f"`{r.model}`: {r.parameter_fraction:.0%} of the parameters non-zero before fine-tuning, "
+                     f"{deployed:.0%} as deployed (LoRA merged); private perplexity {r.perplexity_private:.2f} at "
+                     f"ε = {r.epsilon_rdp:.2f}, decode time {r.decode_ratio:.2f}× dense.")
     return _bullets(lines)
 
 
