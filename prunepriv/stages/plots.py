@@ -9,30 +9,37 @@ import seaborn as sns
 
 from prunepriv.compress.similarity import LayerSimilarity
 
-sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+# Figures are drawn at the size they are printed (paper/main.tex includes them unscaled): text
+# width 6.3 in (A4, 2.5 cm margins), text at 7-8 pt, fonts embedded as TrueType (Type 42, never
+# Type 3 bitmaps).
+TEXT_WIDTH = 6.3
+PAPER_RC = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+            "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 8, "lines.markersize": 4,
+            "pdf.fonttype": 42, "ps.fonttype": 42}
+sns.set_theme(style="whitegrid", context="paper", rc=PAPER_RC)
 
 
 def similarity_heatmap(sim: LayerSimilarity, title: str = "") -> plt.Figure:
     """L+1 × L+1 mean token cosine similarity of layer representations."""
-    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    fig, ax = plt.subplots(figsize=(3.0, 2.6))
     size = sim.matrix.shape[0]
     step = max(1, size // 10)
     sns.heatmap(sim.matrix, ax=ax, cmap="viridis", vmin=min(0.0, float(sim.matrix.min())), vmax=1.0,
-                square=True, cbar_kws={"label": "mean token cosine similarity"},
+                square=True, cbar_kws={"label": "mean token cosine"},
                 xticklabels=step, yticklabels=step)
-    ax.set_xlabel("representation j (0 = embeddings, i = output of layer i−1)")
+    ax.set_xlabel("representation j (0 = embeddings)")
     ax.set_ylabel("representation i")
-    ax.set_title(title or "Cosine similarity between layer representations")
+    ax.set_title(title or "Similarity of layer representations")
     return fig
 
 
 def adjacent_similarity(sim: LayerSimilarity, chosen: list[int], strategy: str = "cosine") -> plt.Figure:
     """Per-layer input/output cosine similarity, removed layers marked."""
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH, 2.3))
     layers = np.arange(sim.num_layers)
     ax.plot(layers, sim.adjacent, marker="o", ms=4, color="tab:blue", label="cos(input, output)")
     if chosen:
-        ax.scatter(chosen, sim.adjacent[chosen], s=90, facecolors="none", edgecolors="tab:red", linewidths=2,
+        ax.scatter(chosen, sim.adjacent[chosen], s=40, facecolors="none", edgecolors="tab:red", linewidths=1.5,
                    label=f"removed by '{strategy}' (k={len(chosen)})", zorder=3)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("adjacent cosine similarity")
@@ -43,24 +50,24 @@ def adjacent_similarity(sim: LayerSimilarity, chosen: list[int], strategy: str =
 
 def latency_vs_layers(frame: pd.DataFrame, device: str = "") -> plt.Figure:
     """Measured prefill/decode time ratios with the ideal (L-K)/L line."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(3.0, 2.6))
     ax.plot(frame["removed"], frame["ideal_ratio"], "k--", label="ideal (L−K)/L")
     ax.plot(frame["removed"], frame["prefill_ratio"], marker="o", label="prefill (measured)")
-    ax.plot(frame["removed"], frame["decode_ratio"], marker="s", label="decode with KV cache (measured)")
+    ax.plot(frame["removed"], frame["decode_ratio"], marker="s", label="decode, KV cache (measured)")
     ax.set_xlabel("layers removed K")
-    ax.set_ylabel("time relative to unpruned model")
-    ax.set_title("Latency versus layers removed" + (f" ({device})" if device else ""))
+    ax.set_ylabel("time relative to unpruned")
+    ax.set_title("Latency" + (f" ({device})" if device else ""))
     ax.legend()
     return fig
 
 
 def perplexity_vs_layers(frame: pd.DataFrame) -> plt.Figure:
     """Perplexity versus layers removed, one line per strategy, two domains."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 2.4), sharex=True)
     for ax, column, title in zip(axes, ["perplexity_private", "perplexity_general"],
                                  ["held-out private text (clinical notes)", "general English text"]):
         sns.lineplot(data=frame, x="removed", y=column, hue="strategy", style="strategy", markers=True,
-                     dashes=False, ax=ax)
+                     dashes=False, ax=ax, legend=ax is axes[0])
         ax.set_yscale("log")
         ax.set_xlabel("layers removed K")
         ax.set_ylabel("perplexity (log scale)")
@@ -76,18 +83,22 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     Dashed lines: the same models before fine-tuning (for the pruned model,
     the gap between its dashed line and its curve is the "healing").
     """
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = plt.subplots(figsize=(3.6, 2.6))
     finite = frame[np.isfinite(frame["target_epsilon"])]
     x_inf = (finite["target_epsilon"].max() if len(finite) else 1.0) * 3
-    colors = dict(zip(sorted(frame["model"].unique(), reverse=True), ["tab:blue", "tab:orange"]))
+    models = sorted(frame["model"].unique(), reverse=True)
+    colors = dict(zip(models, ["tab:blue", "tab:orange"]))
+    # each model a little to either side of its ε, hollow markers: one model's points never hide the other's
+    dodge = dict(zip(models, [0.95, 1.05]))
     for model, group in frame.groupby("model"):
         color = colors[model]
         g = group[np.isfinite(group["target_epsilon"])].sort_values("target_epsilon")
-        ax.plot(g["epsilon_rdp"], g["perplexity_private"], marker="o", color=color, label=f"{model}, DP-SGD")
+        ax.plot(g["epsilon_rdp"] * dodge[model], g["perplexity_private"], marker="o", mfc="none", color=color,
+                label=f"{model}, DP-SGD")
         nonprivate = group[~np.isfinite(group["target_epsilon"])]
         if len(nonprivate):
-            ax.scatter([x_inf], nonprivate["perplexity_private"], marker="*", s=220, color=color, zorder=3,
-                       edgecolors="black", label=f"{model}, non-private (ε = ∞)")
+            ax.scatter([x_inf * dodge[model]], nonprivate["perplexity_private"], marker="*", s=80, color=color,
+                       zorder=3, edgecolors="black", linewidths=0.5, label=f"{model}, non-private (ε = ∞)")
         ax.axhline(group["perplexity_private_before"].iloc[0], ls="--", color=color, alpha=0.7,
                    label=f"{model}, before fine-tuning")
     ax.set_xscale("log")
@@ -98,19 +109,19 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     ax.set_xlabel("ε spent (RDP accountant of the run)")
     ax.set_ylabel("perplexity on held-out records")
     ax.set_title("Utility versus privacy")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)   # never over a point
     return fig
 
 
 def training_curves(curves: pd.DataFrame) -> plt.Figure:
     """Training loss per step for every (model, ε) run."""
     models = sorted(curves["model"].unique(), reverse=True)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(TEXT_WIDTH, 2.4), sharey=True, squeeze=False)
     for ax, model in zip(axes[0], models):
         sns.lineplot(data=curves[curves["model"] == model], x="step", y="loss", hue="target_epsilon", ax=ax)
         ax.set_title(f"{model} model")
         ax.set_xlabel("logical step")
-        ax.set_ylabel("training loss (mean per-record NLL)")
+        ax.set_ylabel("training loss (per-record NLL)")
         ax.legend(title="target ε")
     fig.tight_layout()
     return fig
@@ -138,14 +149,16 @@ def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
     frame = table.copy()
     frame["x"], x_inf, ticks = _epsilon_positions(frame)
     colors = dict(zip(sorted(frame["model"].unique(), reverse=True), ["tab:blue", "tab:orange"]))
-    fig, axes = plt.subplots(1, len(MEMORIZATION_PANELS), figsize=(4.2 * len(MEMORIZATION_PANELS), 3.8))
+    fig, axes = plt.subplots(2, 2, figsize=(TEXT_WIDTH, 4.4))
+    axes = axes.ravel()
     for ax, (metric, control, label, chance) in zip(axes, MEMORIZATION_PANELS):
         for model, group in frame.groupby("model"):
             g = group.sort_values("x")
             color = colors[model]
             ax.plot(g["x"], g[metric], marker="o", color=color, label=f"{model}: trained data")
             private = g[~np.isfinite(g["target_epsilon"])]
-            ax.scatter(private["x"], private[metric], marker="*", s=200, color=color, edgecolors="black", zorder=3)
+            ax.scatter(private["x"], private[metric], marker="*", s=80, color=color, edgecolors="black",
+                       linewidths=0.5, zorder=3)
             if control:
                 ax.plot(g["x"], g[control], ls="--", marker="x", color=color, alpha=0.7,
                         label=f"{model}: held-out control")
@@ -158,7 +171,7 @@ def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
         ax.set_xticklabels([f"{t:.2g}" for t in ticks] + ["∞"])
         ax.minorticks_off()
         ax.set_xlabel("ε (RDP accountant; ∞ = non-private)")
-        ax.set_title(label, fontsize=10)
+        ax.set_title(label)
     axes[0].legend(fontsize=7, loc="best")
     axes[2].legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -168,14 +181,14 @@ def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
 def audit_vs_accountant(audit: pd.DataFrame) -> plt.Figure:
     """The one-run audit's ε lower bound against the accountant's ε (private runs)."""
     frame = audit[np.isfinite(audit["target_epsilon"])]
-    fig, ax = plt.subplots(figsize=(4.8, 4.0))
+    fig, ax = plt.subplots(figsize=(3.2, 2.6))
     for model, group in frame.groupby("model"):
-        ax.scatter(group["epsilon_rdp_at_audit_delta"], group["epsilon_lower_bound"], s=60, label=model)
+        ax.scatter(group["epsilon_rdp_at_audit_delta"], group["epsilon_lower_bound"], s=25, label=model)
     top = float(max(frame["epsilon_rdp_at_audit_delta"].max(), 1.0)) if len(frame) else 1.0
     ax.plot([0, top], [0, top], ls="--", color="gray", label="lower bound = accountant ε")
     ax.set_xlabel(f"accountant ε (RDP) at δ = {audit['audit_delta'].iloc[0]:.0e}")
-    ax.set_ylabel(f"audit lower bound on ε ({int(round(100 * audit['confidence'].iloc[0]))}% confidence)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(f"audit lower bound on ε ({int(round(100 * audit['confidence'].iloc[0]))}% conf.)")
+    ax.legend(fontsize=7)
     return fig
 
 
@@ -186,7 +199,7 @@ def federated_agreement(table: pd.DataFrame, layer_choice: dict[str, list[int]],
     """FedPrLLM: which layers each source removes, and perplexity of every choice."""
     sources = ["centralized", "federated"] + sorted((s for s in layer_choice if s.startswith("client")),
                                                      key=lambda s: int(s.split()[-1]))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(sources) + 2.6),
+    fig, (left, right) = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 0.22 * len(sources) + 1.6),
                                       gridspec_kw={"width_ratios": [1.6, 1]})
     grid = np.zeros((len(sources), num_layers))
     for i, source in enumerate(sources):
@@ -195,7 +208,7 @@ def federated_agreement(table: pd.DataFrame, layer_choice: dict[str, list[int]],
                 linewidths=0.5, linecolor="white", yticklabels=sources, xticklabels=max(1, num_layers // 15))
     left.set_yticklabels(sources, rotation=0)
     left.set_xlabel("decoder layer")
-    left.set_title("Layers removed (cosine similarity): centralized, federated, local-only")
+    left.set_title("Layers removed (cosine similarity)")
     methods = list(dict.fromkeys(table["method"]))
     order = [s for s in dict.fromkeys(table["source"]) if not s.startswith("client")] + \
         [s for s in dict.fromkeys(table["source"]) if s.startswith("client")]
@@ -211,8 +224,8 @@ def federated_agreement(table: pd.DataFrame, layer_choice: dict[str, list[int]],
     right.set_yticklabels(order)
     right.invert_yaxis()
     right.set_xlim(0, float(table["perplexity_private"].max()) * 1.15)
-    right.set_xlabel("held-out perplexity after pruning\n(label: agreement with the centralized choice)")
-    right.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(methods), frameon=False)
+    right.set_xlabel("held-out perplexity after pruning\n(label: agreement with centralized)")
+    right.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -225,67 +238,67 @@ def private_selection(sweep: pd.DataFrame, frequencies: pd.DataFrame, finetuned:
     """
     eps = frequencies["selection_epsilon"].tolist()
     labels = ["∞" if np.isinf(e) else f"{e:g}" for e in eps]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.9), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(TEXT_WIDTH, 2.4), gridspec_kw={"width_ratios": [1.6, 1, 1]})
     freq = frequencies.drop(columns="selection_epsilon").to_numpy()
     sns.heatmap(freq, ax=axes[0], cmap="Reds", vmin=0, vmax=1, yticklabels=labels,
-                xticklabels=max(1, freq.shape[1] // 15), cbar_kws={"label": "fraction of draws"})
+                xticklabels=max(1, freq.shape[1] // 8), cbar=False)
     axes[0].set_yticklabels(labels, rotation=0)
     axes[0].set_xlabel("decoder layer")
     axes[0].set_ylabel("selection ε")
-    axes[0].set_title("How often each layer is removed")
+    axes[0].set_title("Layer removed (fraction of draws)")
     finite = [e for e in eps if np.isfinite(e)]
     x_inf = max(finite) * 3 if finite else 1.0
     x = sweep["selection_epsilon"].where(np.isfinite(sweep["selection_epsilon"]), x_inf)
     agree = sweep.assign(x=x).groupby("x")["agreement"].agg(["mean", "std"]).reset_index()
-    axes[1].errorbar(agree["x"], agree["mean"], yerr=agree["std"], marker="o", capsize=3, label="private selection")
+    axes[1].errorbar(agree["x"], agree["mean"], yerr=agree["std"], marker="o", capsize=2, label="private selection")
     if public_agreement is not None:
-        axes[1].axhline(public_agreement, ls=":", color="gray", label="public text only (ε = 0)")
+        axes[1].axhline(public_agreement, ls=":", color="gray", label="public text only")
     axes[1].set_ylim(-0.05, 1.05)
-    axes[1].legend(fontsize=8, loc="lower right")
-    axes[1].set_ylabel("Jaccard with the non-private choice")
-    axes[1].set_title("Agreement (mean ± sd over draws)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].set_ylabel("Jaccard with non-private")
+    axes[1].set_title("Agreement (mean ± sd)")
     scored = sweep.assign(x=x).dropna(subset=["perplexity_private"])
     axes[2].scatter(scored["x"], scored["perplexity_private"], color="tab:gray", alpha=0.6, label="after pruning")
     if len(finetuned):
         fx = finetuned["selection_epsilon"].where(np.isfinite(finetuned["selection_epsilon"]), x_inf)
-        axes[2].scatter(fx, finetuned["perplexity_private"], marker="*", s=180, color="tab:green",
-                        edgecolors="black", label="after DP fine-tuning", zorder=3)
+        axes[2].scatter(fx, finetuned["perplexity_private"], marker="*", s=80, color="tab:green",
+                        edgecolors="black", linewidths=0.5, label="after DP fine-tuning", zorder=3)
     axes[2].set_ylabel("held-out perplexity")
-    axes[2].set_title("Perplexity of the privately pruned model")
-    axes[2].legend(fontsize=8)
+    axes[2].set_title("Privately pruned model")
+    axes[2].legend(fontsize=7, loc="upper right")
     for ax in axes[1:]:
         ax.set_xscale("log")
         ax.set_xticks(finite + [x_inf])
         ax.set_xticklabels([f"{e:g}" for e in finite] + ["∞"])
         ax.minorticks_off()
-        ax.set_xlabel("selection ε (∞ = non-private)")
+        ax.set_xlabel("selection ε")
     fig.tight_layout()
     return fig
 
 
 def compression_baselines(table: pd.DataFrame) -> plt.Figure:
     """Compressed models at one DP ε: perplexity, measured latency and membership AUC side by side."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(TEXT_WIDTH, 0.3 * len(table) + 1.6))
     names = table["model"].tolist()
     y = np.arange(len(names))
     axes[0].barh(y - 0.2, table["perplexity_private_before"], height=0.4, label="before fine-tuning", color="tab:gray")
     axes[0].barh(y + 0.2, table["perplexity_private"], height=0.4, label="after DP-LoRA", color="tab:blue")
     axes[0].set_xscale("log")
     axes[0].set_xlabel("held-out perplexity (log)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
     axes[1].barh(y - 0.2, table["prefill_ratio"], height=0.4, label="prefill")
     axes[1].barh(y + 0.2, table["decode_ratio"], height=0.4, label="decode")
     axes[1].axvline(1.0, ls="--", color="gray")
-    axes[1].set_xlabel("time relative to the dense model (measured)")
-    axes[1].legend(fontsize=8)
+    axes[1].set_xlabel("time relative to dense")
+    axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     axes[2].barh(y, table["mia_auc_reference"], height=0.5, color="tab:purple")
     axes[2].axvline(0.5, ls=":", color="gray")
-    axes[2].set_xlabel("membership AUC (reference ratio; 0.5 = chance)")
+    axes[2].set_xlabel("membership AUC (0.5 = chance)")
     for ax in axes:
         ax.set_yticks(y)
         ax.set_yticklabels(names if ax is axes[0] else [])
         ax.invert_yaxis()
     eps = float(table["target_epsilon"].iloc[0])
-    fig.suptitle(f"Compression baselines, each DP-LoRA fine-tuned at ε = {eps:g}")
+    fig.suptitle(f"Compressed models, DP fine-tuned at ε = {eps:g}")
     fig.tight_layout()
     return fig
