@@ -116,6 +116,15 @@ def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> float
     return float((members > threshold).mean())
 
 
+def auc_interval(auc: float, members: int, nonmembers: int, z: float = 1.96) -> tuple[float, float]:
+    """Approximate 95% interval of an AUC (Hanley & McNeil 1982, the exponential approximation)."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (members - 1) * (q1 - auc * auc) + (nonmembers - 1) * (q2 - auc * auc)) \
+        / (members * nonmembers)
+    half = z * math.sqrt(max(var, 0.0))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
 def membership_inference(member_texts: list[str], nonmember_texts: list[str], target_lp, reference_lp,
                          min_k: float = 0.2, fprs: tuple[float, ...] = (0.01, 0.001)) -> list[dict]:
     """One row per attack: AUC and TPR at each FPR, members versus non-members."""

@@ -3,6 +3,7 @@ one only onto the model it was made for, and merging it into the base weights.""
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,7 +78,11 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path):
     if wrong or len(saved) != len(probe):
         raise ModelError(f"adapter {adapter_dir} does not match the base model ({len(saved)} adapter tensors, "
                          f"{len(probe)} expected; {_first_mismatch(saved, probe, wrong)})")
-    return PeftModel.from_pretrained(model, adapter_dir)
+    with warnings.catch_warnings():
+        # peft warns when the base was loaded from another path than the adapter names (a relative
+        # --model, a copied folder); the base is what the user gave, and its fit was checked above
+        warnings.filterwarnings("ignore", message=r"The PEFT config's `base_model_name_or_path` was renamed")
+        return PeftModel.from_pretrained(model, adapter_dir)
 
 
 def _first_mismatch(saved: dict, probe: dict, wrong: list[str]) -> str:

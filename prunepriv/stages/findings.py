@@ -12,6 +12,8 @@ import math
 
 import pandas as pd
 
+from prunepriv.attacks.probes import auc_interval
+
 
 class Findings(str):
     """Markdown text that Jupyter renders as Markdown (and prints as plain text elsewhere)."""
@@ -26,15 +28,6 @@ def _eps(value: float) -> str:
 
 def _bullets(lines: list[str]) -> Findings:
     return Findings("\n".join(f"- {line}" for line in lines))
-
-
-def auc_interval(auc: float, members: int, nonmembers: int, z: float = 1.96) -> tuple[float, float]:
-    """Approximate 95% interval of an AUC (Hanley & McNeil 1982, the exponential approximation)."""
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (members - 1) * (q1 - auc * auc) + (nonmembers - 1) * (q2 - auc * auc)) \
-        / (members * nonmembers)
-    half = z * math.sqrt(max(var, 0.0))
-    return max(0.0, auc - half), min(1.0, auc + half)
 
 
 def similarity(table: pd.DataFrame, readings: dict[str, list[int]], k: int) -> Findings:

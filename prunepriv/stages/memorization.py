@@ -365,7 +365,7 @@ def audit_table(results: list[dict]) -> pd.DataFrame:
 
 
 NO_PII = "the records carry no PII annotations (only the synthetic corpus records its PII spans)"
-NO_CANARIES = ("no {what} canaries in the training data: insert them with `prunepriv canaries` before "
+NO_CANARIES = ("no {what} canaries in the training data: insert them with `prunepriv canaries{flag}` before "
                "fine-tuning and pass --canaries to the audit")
 
 
@@ -375,9 +375,9 @@ def skipped_measurements(result: dict) -> list[tuple[str, str]]:
     if not result["pii"]["train_values"]:
         skipped += [("PII values written verbatim (fraction)", NO_PII), ("prefix attack: suffix PII completed", NO_PII)]
     if not any(e["repetitions"] > 0 for e in result["exposure"]):
-        skipped.append(("canary exposure (bits, mean)", NO_CANARIES.format(what="exposure")))
+        skipped.append(("canary exposure (bits, mean)", NO_CANARIES.format(what="exposure", flag="")))
     if "audit" not in result:
-        skipped.append(("audit: ε lower bound", NO_CANARIES.format(what="audit")))
+        skipped.append(("audit: ε lower bound", NO_CANARIES.format(what="audit", flag=" --n-audit-canaries N")))
     return skipped
 
 
@@ -404,9 +404,12 @@ def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
     heldout = [e["exposure"] for e in result["exposure"] if e["repetitions"] == 0]
     if trained:
         rows.append(("canary exposure (bits, mean)", float(np.mean(trained)),
-                     float(np.mean(heldout)) if heldout else nan, "never-trained canaries"))
+                     float(np.mean(heldout)) if heldout else nan,
+                     f"never-trained canaries ({len(trained)} trained, {len(heldout)} never trained)"))
     for m in result["mia"]:
-        rows.append((f"membership inference AUC ({m['attack']})", m["auc"], 0.5, "chance"))
+        lo, hi = attacks.auc_interval(m["auc"], int(m["members"]), int(m["nonmembers"]))
+        rows.append((f"membership inference AUC ({m['attack']})", m["auc"], 0.5,
+                     f"chance; AUC 95% interval [{lo:.2f}, {hi:.2f}] ({m['members']} vs {m['nonmembers']} records)"))
     if "audit" in result:
         a = result["audit"]
         rows.append((f"audit: ε lower bound ({a['confidence']:.0%} confidence)", a["epsilon_lower_bound"],
