@@ -86,3 +86,17 @@ def test_empty_generation_set_is_a_data_error(tmp_path):
         memorization.load_samples(path)
     with pytest.raises(DataError, match="run stage 04"):
         memorization.load_samples(tmp_path / "missing.jsonl")
+
+
+def test_a_run_read_back_from_csv_keeps_an_empty_uncovered_uses(tmp_path):
+    """pandas reads an empty text cell as NaN; the run's ``uncovered_uses`` stays text."""
+    from prunepriv.privacy.record import FinetuneRun, runs_of
+
+    runs = [FinetuneRun(model="unpruned", target_epsilon=3.0, epsilon_rdp=2.9, epsilon_prv=2.5, delta=1e-4,
+                        noise_multiplier=1.1, sample_rate=0.1, steps=10, run_dir="r1"),
+            FinetuneRun(model="pruned", target_epsilon=3.0, epsilon_rdp=2.9, epsilon_prv=2.5, delta=1e-4,
+                        noise_multiplier=1.1, sample_rate=0.1, steps=10, run_dir="r2",
+                        uncovered_uses="layer choice (cosine) on 8 records of x (private)")]
+    pd.DataFrame([r.to_row() for r in runs]).to_csv(tmp_path / "finetune.csv", index=False)
+    back = runs_of(pd.read_csv(tmp_path / "finetune.csv"))
+    assert [r.uncovered_uses for r in back] == ["", "layer choice (cosine) on 8 records of x (private)"]

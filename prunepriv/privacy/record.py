@@ -84,6 +84,8 @@ class FinetuneRun:
         """A run from a table row: a dict, a pandas Series or an ``itertuples()`` tuple; other columns are ignored."""
         values = row._asdict() if hasattr(row, "_asdict") else dict(row)
         names = {f.name for f in fields(cls)}
+        if isinstance(values.get("uncovered_uses"), float):           # an empty text read back from CSV as NaN
+            values["uncovered_uses"] = ""
         return cls(**{k: v for k, v in values.items() if k in names})
 
     @classmethod
