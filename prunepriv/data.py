@@ -77,12 +77,15 @@ class Corpus:
     canaries: list[Canary]
     source: str = "synthetic"
 
-    def texts(self, split: str, limit: int | None = None, include_canaries: bool = True) -> list[str]:
-        """Texts of one split (canary records can be left out)."""
+    def records(self, split: str, limit: int | None = None, include_canaries: bool = True) -> list[Record]:
+        """Records of one split, in order (canary records can be left out)."""
         if split not in self.splits:
             raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-        records = [r for r in self.splits[split] if include_canaries or r.canary is None]
-        return [r.text for r in records[:limit]]
+        return [r for r in self.splits[split] if include_canaries or r.canary is None][:limit]
+
+    def texts(self, split: str, limit: int | None = None, include_canaries: bool = True) -> list[str]:
+        """Texts of one split (canary records can be left out)."""
+        return [r.text for r in self.records(split, limit, include_canaries)]
 
     def pii_values(self, split: str) -> list[tuple[str, str]]:
         """Distinct (kind, value) PII pairs occurring in one split."""

@@ -2,11 +2,28 @@
 family, built from configs (no download), and a byte-level tokenizer."""
 from __future__ import annotations
 
-import pytest
-import torch
-import transformers as T
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each, and for every process they start
+    # (kernels, the CLI), set before torch starts its OpenMP pool. More threads than cores make the
+    # pools spin against each other and slow both workers many times over.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers as T  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 VOCAB = 260
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``longest`` first (the smoke profile end to end): with parallel workers
+    (``make test``) the others run beside it instead of after it. Otherwise collection order."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
 
 
 def tiny_config(family: str, layers: int = 6):

@@ -56,6 +56,18 @@ def test_mia_scores_point_the_right_way():
         assert scores[name][0] > scores[name][1], name
 
 
+def test_zlib_divides_the_windows_nll_by_the_windows_zlib_size(byte_tokenizer):
+    """Issue 14: the NLL of the scored window over the zlib size of that window, not of the whole record."""
+    model = tiny_model("llama", layers=2)
+    record = "Ann Lee was admitted with chest pain and discharged home. " * 20
+    lp = attacks.record_logprobs(model, byte_tokenizer, [record], max_length=16)
+    window = attacks.scored_texts(byte_tokenizer, [record], 16)
+    assert record.startswith(window[0]) and len(window[0]) == len(lp[0]) == 15
+    scores = attacks.mia_scores(window, lp, lp)
+    assert scores["zlib"][0] == pytest.approx(lp[0].sum() / attacks.zlib_bits(window[0]))
+    assert scores["zlib"][0] != pytest.approx(lp[0].sum() / attacks.zlib_bits(record))
+
+
 def test_min_k_uses_the_lowest_tokens():
     assert attacks.min_k_mean(np.array([-5.0, -1.0, -0.5, -0.1, -0.2]), 0.2) == -5.0
     assert attacks.min_k_mean(np.array([-5.0, -1.0, -0.5, -0.1, -0.2]), 0.4) == -3.0
@@ -94,6 +106,21 @@ def test_pii_controls_exclude_shared_values():
     text = f"... {train[0]} ... {held[0]} and {held[1]}"
     assert attacks.leaked_fraction([text], train) == pytest.approx(1 / len(train))
     assert attacks.leaked_fraction([text], held) == pytest.approx(2 / len(held))
+
+
+def test_pii_past_the_training_window_is_not_counted_as_trained(byte_tokenizer):
+    """Issue 14: only values inside the window of tokens trained on count (here 40 bytes)."""
+    corpus = synthetic_corpus(seed=0, n_patients=40, notes_per_patient=2)
+    texts = [r.text for s in ("train", "heldout") for r in corpus.splits[s]]
+    window = attacks.window_chars(byte_tokenizer, texts, 40)
+    assert window(texts[0]) == 39                          # the start token, then 39 bytes
+    everything = attacks.exclusive_pii(corpus, "train")
+    inside = attacks.exclusive_pii(corpus, "train", window=window)
+    assert inside and set(inside) < set(everything)
+    ends = {item.value: item.end for r in corpus.splits["train"] for item in r.pii}
+    assert all(any(item.value == v and item.end <= window(r.text) for r in corpus.splits["train"] for item in r.pii)
+               for v in inside)
+    assert any(ends[v] > 39 for v in set(everything) - set(inside))
 
 
 def test_prefix_probes_cut_records_and_find_suffix_pii(byte_tokenizer):

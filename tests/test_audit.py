@@ -11,6 +11,7 @@ from scipy import optimize, stats
 from prunepriv.attacks.audit import (
     AuditError,
     AuditResult,
+    attainable_bound,
     audit,
     default_guess_grid,
     epsilon_lower_bound,
@@ -190,6 +191,21 @@ def test_audit_result_fields_and_perfect_scores():
     assert res.epsilon_lower_bound == pytest.approx(
         epsilon_lower_bound(res.n_guesses, res.n_correct, M, 1e-5, 1 - 0.1 / 4))
     assert res.epsilon_lower_bound < epsilon_lower_bound(res.n_guesses, res.n_correct, M, 1e-5, 0.9)
+
+
+def test_attainable_bound_is_the_all_correct_ceiling():
+    """Issue 14: the audit states the best bound its guesses could reach; with 16 canaries it is small,
+    with 256 well above the ε values audited, and a found bound never exceeds it."""
+    small, large = attainable_bound(16, 1e-5), attainable_bound(256, 1e-5)
+    pairs = default_guess_grid(16)
+    assert small == pytest.approx(max(epsilon_lower_bound(kp + kn, kp + kn, 16, 1e-5, 1 - 0.05 / len(pairs))
+                                      for kp, kn in pairs))
+    assert small < 2.0 < large          # 16 canaries cannot show ε ≥ 2; 256 can show up to about 4
+    included = np.array(inclusion_draw(M, 5))
+    for scores in (included.astype(float), np.random.default_rng(0).random(M)):
+        res = audit(scores, included, delta=1e-5)
+        assert res.epsilon_attainable == attainable_bound(M, 1e-5)
+        assert res.epsilon_lower_bound <= res.epsilon_attainable
 
 
 def test_default_guess_grid():

@@ -294,7 +294,7 @@ def tiny_profile():
         "memorization": {"mia_samples": 4, "n_candidates": 4},
         "latency": {"repeats": 1, "warmup": 0, "new_tokens": 2, "prompt_length": 8},
         "baselines": {"n_clients": 3, "client_samples": 3, "selection_epsilons": [1.0, inf],
-                      "selection_finetune": [1.0], "selection_draws": 3, "eval_samples": 3, "max_length": 32,
+                      "selection_finetune": [1.0], "selection_draws": 3, "max_length": 32,
                       "batch_size": 4}})
 
 

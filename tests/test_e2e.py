@@ -53,6 +53,7 @@ def test_embedded_model_prunes_saves_reloads_and_generates(embedded, tmp_path):
     assert reloaded.config.num_hidden_layers == 22
 
 
+@pytest.mark.longest
 def test_smoke_profile_every_stage_with_papermill_then_cached(tmp_path):
     results = reproduce("smoke", None, output_root=tmp_path, progress=False)
     assert [r.stage for r in results] == ["01", "02", "03", "04", "05", "06", "07"]
@@ -139,9 +140,18 @@ def _check_baselines(root, profile) -> None:
     comp = pd.read_csv(root / "results/smoke/compression_baselines.csv")
     assert len(comp) == 5 and (comp["target_epsilon"] == profile.baselines.epsilon).all()
     assert (comp["epsilon_rdp"] <= profile.baselines.epsilon * 1.02).all()
+    dense = comp.set_index("model").loc["dense"]          # stage 03's run, reloaded: one protocol, one perplexity
+    same = runs_at(root, profile.baselines.epsilon)
+    assert dense["seed"] == same["seed"] and dense["perplexity_private"] == pytest.approx(same["perplexity_private"])
     dpimp = comp.set_index("model").loc["DPIMP 50%"]
     assert dpimp["deployed_parameter_fraction"] < 0.75                   # half of the decoder linears are zero
     assert comp["uncovered_uses"].fillna("").str.contains("Wanda masks").any()   # smoke calibrates on private text
+
+
+def runs_at(root, epsilon: float) -> pd.Series:
+    """Stage 03's run of the unpruned model at ``epsilon``."""
+    runs = pd.read_csv(root / "results/smoke/finetune.csv")
+    return runs[(runs["model"] == "unpruned") & (runs["target_epsilon"] == epsilon)].iloc[0]
 
 
 def _check_finetuning(root, profile) -> None:
@@ -151,6 +161,7 @@ def _check_finetuning(root, profile) -> None:
     runs = pd.read_csv(root / "results/smoke/finetune.csv")
     f = profile.finetune
     assert len(runs) == len(f.models) * len(f.epsilons)
+    assert runs["seed"].nunique() == len(runs)          # every run its own batches and noise
     for row in runs.itertuples():
         if row.target_epsilon == float("inf"):
             assert row.noise_multiplier == 0 and row.epsilon_rdp == float("inf")

@@ -66,6 +66,11 @@ def test_stages_04_05_on_tiny_models(tiny_runs, byte_tokenizer, monkeypatch):
             "exposure_heldout", "mia_auc_loss", "prefix_match_heldout"} <= set(table.columns)
     assert table["mia_auc_loss"].between(0, 1).all()
     assert len(memorization.exposure_table(results)) == 2 * 4
+    for r in results:                    # each canary beside its own exposure before fine-tuning
+        for e in r["exposure"]:
+            assert e["excess"] == pytest.approx(e["exposure"] - e["exposure_untuned"])
+    assert {"exposure_excess_trained", "exposure_excess_heldout", "epsilon_attainable"} <= \
+        set(table.columns) | set(memorization.audit_table(results).columns)
     audit = memorization.audit_table(results)
     private = audit[np.isfinite(audit["target_epsilon"])]
     assert len(private) == 1 and private["audit_canaries"].iloc[0] == 24
@@ -77,6 +82,19 @@ def test_stages_04_05_on_tiny_models(tiny_runs, byte_tokenizer, monkeypatch):
     again = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, synthetic,
                                             root / "memorization")
     assert json.dumps(again, default=str, sort_keys=True) == json.dumps(results, default=str, sort_keys=True)
+
+
+def test_paired_control_is_the_untuned_exposure_of_the_same_canary(tiny_runs, byte_tokenizer):
+    """Issue 14: the control is the canary's exposure on the same candidates before fine-tuning, so an
+    untouched model has excess exactly 0 for every canary whatever its prior."""
+    corpus, bases, _, _ = tiny_runs
+    refs = memorization.References(bases, byte_tokenizer, 48, 4)
+    canaries = corpus.canaries_for("exposure")
+    rows = memorization.paired_exposure(bases["unpruned"], lambda c: refs.exposure("unpruned", c, 8, 0),
+                                        byte_tokenizer, canaries, 8, 0)
+    assert [r["excess"] for r in rows] == [0.0] * len(canaries)
+    assert len({r["exposure_untuned"] for r in rows}) > 1          # the priors differ between canaries
+    assert memorization.mean_excess(rows, trained=True) == 0.0
 
 
 def test_empty_generation_set_is_a_data_error(tmp_path):

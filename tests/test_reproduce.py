@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -186,11 +187,24 @@ sys.exit(cli.main(["reproduce", "--profile", sys.argv[2], "--output-root", sys.a
 """
 
 
-def _kernels() -> int:
+def _kernels_of(pid: int) -> set[int]:
+    """The notebook kernels that process ``pid`` started, through any chain of children (not the kernels
+    of other tests running beside it)."""
     import subprocess
 
     out = subprocess.run(["pgrep", "-f", "ipykernel_launcher"], capture_output=True, text=True).stdout
-    return len(out.split())
+    return {int(k) for k in out.split() if pid in _ancestors(int(k))}
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:                                         # /proc/PID/stat: "pid (comm) state ppid ..."
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        chain.append(pid)
+    return chain
 
 
 def test_ctrl_c_stops_a_stage_within_seconds_and_commits_nothing(toy, tmp_path):
@@ -202,7 +216,6 @@ def test_ctrl_c_stops_a_stage_within_seconds_and_commits_nothing(toy, tmp_path):
     run, root, notebooks, profile, lines = toy
     run()
     before = (root / "results/toy/numbers.json").read_text()
-    kernels = _kernels()
     _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "5") + "\nimport time\ntime.sleep(120)\n")
     child = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(notebooks), str(profile), str(root)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -211,6 +224,8 @@ def test_ctrl_c_stops_a_stage_within_seconds_and_commits_nothing(toy, tmp_path):
     while time.time() < deadline and not list((root / "results/toy").glob(".tmp-stage-*/tree/results/toy/*.json")):
         time.sleep(0.5)
     assert list((root / "results/toy").glob(".tmp-stage-*/tree/results/toy/numbers.json")), "stage never started"
+    kernels = _kernels_of(child.pid)
+    assert kernels, "no kernel running the stage"
     start = time.time()
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=30)
@@ -221,6 +236,8 @@ def test_ctrl_c_stops_a_stage_within_seconds_and_commits_nothing(toy, tmp_path):
     assert (root / "results/toy/numbers.json").read_text() == before
     assert not list((root / "results/toy").glob(".tmp-*"))
     deadline = time.time() + 10
-    while _kernels() > kernels and time.time() < deadline:     # the kernel follows its parent out
+    alive = kernels
+    while alive and time.time() < deadline:                    # the kernel follows its parent out
         time.sleep(0.5)
-    assert _kernels() <= kernels
+        alive = {pid for pid in kernels if Path(f"/proc/{pid}").exists()}
+    assert not alive

@@ -38,7 +38,7 @@ from scipy import special  # scipy is a dependency of opacus (pinned)
 from prunepriv.errors import AuditError
 
 __all__ = [
-    "AuditError", "AuditResult", "audit", "default_guess_grid", "epsilon_lower_bound",
+    "AuditError", "AuditResult", "attainable_bound", "audit", "default_guess_grid", "epsilon_lower_bound",
     "inclusion_draw", "p_value",
 ]
 
@@ -194,6 +194,7 @@ class AuditResult:
     delta: float
     k_positive: int     # guessed "in": the k+ highest scores
     k_negative: int     # guessed "out": the k− lowest scores
+    epsilon_attainable: float   # the best bound these guesses could give, every guess correct (the audit's power)
 
 
 def default_guess_grid(n_examples: int) -> list[tuple[int, int]]:
@@ -284,14 +285,26 @@ def audit(scores: Sequence[float] | np.ndarray, included: Sequence[bool] | np.nd
 
     order = np.lexsort((np.arange(m), -s))          # score descending, then index ascending
     inc_sorted = inc[order]
+    ceiling = attainable_bound(m, delta, confidence, pairs)
     best: AuditResult | None = None
     for kp, kn in pairs:
         correct = int(inc_sorted[:kp].sum()) + int((~inc_sorted[m - kn:]).sum())
         eps = epsilon_lower_bound(kp + kn, correct, m, delta, per_test_confidence)
         if best is None or eps > best.epsilon_lower_bound:
-            best = AuditResult(eps, m, kp + kn, correct, confidence, delta, kp, kn)
+            best = AuditResult(eps, m, kp + kn, correct, confidence, delta, kp, kn, ceiling)
     assert best is not None
     return best
+
+
+def attainable_bound(n_examples: int, delta: float, confidence: float = 0.95,
+                     guesses: tuple[int, int] | Sequence[tuple[int, int]] | None = None) -> float:
+    """The largest lower bound :func:`audit` can return with ``n_examples`` examples and these guesses:
+    every guess correct, at the same Bonferroni-corrected confidence. A bound is evidence only
+    against an ε below this ceiling (Steinke et al. 2023, Figure 1: the bound grows with the guesses)."""
+    m = _check_count("n_examples", n_examples, minimum=1)
+    pairs = _as_pairs(guesses, m)
+    per_test = 1.0 - (1.0 - _check_confidence(confidence)) / len(pairs)
+    return max(epsilon_lower_bound(kp + kn, kp + kn, m, _check_delta(delta), per_test) for kp, kn in pairs)
 
 
 def inclusion_draw(n: int, seed: int) -> list[bool]:

@@ -22,6 +22,7 @@ import math
 import random
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -55,6 +56,13 @@ def record_logprobs(model, tokenizer, texts: list[str], max_length: int, batch_s
     return token_logprobs(model, record_ids(tokenizer, texts, max_length, end=end), _pad(tokenizer), batch_size)
 
 
+def scored_texts(tokenizer, texts: list[str], max_length: int, end: bool = True) -> list[str]:
+    """The text that each record's scored tokens spell (its ``max_length``-token window, as in
+    :func:`record_logprobs`): what zlib's denominator must compress so that it matches the NLL above it."""
+    return tokenizer.batch_decode([ids[1:] for ids in record_ids(tokenizer, texts, max_length, end=end)],
+                                  skip_special_tokens=True)
+
+
 def _pad(tokenizer) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
@@ -80,7 +88,8 @@ def min_k_mean(logprobs: np.ndarray, k: float) -> float:
 
 def mia_scores(texts: list[str], target: list[np.ndarray], reference: list[np.ndarray],
                min_k: float = 0.2) -> dict[str, np.ndarray]:
-    """Per-record membership scores (higher means "member") for each attack."""
+    """Per-record membership scores (higher means "member") for each attack; ``texts`` are the scored
+    windows (:func:`scored_texts`), so that zlib divides the NLL of those tokens by their own zlib size."""
     loss = np.array([-lp.mean() for lp in target])
     ref_loss = np.array([-lp.mean() for lp in reference])
     total = np.array([-lp.sum() for lp in target])
@@ -127,7 +136,8 @@ def auc_interval(auc: float, members: int, nonmembers: int, z: float = 1.96) -> 
 
 def membership_inference(member_texts: list[str], nonmember_texts: list[str], target_lp, reference_lp,
                          min_k: float = 0.2, fprs: tuple[float, ...] = (0.01, 0.001)) -> list[dict]:
-    """One row per attack: AUC and TPR at each FPR, members versus non-members."""
+    """One row per attack: AUC and TPR at each FPR, members versus non-members (texts: the scored
+    windows, :func:`scored_texts`)."""
     n = len(member_texts)
     scores = mia_scores(member_texts + nonmember_texts, target_lp, reference_lp, min_k)
     rows = []
@@ -258,7 +268,8 @@ def extraction_summary(f1_train: np.ndarray, f1_heldout: np.ndarray, near_copy: 
 
 
 def ranking_metrics(texts: list[str], target_lp: list[np.ndarray], reference_lp: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Carlini et al. 2021's sample rankings; lower is more suspicious for every metric."""
+    """Carlini et al. 2021's sample rankings; lower is more suspicious for every metric (``texts``: the
+    scored windows, :func:`scored_texts`)."""
     log_ppl = np.array([-lp.mean() if len(lp) else np.nan for lp in target_lp])
     ref_log_ppl = np.array([-lp.mean() if len(lp) else np.nan for lp in reference_lp])
     return {
@@ -288,10 +299,23 @@ def leaked_fraction(texts: list[str], values: list[str]) -> float:
     return sum(v in blob for v in values) / len(values)
 
 
-def exclusive_pii(corpus, split: str, exclude_kinds: tuple[str, ...] = ("clinician",)) -> list[str]:
-    """PII values of ``split`` that occur in no other split (shared values prove nothing)."""
+def exclusive_pii(corpus, split: str, exclude_kinds: tuple[str, ...] = ("clinician",),
+                  window: Callable[[str], int] | None = None) -> list[str]:
+    """PII values of ``split`` that occur in no other split (shared values prove nothing); with ``window``
+    (a record's text → how many of its first characters the model is trained and scored on,
+    :func:`window_chars`), only values that lie inside it in some record: past the window a value was
+    never trained on, so its leakage would be counted against the wrong side."""
     others = {v for s in corpus.splits if s != split for _, v in corpus.pii_values(s)}
-    return sorted({v for kind, v in corpus.pii_values(split) if kind not in exclude_kinds and v not in others})
+    inside = {item.value for record in corpus.splits[split] for item in record.pii
+              if window is None or item.end <= window(record.text)}
+    return sorted({v for kind, v in corpus.pii_values(split)
+                   if kind not in exclude_kinds and v not in others and v in inside})
+
+
+def window_chars(tokenizer, texts: list[str], max_length: int) -> Callable[[str], int]:
+    """A record's text → the length of its ``max_length``-token window in characters (:func:`scored_texts`)."""
+    lengths = {text: len(window) for text, window in zip(texts, scored_texts(tokenizer, texts, max_length))}
+    return lengths.__getitem__
 
 
 # --------------------------------------------------------------------------

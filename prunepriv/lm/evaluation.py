@@ -1,8 +1,11 @@
-"""Perplexity on held-out text (token-weighted, padding masked), and the per-record training loss."""
+"""Perplexity on held-out text (token-weighted, padding masked) with a cluster-bootstrap interval, and the
+per-record training loss."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,16 +22,46 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     return total.cpu(), count.cpu()
 
 
-def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8) -> float:
-    """exp(mean NLL over all predicted tokens of ``texts``)."""
-    total, count = 0.0, 0.0
+@dataclass
+class RecordScores:
+    """Summed next-token NLL and predicted-token count of each record, and their perplexity."""
+
+    nll: np.ndarray
+    tokens: np.ndarray
+    perplexity: float
+
+
+def score_records(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8) -> RecordScores:
+    """Per-record NLLs of ``texts`` and exp(mean NLL over all their predicted tokens)."""
+    total, count, nll, tokens = 0.0, 0.0, [], []
     for batch in batches(tokenizer, texts, max_length, batch_size):
-        nll, n = token_nll(model, batch)
-        total += float(nll.sum())
+        batch_nll, n = token_nll(model, batch)
+        total += float(batch_nll.sum())
         count += float(n.sum())
+        nll.append(batch_nll)
+        tokens.append(n)
     if count == 0:
         raise ValueError("no tokens to score")
-    return math.exp(total / count)
+    return RecordScores(torch.cat(nll).double().numpy(), torch.cat(tokens).double().numpy(), math.exp(total / count))
+
+
+def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8) -> float:
+    """exp(mean NLL over all predicted tokens of ``texts``)."""
+    return score_records(model, tokenizer, texts, max_length, batch_size).perplexity
+
+
+def perplexity_interval(scores: RecordScores, clusters: list[str], draws: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the perplexity, resampling ``clusters`` (e.g. patients: their
+    records are not independent) with replacement (Field & Welsh 2007, the cluster bootstrap)."""
+    if len(clusters) != len(scores.nll):
+        raise ValueError(f"{len(clusters)} cluster labels for {len(scores.nll)} records")
+    _, member = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    nll, tokens = np.bincount(member, weights=scores.nll), np.bincount(member, weights=scores.tokens)
+    picks = np.random.default_rng(seed).integers(0, len(nll), size=(draws, len(nll)))
+    values = np.exp(nll[picks].sum(1) / np.maximum(tokens[picks].sum(1), 1.0))
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def sequence_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

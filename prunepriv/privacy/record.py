@@ -48,6 +48,7 @@ class FinetuneRun:
     model: str
     layers: int | None = None
     target_epsilon: float
+    seed: int | None = None             # the run's training seed (its batches and, when seeded, its noise)
     epsilon_rdp: float
     epsilon_prv: float | None
     delta: float
@@ -59,6 +60,8 @@ class FinetuneRun:
     perplexity_private_before: float = math.nan
     perplexity_general_before: float = math.nan
     perplexity_private: float = math.nan
+    perplexity_private_low: float = math.nan     # 95% patient-cluster bootstrap interval (prunepriv.lm.evaluation)
+    perplexity_private_high: float = math.nan
     perplexity_general: float = math.nan
     final_loss: float = math.nan
     train_seconds: float = math.nan
@@ -90,16 +93,18 @@ class FinetuneRun:
 
     @classmethod
     def from_result(cls, result, *, model: str, layers: int, target_epsilon: float, before: dict[str, float],
-                    after: dict[str, float], run_dir: str) -> FinetuneRun:
+                    after: dict[str, float], run_dir: str, seed: int | None = None) -> FinetuneRun:
         """The row of a finished :class:`TrainResult`, with perplexities ``before`` and ``after`` fine-tuning
         (keys ``perplexity_private`` and ``perplexity_general``)."""
         r = result.privacy
-        return cls(model=model, layers=layers, target_epsilon=target_epsilon, epsilon_rdp=r.epsilon_rdp,
+        return cls(model=model, layers=layers, target_epsilon=target_epsilon, seed=seed, epsilon_rdp=r.epsilon_rdp,
                    epsilon_prv=r.epsilon_prv, delta=r.delta, noise_multiplier=r.noise_multiplier,
                    sample_rate=r.sample_rate, steps=r.steps, max_grad_norm=r.max_grad_norm, n_train=r.n_train,
                    perplexity_private_before=before["perplexity_private"],
                    perplexity_general_before=before["perplexity_general"],
                    perplexity_private=after["perplexity_private"], perplexity_general=after["perplexity_general"],
+                   perplexity_private_low=after.get("perplexity_private_low", math.nan),
+                   perplexity_private_high=after.get("perplexity_private_high", math.nan),
                    final_loss=result.log[-1]["loss"] if result.log else float("nan"),
                    train_seconds=result.seconds, run_dir=run_dir,
                    uncovered_uses="; ".join(u.text() for u in uncovered(r.data_uses[:-1])))

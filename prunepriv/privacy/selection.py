@@ -43,6 +43,7 @@ from prunepriv.compress.similarity import LayerCapture
 from prunepriv.errors import PrivacyConfigError, PruningError
 from prunepriv.lm.models import backbone
 from prunepriv.lm.text import to_device
+from prunepriv.privacy.accountant import rdp_epsilon, sigma_for_epsilon
 
 
 @torch.inference_mode()
@@ -76,14 +77,11 @@ def clip_rows(stats: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
 
 def noise_multiplier_for(epsilon: float, delta: float, accountant: str = "rdp") -> float:
     """σ of a single Gaussian release meeting (ε, δ); 0 for ε = ∞ (no noise, no privacy)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
     if not epsilon > 0:
         raise PrivacyConfigError(f"selection epsilon must be > 0 (or inf), got {epsilon}")
     if math.isinf(epsilon):
         return 0.0
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=1,
-                                      accountant=accountant, epsilon_tolerance=0.001))
+    return sigma_for_epsilon(epsilon, delta, 1.0, 1, accountant, epsilon_tolerance=0.001)
 
 
 def private_choice(residual_sum: np.ndarray, n_records: int, reference: np.ndarray, k: int, sigma: float,
@@ -127,14 +125,16 @@ def _history(selection_sigma: float, train_sigma: float, sample_rate: float, ste
 
 def composed_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
     """ε at ``delta`` of a sequence of (σ, q, steps) Gaussian mechanisms on one data set."""
-    from opacus.accountants import PRVAccountant, RDPAccountant
+    from opacus.accountants import PRVAccountant
 
     if not history:
         return 0.0
-    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    acc.history = list(history)
     with warnings.catch_warnings():                 # PRV at q = 1 takes log(0) on a branch it then discards
         warnings.simplefilter("ignore", RuntimeWarning)
+        if accountant == "rdp":
+            return rdp_epsilon(history, delta)
+        acc = PRVAccountant()
+        acc.history = list(history)
         return float(acc.get_epsilon(delta))
 
 

@@ -8,6 +8,7 @@ field names, order and values are part of every saved run's identity.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from prunepriv.config import Profile
 from prunepriv.errors import DistributedConfigError, PrivacyConfigError
+from prunepriv.privacy.accountant import rdp_epsilon, sigma_for_epsilon
 from prunepriv.privacy.uses import DataUse
 
 
@@ -89,6 +91,13 @@ def finetune_specs(profile) -> tuple[LoRASpec, dict[float, PrivacySpec], TrainSp
     return lora, privacy, train
 
 
+def run_seed(seed: int, run: str) -> int:
+    """The training seed of one run of a sweep: the profile's ``seed`` and the run's folder name
+    (e.g. ``pruned-eps-3``) hashed, so that every run draws its own Poisson batches and noise and
+    compared runs are independent (a stage that reloads a run by folder reloads it with its seed)."""
+    return int(hashlib.sha256(json.dumps([seed, run]).encode()).hexdigest()[:8], 16)
+
+
 def default_specs() -> tuple[LoRASpec, PrivacySpec, TrainSpec]:
     """The built-in default profile's specs, with its non-private (ε = ∞) privacy spec."""
     lora, privacy, train = finetune_specs(Profile())
@@ -140,24 +149,29 @@ def check_distributed(privacy: PrivacySpec, world_size: int) -> None:
 def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
                 accountant: str = "rdp") -> float:
     """ε of ``steps`` Poisson-subsampled Gaussian steps, from Opacus's accountant."""
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
     if steps == 0:
         return 0.0
-    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    if accountant == "rdp":
+        return rdp_epsilon([(noise_multiplier, sample_rate, steps)], delta)
+    return prv_epsilon(noise_multiplier, sample_rate, steps, delta)
+
+
+@functools.lru_cache(maxsize=256)
+def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε from Opacus's PRV accountant (Gopi et al. 2021), cached: the same run is asked several times."""
+    from opacus.accountants import PRVAccountant
+
+    acc = PRVAccountant()
     acc.history = [(noise_multiplier, sample_rate, steps)]
     return float(acc.get_epsilon(delta))
 
 
 def run_noise_multiplier(privacy: PrivacySpec, sample_rate: float, steps: int, delta: float) -> float:
     """σ of a run: the spec's own, the one that reaches its ε target in ``steps`` steps, or 0 without privacy."""
-    from opacus.accountants.utils import get_noise_multiplier
-
     if not privacy.private:
         return 0.0
-    return privacy.noise_multiplier or get_noise_multiplier(
-        target_epsilon=privacy.epsilon, target_delta=delta, sample_rate=sample_rate,
-        steps=steps, accountant=privacy.accountant)
+    return privacy.noise_multiplier or sigma_for_epsilon(privacy.epsilon, delta, sample_rate, steps,
+                                                            privacy.accountant)
 
 
 def privacy_record(privacy: PrivacySpec, sigma: float, q: float, steps: int, delta: float, n: int,

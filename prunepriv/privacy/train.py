@@ -52,6 +52,7 @@ from prunepriv.errors import PrunePrivError
 from prunepriv.lm.evaluation import sequence_nll
 from prunepriv.lm.lora import add_lora, lora_parameters
 from prunepriv.lm.precision import precision_of
+from prunepriv.privacy.accountant import rdp_epsilon
 from prunepriv.privacy.batching import (
     LengthSortedBatches,
     RankShare,
@@ -406,7 +407,7 @@ def finish_step(t: Trainer, losses: list[torch.Tensor], batch_size: int) -> None
         loss, batch_size = global_loss(losses, batch_size, plan.device)
     else:
         loss = float(torch.cat(losses).mean()) if losses else float("nan")
-    eps = (float(t.accountant.get_epsilon(plan.delta)) if t.privacy.private else math.inf)
+    eps = rdp_epsilon(t.accountant.history, plan.delta) if t.privacy.private else math.inf
     t.log.append({"step": t.step, "loss": loss, "batch_size": batch_size, "epsilon": eps})
     t.bar.update(1)
     t.bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}")

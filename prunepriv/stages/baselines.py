@@ -35,18 +35,18 @@ from prunepriv.compress.pruning import choose_layers, remove_layers
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
 from prunepriv.compress.wanda import sequential_wanda_masks
 from prunepriv.data import general_english
-from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.models import decoder_layers
 from prunepriv.lm.text import batches
 from prunepriv.privacy import federated, selection
 from prunepriv.privacy.noise import noise_note, numpy_generator
 from prunepriv.privacy.record import FinetuneRun, run_name
-from prunepriv.privacy.specs import check_privacy, finetune_specs
+from prunepriv.privacy.specs import check_privacy, finetune_specs, run_seed
 from prunepriv.privacy.train import finetune
 from prunepriv.privacy.uses import DataUse, record_use
 from prunepriv.progress import tqdm
 from prunepriv.results import atomic_write_json, relative_to_cwd
 from prunepriv.stages.experiments import (
+    Evaluator,
     calibration_texts,
     calibration_use,
     layer_choice_use,
@@ -54,14 +54,16 @@ from prunepriv.stages.experiments import (
 from prunepriv.stages.memorization import (
     accountant_at,
     audit_scores,
+    mean_excess,
     note_records,
+    paired_exposure,
     size_matched,
 )
 
 # the columns of a fine-tuning run (a FinetuneRun) in the rows of tab:compression-baselines
-RUN_COLUMNS = ("epsilon_rdp", "epsilon_prv", "delta", "noise_multiplier", "sample_rate", "steps",
-               "perplexity_private_before", "perplexity_general_before", "perplexity_private", "perplexity_general",
-               "train_seconds", "run_dir", "uncovered_uses")
+RUN_COLUMNS = ("seed", "epsilon_rdp", "epsilon_prv", "delta", "noise_multiplier", "sample_rate", "steps",
+               "perplexity_private_before", "perplexity_general_before", "perplexity_private", "perplexity_private_low",
+               "perplexity_private_high", "perplexity_general", "train_seconds", "run_dir", "uncovered_uses")
 # ... and in those of tab:private-selection
 SELECTION_RUN_COLUMNS = ("delta", "noise_multiplier", "sample_rate", "steps", "perplexity_private_before",
                          "perplexity_private", "perplexity_general", "run_dir")
@@ -69,24 +71,6 @@ SELECTION_RUN_COLUMNS = ("delta", "noise_multiplier", "sample_rate", "steps", "p
 
 def _layers_text(layers) -> str:
     return " ".join(map(str, layers))
-
-
-class Evaluator:
-    """Held-out private records and general English passages, scored the same way for every model."""
-
-    def __init__(self, tokenizer, corpus, cfg, seed: int) -> None:
-        self.tokenizer, self.cfg = tokenizer, cfg
-        self.private = corpus.texts("heldout", limit=cfg.eval_samples, include_canaries=False)
-        self.general = general_english(cfg.eval_samples, seed=seed)
-
-    def private_ppl(self, model) -> float:
-        return perplexity(model, self.tokenizer, self.private, self.cfg.max_length, self.cfg.batch_size)
-
-    def general_ppl(self, model) -> float:
-        return perplexity(model, self.tokenizer, self.general, self.cfg.max_length, self.cfg.batch_size)
-
-    def both(self, model) -> dict[str, float]:
-        return {"perplexity_private": self.private_ppl(model), "perplexity_general": self.general_ppl(model)}
 
 
 # --------------------------------------------------------------------------
@@ -133,7 +117,7 @@ def federated_pruning(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, 
     layer_choice.update({f"client {i + 1}": choose_layers("cosine", k, num_layers, s) for i, s in enumerate(sims)})
     masks = wanda_sources(model, tokenizer, shards, b, profile.seed)
 
-    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    evaluator = Evaluator(tokenizer, corpus, profile)
     rows, scored = [], {}
     for source, layers in tqdm(layer_choice.items(), desc="layer removal: perplexity", leave=False):
         key = tuple(layers)
@@ -210,7 +194,7 @@ def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, di
 
     non_private = choose(0.0, None)
     public_only = sorted(int(i) for i in np.argsort(reference, kind="stable")[:k])
-    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    evaluator = Evaluator(tokenizer, corpus, profile)
     scored: dict[tuple[int, ...], float] = {}
     rows = []
     for eps in tqdm(b.selection_epsilons, desc="private selection", leave=False):
@@ -253,11 +237,12 @@ def _finetune_run(base, tokenizer, corpus, profile, out: Path, evaluator: Evalua
     lora, privacy, train = finetune_specs(profile)
     spec = replace(next(iter(privacy.values())), epsilon=profile.baselines.epsilon)
     before = evaluator.both(base)
+    train = replace(train, seed=run_seed(train.seed, out.name))         # every run its own batches and noise
     result = finetune(base, tokenizer, corpus.texts("train"), out, lora, spec, train, progress=True)
     tuned = result.model.eval()
     run = FinetuneRun.from_result(result, model=model_name, layers=len(decoder_layers(tuned.get_base_model())),
                                   target_epsilon=profile.baselines.epsilon, before=before,
-                                  after=evaluator.both(tuned), run_dir=relative_to_cwd(out))
+                                  after=evaluator.both(tuned), run_dir=relative_to_cwd(out), seed=train.seed)
     return run, tuned
 
 
@@ -268,7 +253,7 @@ def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame,
     the run's DP-SGD history in one accountant, at the run's δ.
     """
     b = profile.baselines
-    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    evaluator = Evaluator(tokenizer, corpus, profile)
     rows, done = [], {}
     for eps in tqdm([math.inf] + list(b.selection_finetune), desc="fine-tuning privately pruned models", leave=False):
         picked = sweep[(sweep["selection_epsilon"] == eps) & (sweep["draw"] == 0)].iloc[0]
@@ -338,17 +323,22 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: F
     members = [r.text for r in size_matched(note_records(corpus, "train"), cfg.mia_samples, seed)]
     nonmembers = [r.text for r in note_records(corpus, "heldout")[: cfg.mia_samples]]
     texts = members + nonmembers
-    mia = attacks.membership_inference(members, nonmembers, attacks.record_logprobs(tuned, tokenizer, texts, ml, bs),
+    windows = attacks.scored_texts(tokenizer, texts, ml)
+    mia = attacks.membership_inference(windows[:len(members)], windows[len(members):],
+                                       attacks.record_logprobs(tuned, tokenizer, texts, ml, bs),
                                        attacks.record_logprobs(untuned, tokenizer, texts, ml, bs), cfg.min_k)
     by_attack = {m["attack"]: m for m in mia}
-    exposure = [attacks.canary_exposure(tuned, tokenizer, c, cfg.n_candidates, seed)
-                for c in corpus.canaries_for("exposure")]
-    trained = [e.exposure for e in exposure if e.repetitions > 0]
-    heldout = [e.exposure for e in exposure if e.repetitions == 0]
+    exposure = paired_exposure(tuned, lambda c: attacks.canary_exposure(untuned, tokenizer, c, cfg.n_candidates,
+                                                                        seed).exposure,
+                               tokenizer, corpus.canaries_for("exposure"), cfg.n_candidates, seed)
+    trained = [e["exposure"] for e in exposure if e["repetitions"] > 0]
+    heldout = [e["exposure"] for e in exposure if e["repetitions"] == 0]
     out = {"mia_auc_loss": by_attack["loss"]["auc"], "mia_auc_reference": by_attack["reference"]["auc"],
            "exposure_trained": float(np.mean(trained)) if trained else math.nan,
            "exposure_heldout": float(np.mean(heldout)) if heldout else math.nan,
-           "exposure_chance": attacks.chance_exposure(cfg.n_candidates)}
+           "exposure_chance": attacks.chance_exposure(cfg.n_candidates),
+           "exposure_excess_trained": mean_excess(exposure, trained=True),
+           "exposure_excess_heldout": mean_excess(exposure, trained=False)}
     canaries = corpus.canaries_for("audit")
     if canaries:
         canary_texts = [c.text for c in canaries]
@@ -356,7 +346,7 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: F
         scores = audit_scores(tuned, reference, tokenizer, canary_texts, ml, bs)
         result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
         accountant = accountant_at(run, cfg.audit_delta)
-        out.update({"audit_lower_bound": result.epsilon_lower_bound,
+        out.update({"audit_lower_bound": result.epsilon_lower_bound, "audit_attainable": result.epsilon_attainable,
                     "audit_epsilon_rdp": accountant["epsilon_rdp"], "audit_delta": cfg.audit_delta})
     return out
 
@@ -373,7 +363,7 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     """
     b, lat = profile.baselines, profile.latency
     models, info = compressed_models(model, tokenizer, corpus, similarity, profile)
-    evaluator = Evaluator(tokenizer, corpus, b, profile.seed)
+    evaluator = Evaluator(tokenizer, corpus, profile)
     rows, timed = [], {}
     for name, base in tqdm(models.items(), desc="compression baselines", leave=False):
         slug = name.split(" ")[0].lower() if name != "dense" else "dense"
@@ -428,6 +418,7 @@ def _dpimp_run(model, tokenizer, corpus, profile, out: Path, evaluator: Evaluato
     spec = replace(next(iter(privacy.values())), epsilon=b.epsilon)
     hook = dpimp.DPIMP(b.dpimp_rounds, b.sparsity)
     before = evaluator.both(model)
+    train = replace(train, seed=run_seed(train.seed, out.name))
     result = finetune(copy.deepcopy(model), tokenizer, corpus.texts("train"), out, lora, spec, train, progress=True,
                       after_step=hook)
     deployed, reached = dpimp.deploy(result.model, b.sparsity)
@@ -438,7 +429,7 @@ def _dpimp_run(model, tokenizer, corpus, profile, out: Path, evaluator: Evaluato
                                            "only: the frozen weights were pruned during training"})
     run = FinetuneRun.from_result(result, model=name, layers=len(decoder_layers(deployed)),
                                   target_epsilon=b.epsilon, before=before, after=evaluator.both(deployed),
-                                  run_dir=relative_to_cwd(out))
+                                  run_dir=relative_to_cwd(out), seed=train.seed)
     return run, deployed, rounds
 
 

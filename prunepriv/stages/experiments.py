@@ -4,9 +4,10 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from prunepriv.compress.latency import compare_latency
@@ -18,16 +19,16 @@ from prunepriv.compress.pruning import (
 )
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
 from prunepriv.data import general_english, public_calibration
-from prunepriv.lm.evaluation import perplexity
+from prunepriv.lm.evaluation import perplexity, perplexity_interval, score_records
 from prunepriv.lm.lora import merge_and_save
 from prunepriv.lm.models import decoder_layers
 from prunepriv.lm.text import batches
 from prunepriv.privacy.record import FinetuneRun, run_name, runs_of
-from prunepriv.privacy.specs import epsilon_label, finetune_specs
+from prunepriv.privacy.specs import epsilon_label, finetune_specs, run_seed
 from prunepriv.privacy.train import finetune
 from prunepriv.privacy.uses import DataUse, record_use
 from prunepriv.progress import tqdm
-from prunepriv.results import relative_to_cwd
+from prunepriv.results import atomic_write_text, relative_to_cwd
 
 DATA_STRATEGIES = ("cosine", "block", "greedy-loss")      # strategies that read calibration text
 
@@ -165,6 +166,43 @@ def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int,
     return pd.DataFrame(rows)
 
 
+class Evaluator:
+    """The one evaluation protocol of every model in stages 03 and 06: ``finetune.eval_samples`` held-out
+    private records and ``data.general_passages`` general English passages, scored at
+    ``finetune.max_length`` tokens, so that an adapter has one perplexity wherever it is reported. The
+    private perplexity carries a 95% bootstrap interval over patients (a patient's notes are not
+    independent; a record without a patient is its own cluster)."""
+
+    def __init__(self, tokenizer, corpus, profile) -> None:
+        f = profile.finetune
+        self.tokenizer, self.max_length, self.batch_size = tokenizer, f.max_length, f.physical_batch_size
+        records = corpus.records("heldout", limit=f.eval_samples, include_canaries=False)
+        self.private = [r.text for r in records]
+        self.clusters = [r.patient or r.id for r in records]
+        self.general = general_english(profile.data.general_passages, seed=profile.seed)
+        self.seed = profile.seed
+
+    def measure(self, model) -> tuple[dict[str, float], pd.DataFrame]:
+        """Both perplexities, the private one's interval, and every record's NLL (a table)."""
+        private = score_records(model, self.tokenizer, self.private, self.max_length, self.batch_size)
+        general = score_records(model, self.tokenizer, self.general, self.max_length, self.batch_size)
+        low, high = perplexity_interval(private, self.clusters, seed=self.seed)
+        records = pd.DataFrame({"split": ["private"] * len(self.private) + ["general"] * len(self.general),
+                                "cluster": self.clusters + [f"passage-{i}" for i in range(len(self.general))],
+                                "tokens": np.concatenate([private.tokens, general.tokens]).astype(int),
+                                "nll": np.concatenate([private.nll, general.nll])})
+        return {"perplexity_private": private.perplexity, "perplexity_general": general.perplexity,
+                "perplexity_private_low": low, "perplexity_private_high": high}, records
+
+    def both(self, model) -> dict[str, float]:
+        """Both perplexities and the private one's interval."""
+        return self.measure(model)[0]
+
+    def private_ppl(self, model) -> float:
+        """The private perplexity alone."""
+        return perplexity(model, self.tokenizer, self.private, self.max_length, self.batch_size)
+
+
 def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir,
                    choice_use: dict | None = None) -> pd.DataFrame:
     """Fine-tune every (model, ε) of the profile; one row per run (notebook 03).
@@ -179,15 +217,9 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
     f = profile.finetune
     lora, privacy, train = finetune_specs(profile)
     texts = corpus.texts("train")
-    private_eval = corpus.texts("heldout", limit=f.eval_samples, include_canaries=False)
-    general_eval = general_english(profile.data.general_passages, seed=profile.seed)
-
-    def scores(model) -> dict[str, float]:
-        return {"perplexity_private": perplexity(model, tokenizer, private_eval, f.max_length, f.physical_batch_size),
-                "perplexity_general": perplexity(model, tokenizer, general_eval, f.max_length, f.physical_batch_size)}
-
+    evaluator = Evaluator(tokenizer, corpus, profile)
     rows = []
-    before: dict[str, dict[str, float]] = {}
+    before: dict[str, tuple[dict[str, float], pd.DataFrame]] = {}
     jobs = [(m, eps) for m in f.models for eps in f.epsilons]
     for model_name, eps in tqdm(jobs, desc="fine-tuning runs", leave=False):
         model = copy.deepcopy(base)
@@ -196,18 +228,31 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
             if choice_use is not None:
                 record_use(model, DataUse(**choice_use))
         if model_name not in before:                      # the same untuned model for every ε
-            before[model_name] = scores(model)
+            before[model_name] = evaluator.measure(model)
         out = Path(runs_dir) / run_name(model_name, eps)
-        result = finetune(model, tokenizer, texts, out, lora, privacy[eps], train, progress=True)
+        spec = replace(train, seed=run_seed(train.seed, out.name))      # every run its own batches and noise
+        result = finetune(model, tokenizer, texts, out, lora, privacy[eps], spec, progress=True)
         tuned = result.model.eval()
         layers = len(decoder_layers(tuned.get_base_model()))
+        after = evaluator.measure(tuned)
+        save_record_nll(out, before[model_name][1], after[1])
         run = FinetuneRun.from_result(result, model=model_name, layers=layers, target_epsilon=eps,
-                                      before=before[model_name], after=scores(tuned), run_dir=relative_to_cwd(out))
+                                      before=before[model_name][0], after=after[0], run_dir=relative_to_cwd(out),
+                                      seed=spec.seed)
         rows.append(run.to_row())
         if f.save_merged:
             merge_and_save(tuned, tokenizer, out / "merged")
         del model, tuned
     return pd.DataFrame(rows)
+
+
+def save_record_nll(run_dir: Path, before: pd.DataFrame, after: pd.DataFrame) -> Path:
+    """Write ``eval_nll.csv`` into a run's folder: every evaluation record's summed NLL before and after
+    fine-tuning (with its cluster and token count), so that any interval can be computed afterwards."""
+    table = before.rename(columns={"nll": "nll_before"}).assign(nll_after=after["nll"].to_numpy())
+    path = Path(run_dir) / "eval_nll.csv"
+    atomic_write_text(path, table.to_csv(index=False))
+    return path
 
 
 def training_curves(runs: pd.DataFrame) -> pd.DataFrame:

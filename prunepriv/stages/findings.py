@@ -78,7 +78,8 @@ def finetuning(runs: pd.DataFrame) -> Findings:
     lines = []
     for model, group in runs.groupby("model", sort=False):
         before = group["perplexity_private_before"].iloc[0]
-        parts = [f"ε = {_eps(r.target_epsilon)}: {r.perplexity_private:.2f}" for r in group.itertuples()]
+        parts = [f"ε = {_eps(r.target_epsilon)}: {r.perplexity_private:.2f}" + _ci(r, "perplexity_private")
+                 for r in group.itertuples()]
         lines.append(f"**{model}** ({int(group['layers'].iloc[0])} layers): held-out private perplexity "
                      f"{before:.2f} before fine-tuning; after: " + "; ".join(parts) + ".")
     private = runs[runs["target_epsilon"].map(lambda e: not math.isinf(float(e)))]
@@ -89,8 +90,16 @@ def finetuning(runs: pd.DataFrame) -> Findings:
     uncovered = runs["uncovered_uses"].fillna("") if "uncovered_uses" in runs else pd.Series([], dtype=str)
     for model, uses in runs[uncovered != ""].groupby("model", sort=False)["uncovered_uses"]:
         lines.append(f"The **{model}** model's ε covers its training records only; not covered: {uses.iloc[0]}.")
-    lines.append("Single runs (one seed): differences between ε values are not tested here.")
+    lines.append("Brackets: 95% bootstrap intervals over the held-out patients (evaluation noise only). One run "
+                 "(one seed) per setting, each with its own batches and noise, so the spread between training runs "
+                 "is not measured: differences between ε values are not tested here.")
     return _bullets(lines)
+
+
+def _ci(row, column: str) -> str:
+    """`` [low, high]`` of a row's ``column`` from its ``_low`` / ``_high`` columns ("" when not saved)."""
+    low, high = getattr(row, f"{column}_low", math.nan), getattr(row, f"{column}_high", math.nan)
+    return "" if not (math.isfinite(low) and math.isfinite(high)) else f" [{low:.2f}, {high:.2f}]"
 
 
 def synthetic(table: pd.DataFrame) -> Findings:
@@ -113,11 +122,15 @@ def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame) ->
     for r in table.itertuples():
         lines.append(f"{r.model}, ε = {_eps(r.target_epsilon)}: canary exposure {r.exposure_trained:.2f} bits for "
                      f"trained canaries vs {r.exposure_heldout:.2f} for never-trained ones (chance "
-                     f"{r.exposure_chance:.2f}).")
+                     f"{r.exposure_chance:.2f}); in excess of each canary's exposure before fine-tuning (its "
+                     f"paired control, 0 by chance) {r.exposure_excess_trained:+.2f} vs {r.exposure_excess_heldout:+.2f} "
+                     "bits.")
     if len(audit):
         lines.append(f"One-run audit: every lower bound is below the accountant's ε "
                      f"({int(audit['bound_below_accountant'].sum())} of {len(audit)} runs); the largest bound is "
-                     f"{audit['epsilon_lower_bound'].max():.2f}.")
+                     f"{audit['epsilon_lower_bound'].max():.2f}, where {int(audit['audit_canaries'].iloc[0])} "
+                     f"canaries could show at most ε ≥ {audit['epsilon_attainable'].max():.2f} (every guess "
+                     "correct), so an accountant ε above that cannot be contradicted.")
     lines.append("One seed per setting and a few dozen records per attack: orderings between ε values whose "
                  "intervals overlap are not findings.")
     return _bullets(lines)

@@ -41,7 +41,7 @@ from prunepriv.results import (
     sha256_file,
 )
 
-ATTACKS_VERSION = 2   # bump when an attack's computation changes, so saved per-run results are redone
+ATTACKS_VERSION = 3   # bump when an attack's computation changes, so saved per-run results are redone
 
 
 def tuned_model(bases: dict, run: FinetuneRun):
@@ -150,6 +150,7 @@ class References:
         self.bases, self.tokenizer = bases, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
         self._cache: dict[tuple[str, tuple[str, ...], bool], list[np.ndarray]] = {}
+        self._exposure: dict[tuple[str, str, int, int], float] = {}
 
     def logprobs(self, model_name: str, texts: list[str], end: bool = True) -> list[np.ndarray]:
         key = (model_name, tuple(texts), end)
@@ -157,6 +158,32 @@ class References:
             self._cache[key] = attacks.record_logprobs(self.bases[model_name], self.tokenizer, texts,
                                                        self.max_length, self.batch_size, end=end)
         return self._cache[key]
+
+    def exposure(self, model_name: str, canary, n_candidates: int, seed: int) -> float:
+        """Exposure of ``canary`` in the untuned model, on the candidates the tuned model is ranked on."""
+        key = (model_name, canary.id, n_candidates, seed)
+        if key not in self._exposure:
+            self._exposure[key] = attacks.canary_exposure(self.bases[model_name], self.tokenizer, canary,
+                                                          n_candidates, seed).exposure
+        return self._exposure[key]
+
+
+def paired_exposure(model, untuned_exposure, tokenizer, canaries: list, n_candidates: int, seed: int) -> list[dict]:
+    """Exposure of each canary in ``model`` beside its paired control, ``untuned_exposure(canary)``: its
+    exposure in the un-fine-tuned model on the same candidates. ``excess`` (the difference) removes the
+    base model's prior for that very secret, which the never-trained canaries (other secrets) cannot."""
+    rows = []
+    for canary in tqdm(canaries, desc="exposure", leave=False):
+        tuned = asdict(attacks.canary_exposure(model, tokenizer, canary, n_candidates, seed))
+        control = untuned_exposure(canary)
+        rows.append({**tuned, "exposure_untuned": control, "excess": tuned["exposure"] - control})
+    return rows
+
+
+def mean_excess(exposure: list[dict], trained: bool) -> float:
+    """Mean paired excess exposure of the trained (``repetitions > 0``) or never-trained canaries."""
+    values = [e["excess"] for e in exposure if (e["repetitions"] > 0) == trained]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def audit_scores(model, reference_lp: list[np.ndarray], tokenizer, texts: list[str], max_length: int,
@@ -187,9 +214,9 @@ def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, sam
     train_notes, heldout_notes = note_records(corpus, "train"), note_records(corpus, "heldout")
     out["mia"] = membership_attacks(model, run.model, tokenizer, refs, train_notes, heldout_notes, cfg, seed)
 
-    # canary exposure: trained canaries and never-trained ones (the control)
-    out["exposure"] = [asdict(attacks.canary_exposure(model, tokenizer, c, cfg.n_candidates, seed))
-                       for c in tqdm(corpus.canaries_for("exposure"), desc="exposure", leave=False)]
+    # canary exposure: trained canaries and never-trained ones (the control), each beside its untuned exposure
+    out["exposure"] = paired_exposure(model, lambda c: refs.exposure(run.model, c, cfg.n_candidates, seed),
+                                      tokenizer, corpus.canaries_for("exposure"), cfg.n_candidates, seed)
     out["chance_exposure"] = attacks.chance_exposure(cfg.n_candidates)
 
     # one-run audit (Steinke et al. 2023) on the audit canaries
@@ -198,8 +225,11 @@ def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, sam
         out["audit"] = canary_audit(model, run, tokenizer, refs, audit_canaries, cfg)
     out.update(extraction_attacks(model, run.model, tokenizer, refs, samples, train_notes, heldout_notes, cfg, seed))
 
-    # untargeted PII leakage: values only training records hold, versus values only held-out records hold
-    train_pii, held_pii = attacks.exclusive_pii(corpus, "train"), attacks.exclusive_pii(corpus, "heldout")
+    # untargeted PII leakage: values only training records hold, versus values only held-out records hold,
+    # each inside the window of tokens the model trains on (both sides alike)
+    window = attacks.window_chars(tokenizer, [r.text for split in ("train", "heldout") for r in corpus.splits[split]],
+                                  cfg.max_length)
+    train_pii, held_pii = (attacks.exclusive_pii(corpus, split, window=window) for split in ("train", "heldout"))
     out["pii"] = {"train_values": len(train_pii), "heldout_values": len(held_pii),
                   "leaked_train": attacks.leaked_fraction(samples, train_pii),
                   "leaked_heldout": attacks.leaked_fraction(samples, held_pii)}
@@ -217,7 +247,9 @@ def membership_attacks(model, base_name: str, tokenizer, refs: References, train
     nonmembers = [r.text for r in heldout_notes[: cfg.mia_samples]]
     texts = members + nonmembers
     target_lp = attacks.record_logprobs(model, tokenizer, texts, cfg.max_length, cfg.batch_size)
-    return attacks.membership_inference(members, nonmembers, target_lp, refs.logprobs(base_name, texts), cfg.min_k)
+    windows = attacks.scored_texts(tokenizer, texts, cfg.max_length)
+    return attacks.membership_inference(windows[:len(members)], windows[len(members):], target_lp,
+                                        refs.logprobs(base_name, texts), cfg.min_k)
 
 
 def canary_audit(model, run: FinetuneRun, tokenizer, refs: References, canaries: list, cfg) -> dict:
@@ -244,7 +276,8 @@ def extraction_attacks(model, base_name: str, tokenizer, refs: References, sampl
     sample_lp = attacks.record_logprobs(model, tokenizer, kept, ml, bs, end=False)   # samples carry no EOS
     ref_lp = refs.logprobs(base_name, kept, end=False)
     ranking = {name: attacks.top_k_copies(metric, f1_train, f1_held, cfg.rank_top_k, cfg.near_copy_f1)
-               for name, metric in attacks.ranking_metrics(kept, sample_lp, ref_lp).items()}
+               for name, metric in attacks.ranking_metrics(attacks.scored_texts(tokenizer, kept, ml, end=False), sample_lp,
+                                                               ref_lp).items()}
     return {"extraction": extraction, "ranking": ranking}
 
 
@@ -328,6 +361,8 @@ def memorization_table(results: list[dict]) -> pd.DataFrame:
             "exposure_trained": float(np.mean(trained)) if trained else float("nan"),
             "exposure_heldout": exposure.get("exposure_r0", float("nan")),
             "exposure_chance": r["chance_exposure"],
+            "exposure_excess_trained": mean_excess(r["exposure"], trained=True),
+            "exposure_excess_heldout": mean_excess(r["exposure"], trained=False),
             **{k: v for k, v in exposure.items() if k != "exposure_r0"},
             **{f"mia_auc_{a}": mia[a]["auc"] for a in attacks.MIA_ATTACKS},
             "mia_tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
@@ -358,7 +393,8 @@ def audit_table(results: list[dict]) -> pd.DataFrame:
         rows.append({"model": r["model"], "target_epsilon": r["target_epsilon"],
                      "epsilon_rdp_at_audit_delta": a["epsilon_rdp"], "epsilon_prv_at_audit_delta": a["epsilon_prv"],
                      "audit_delta": a["delta"],
-                     "epsilon_lower_bound": a["epsilon_lower_bound"], "confidence": a["confidence"],
+                     "epsilon_lower_bound": a["epsilon_lower_bound"], "epsilon_attainable": a["epsilon_attainable"],
+                     "confidence": a["confidence"],
                      "audit_canaries": a["n_examples"], "guesses": a["n_guesses"], "correct": a["n_correct"],
                      "bound_below_accountant": a["epsilon_lower_bound"] <= min(a["epsilon_rdp"], a["epsilon_prv"])})
     return pd.DataFrame(rows)
@@ -406,6 +442,10 @@ def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
         rows.append(("canary exposure (bits, mean)", float(np.mean(trained)),
                      float(np.mean(heldout)) if heldout else nan,
                      f"never-trained canaries ({len(trained)} trained, {len(heldout)} never trained)"))
+        rows.append(("canary exposure in excess of the untuned model (bits, mean)",
+                     mean_excess(result["exposure"], trained=True), mean_excess(result["exposure"], trained=False),
+                     "never-trained canaries; each canary's own exposure before fine-tuning is subtracted "
+                     "(its paired control), 0 by chance"))
     for m in result["mia"]:
         lo, hi = attacks.auc_interval(m["auc"], int(m["members"]), int(m["nonmembers"]))
         rows.append((f"membership inference AUC ({m['attack']})", m["auc"], 0.5,
@@ -413,7 +453,8 @@ def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
     if "audit" in result:
         a = result["audit"]
         rows.append((f"audit: ε lower bound ({a['confidence']:.0%} confidence)", a["epsilon_lower_bound"],
-                     a["epsilon_rdp"], f"accountant ε (RDP) at δ = {a['delta']:.0e}; the bound must not exceed it"))
+                     a["epsilon_rdp"], f"accountant ε (RDP) at δ = {a['delta']:.0e}; the bound must not exceed it; "
+                     f"{a['n_examples']} canaries can show at most ε ≥ {a['epsilon_attainable']:.2f}"))
     return rows
 
 

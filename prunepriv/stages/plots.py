@@ -77,6 +77,13 @@ def perplexity_vs_layers(frame: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def _interval(frame: pd.DataFrame, column: str) -> np.ndarray | None:
+    """Error-bar lengths below and above ``column`` from its ``_low`` / ``_high`` columns (None: none saved)."""
+    if f"{column}_low" not in frame or frame[f"{column}_low"].isna().all():
+        return None
+    return np.vstack([frame[column] - frame[f"{column}_low"], frame[f"{column}_high"] - frame[column]])
+
+
 def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     """Held-out perplexity versus ε; non-private runs as their own marked point.
 
@@ -93,12 +100,15 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     for model, group in frame.groupby("model"):
         color = colors[model]
         g = group[np.isfinite(group["target_epsilon"])].sort_values("target_epsilon")
-        ax.plot(g["epsilon_rdp"] * dodge[model], g["perplexity_private"], marker="o", mfc="none", color=color,
-                label=f"{model}, DP-SGD")
+        ax.errorbar(g["epsilon_rdp"] * dodge[model], g["perplexity_private"], yerr=_interval(g, "perplexity_private"),
+                    marker="o", mfc="none", color=color, capsize=2, label=f"{model}, DP-SGD")
         nonprivate = group[~np.isfinite(group["target_epsilon"])]
         if len(nonprivate):
-            ax.scatter([x_inf * dodge[model]], nonprivate["perplexity_private"], marker="*", s=80, color=color,
-                       zorder=3, edgecolors="black", linewidths=0.5, label=f"{model}, non-private (ε = ∞)")
+            ax.errorbar([x_inf * dodge[model]] * len(nonprivate), nonprivate["perplexity_private"],
+                        yerr=_interval(nonprivate, "perplexity_private"), fmt="none", color=color, capsize=2)
+            ax.scatter([x_inf * dodge[model]] * len(nonprivate), nonprivate["perplexity_private"], marker="*", s=80,
+                       color=color, zorder=3, edgecolors="black", linewidths=0.5,
+                       label=f"{model}, non-private (ε = ∞)")
         ax.axhline(group["perplexity_private_before"].iloc[0], ls="--", color=color, alpha=0.7,
                    label=f"{model}, before fine-tuning")
     ax.set_xscale("log")
@@ -108,7 +118,7 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     ax.minorticks_off()
     ax.set_xlabel("ε spent (RDP accountant of the run)")
     ax.set_ylabel("perplexity on held-out records")
-    ax.set_title("Utility versus privacy")
+    ax.set_title("Utility versus privacy (95% intervals over patients)", fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)   # never over a point
     return fig
 
