@@ -97,6 +97,23 @@ def test_paired_control_is_the_untuned_exposure_of_the_same_canary(tiny_runs, by
     assert memorization.mean_excess(rows, trained=True) == 0.0
 
 
+def test_membership_sides_share_the_note_type_mix():
+    """Issue 14: members are drawn per note type to match the non-members, so the attack cannot score
+    the type; a kind the training side lacks drops out of both sides."""
+    from collections import Counter
+
+    corpus = synthetic_corpus(seed=0, n_patients=60, notes_per_patient=2)
+    train, held = memorization.note_records(corpus, "train"), memorization.note_records(corpus, "heldout")[:20]
+    members, nonmembers = memorization.kind_matched(train, held, seed=0)
+    assert len(members) == len(nonmembers) == 20
+    assert Counter(r.kind for r in members) == Counter(r.kind for r in nonmembers)
+    assert not {r.id for r in members} & {r.id for r in nonmembers}
+    assert [r.id for r in memorization.kind_matched(train, held, seed=0)[0]] == [r.id for r in members]
+    rare = [r for r in train if r.kind != held[0].kind]
+    m, n = memorization.kind_matched(rare, held, seed=0)
+    assert held[0].kind not in {r.kind for r in m} | {r.kind for r in n} and len(m) == len(n)
+
+
 def test_empty_generation_set_is_a_data_error(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text("")

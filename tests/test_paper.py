@@ -78,6 +78,27 @@ def test_reference_claims_cover_what_the_issue_asks_and_hold():
 
 
 @needs_reference
+def test_claims_carry_the_interval_their_data_give(tmp_path):
+    """Issue 14: exposure differences (bootstrap over canaries), AUCs (Hanley-McNeil) and perplexities
+    (bootstrap over patients, where the table saved one) carry a 95% interval around their value."""
+    results = tmp_path / "results/paper"
+    shutil.copytree(REFERENCE, results)
+    runs = pd.read_csv(results / "finetune.csv")
+    runs["perplexity_private_low"], runs["perplexity_private_high"] = runs["perplexity_private"] * 0.9, \
+        runs["perplexity_private"] * 1.1
+    runs.to_csv(results / "finetune.csv", index=False)
+    found = claims.claims_from(results)
+    for prefix in ("memorization.exposure.", "memorization.mia.", "finetune.perplexity."):
+        chosen = [c for c in found if c.id.startswith(prefix)]
+        assert chosen and all(c.interval is not None and c.interval[0] <= c.value <= c.interval[1] for c in chosen)
+    table = claims.claims_table(found)
+    assert table.set_index("claim").loc["finetune.perplexity.unpruned.epsinf", "interval"].startswith("[")
+    assert (table["interval"] == "").any()                 # a claim without sampling error has none
+    mia = next(c for c in found if c.id == "memorization.mia.unpruned.epsinf")
+    assert mia.interval[1] - mia.interval[0] > 0.2          # 40 vs 40 records: about ±0.12
+
+
+@needs_reference
 def test_verify_passes_on_a_rerun_within_tolerance_and_fails_outside(tmp_path):
     results = tmp_path / "results/paper"
     shutil.copytree(REFERENCE, results)

@@ -88,3 +88,35 @@ def test_round_trip_through_json():
     back = LayerSimilarity.from_dict(sim.to_dict())
     assert np.allclose(back.matrix, sim.matrix) and np.allclose(back.adjacent, sim.adjacent)
     assert np.allclose(back.block, sim.block, equal_nan=True)
+    assert np.allclose(back.sequence_adjacent, sim.sequence_adjacent)
+    older = {k: v for k, v in sim.to_dict().items() if not k.startswith("sequence_")}   # saved before the sums
+    assert LayerSimilarity.from_dict(older).sequence_adjacent is None
+
+
+def test_per_sequence_sums_give_the_adjacent_similarity():
+    sim = layer_similarity(tiny_model("llama", layers=5), [_batch([10, 7]), _batch([4, 9, 10], seed=1)])
+    assert sim.sequence_adjacent.shape == (5, 5) and sim.sequence_tokens.tolist() == [10, 7, 4, 9, 10]
+    np.testing.assert_allclose(sim.sequence_adjacent.sum(0) / sim.sequence_tokens.sum(), sim.adjacent, rtol=1e-5)
+
+
+def test_choice_stability_sees_a_near_tie():
+    """Issue 14: a clear winner is chosen in every bootstrap draw; two layers that trade places from one
+    sequence to the next are each chosen in some draws only."""
+    from prunepriv.stages.experiments import choice_stability
+
+    rng = np.random.default_rng(0)
+    tokens = np.full(40, 20.0)
+    clear = np.tile([0.5, 0.9, 0.5, 0.5], (40, 1)) * 20
+    tied = clear.copy()
+    tied[:, 3] = 20 * np.where(rng.random(40) < 0.5, 0.95, 0.85)             # layer 3 against layer 1 (0.9)
+    for sums, same in ((clear, 1.0), (tied, None)):
+        adjacent = sums.sum(0) / tokens.sum()
+        sim = LayerSimilarity(np.eye(5), adjacent, np.zeros((4, 5)), 800, 40, sums, tokens)
+        result = choice_stability(sim, "cosine", 1, draws=200, seed=0)
+        if same is not None:
+            assert result["same_set"] == same and result["layer_frequency"][1] == 1.0
+        else:
+            assert 0.05 < result["same_set"] < 0.95
+            assert 0 < result["layer_frequency"][1] < 1 and 0 < result["layer_frequency"][3] < 1
+            assert result["margin"] < 0.02
+    assert choice_stability(sim, "last", 1)["same_set"] is None

@@ -35,6 +35,8 @@ class LayerSimilarity:
     block: np.ndarray       # (L, L+1) angular distance, row n-1 = block size n
     n_tokens: int
     n_sequences: int
+    sequence_adjacent: np.ndarray | None = None   # (N, L) each sequence's summed token cosine of h[i], h[i+1]
+    sequence_tokens: np.ndarray | None = None     # (N,) its token count: the adjacent similarity is their ratio
 
     @property
     def num_layers(self) -> int:
@@ -50,13 +52,26 @@ class LayerSimilarity:
             "matrix": self.matrix.tolist(), "adjacent": self.adjacent.tolist(),
             "block": [[None if np.isnan(v) else float(v) for v in row] for row in self.block],
             "n_tokens": self.n_tokens, "n_sequences": self.n_sequences,
+            **({} if self.sequence_adjacent is None else {"sequence_adjacent": self.sequence_adjacent.tolist(),
+                                                          "sequence_tokens": self.sequence_tokens.tolist()}),
         }
 
     @classmethod
     def from_dict(cls, obj: dict) -> "LayerSimilarity":
         block = np.array([[np.nan if v is None else v for v in row] for row in obj["block"]], dtype=float)
+        per_sequence = ("sequence_adjacent" in obj) or None
         return cls(np.array(obj["matrix"]), np.array(obj["adjacent"]), block,
-                   int(obj["n_tokens"]), int(obj["n_sequences"]))
+                   int(obj["n_tokens"]), int(obj["n_sequences"]),
+                   per_sequence and np.array(obj["sequence_adjacent"], dtype=float),
+                   per_sequence and np.array(obj["sequence_tokens"], dtype=float))
+
+    def resampled_adjacent(self, draws: int, seed: int) -> np.ndarray:
+        """(draws, L) adjacent similarities of bootstrap resamples of the calibration sequences."""
+        if self.sequence_adjacent is None:
+            raise ValueError("these statistics were measured without per-sequence sums")
+        n = len(self.sequence_tokens)
+        picks = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+        return self.sequence_adjacent[picks].sum(1) / self.sequence_tokens[picks].sum(1)[:, None]
 
 
 class LayerCapture:
@@ -104,6 +119,7 @@ def layer_similarity(model, batches: Iterable[dict[str, torch.Tensor]]) -> Layer
     gram = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
     angles = torch.zeros(num_layers, num_layers + 1, dtype=torch.float64)
     n_tokens = n_sequences = 0
+    per_sequence, per_tokens = [], []
     body = backbone(model)
     with LayerCapture(model) as capture:
         for batch in batches:
@@ -113,6 +129,8 @@ def layer_similarity(model, batches: Iterable[dict[str, torch.Tensor]]) -> Layer
             mask = batch["attention_mask"].to(states.dtype)
             masked = states * mask[None, :, :, None]
             gram += torch.einsum("ibth,jbth->ij", masked, states).double().cpu()
+            per_sequence.append(torch.einsum("ibth,ibth->bi", masked[:-1], states[1:]).double().cpu())
+            per_tokens.append(mask.sum(1).double().cpu())
             n_tokens += int(mask.sum())
             last = states[:, torch.arange(states.shape[1], device=device), last_token_index(batch["attention_mask"])]
             cos_last = torch.einsum("ibh,jbh->ijb", last, last).clamp(-1.0, 1.0)        # (S, S, B)
@@ -128,4 +146,5 @@ def layer_similarity(model, batches: Iterable[dict[str, torch.Tensor]]) -> Layer
     for n in range(1, num_layers + 1):
         block[n - 1, num_layers + 1 - n:] = np.nan
     adjacent = np.array([matrix[i, i + 1] for i in range(num_layers)])
-    return LayerSimilarity(matrix, adjacent, block, n_tokens, n_sequences)
+    return LayerSimilarity(matrix, adjacent, block, n_tokens, n_sequences,
+                           torch.cat(per_sequence).numpy(), torch.cat(per_tokens).numpy())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunepriv.attacks import probes as attacks
 from prunepriv.errors import PrunePrivError
 from prunepriv.pipeline.registry import claim_files
 from prunepriv.privacy.specs import epsilon_label, epsilon_text
@@ -73,6 +74,7 @@ class Claim:
     value: object
     tolerance: Tolerance
     holds: bool | None = None     # qualitative part of the claim, evaluated on this run's own tables
+    interval: tuple[float, float] | None = None   # 95% interval of this run's value, where its data give one
 
 
 def top_repetitions(memorization: pd.DataFrame) -> int:
@@ -155,9 +157,11 @@ def _finetune_claims(t) -> list[Claim]:
     for row in runs.itertuples():
         private = not math.isinf(row.target_epsilon)
         claims.append(Claim(f"finetune.perplexity.{row.model}.eps{epsilon_label(row.target_epsilon)}",
-                            f"{row.model} model fine-tuned at {epsilon_text(row.target_epsilon)}: held-out perplexity",
+                            f"{row.model} model fine-tuned at {epsilon_text(row.target_epsilon)}: held-out perplexity "
+                            "(interval: bootstrap over held-out patients)",
                             float(row.perplexity_private), TRAINED_DP if private else TRAINED,
-                            bool(row.perplexity_private < row.perplexity_private_before)))
+                            bool(row.perplexity_private < row.perplexity_private_before),
+                            _columns_interval(row, "perplexity_private")))
     pruned = runs[(runs["model"] == "pruned") & runs["target_epsilon"].map(math.isinf)]
     if len(pruned):
         row = pruned.iloc[0]
@@ -186,11 +190,41 @@ def _memorization_claims(t) -> list[Claim]:
                 holds = base_excess is None or excess < base_excess - 1.0
                 text = (f"{model}, {epsilon_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
                         "(bits; at least 1 bit below the non-private model)")
-            claims.append(Claim(f"memorization.exposure.{model}.eps{epsilon_label(eps)}", text, excess, EXPOSURE, holds))
+            claims.append(Claim(f"memorization.exposure.{model}.eps{epsilon_label(eps)}", text, excess, EXPOSURE, holds,
+                                _exposure_interval(t["canary_exposure.csv"], model, eps, top)))
             claims.append(Claim(f"memorization.mia.{model}.eps{epsilon_label(eps)}",
                                 f"{model}, {epsilon_text(eps)}: reference-calibrated membership AUC (chance 0.5)",
-                                float(row.mia_auc_reference), AUC))
+                                float(row.mia_auc_reference), AUC, None,
+                                _auc_interval(t["membership_inference.csv"], model, eps)))
     return claims
+
+
+def _columns_interval(row, column: str) -> tuple[float, float] | None:
+    """``(low, high)`` from a row's ``{column}_low`` / ``{column}_high`` (None: tables written without them)."""
+    low, high = getattr(row, f"{column}_low", math.nan), getattr(row, f"{column}_high", math.nan)
+    return (float(low), float(high)) if math.isfinite(low) and math.isfinite(high) else None
+
+
+def _of_run(table: pd.DataFrame, model: str, eps: float) -> pd.DataFrame:
+    return table[(table["model"] == model) & (table["target_epsilon"] == eps)]
+
+
+def _exposure_interval(exposure: pd.DataFrame, model: str, eps: float, top: int) -> tuple[float, float] | None:
+    """Bootstrap interval of the mean exposure of ``top``× canaries minus that of never-trained ones."""
+    rows = _of_run(exposure, model, eps)
+    low, high = attacks.mean_difference_interval(rows[rows["repetitions"] == top]["exposure"],
+                                                 rows[rows["repetitions"] == 0]["exposure"])
+    return (low, high) if math.isfinite(low) else None
+
+
+def _auc_interval(mia: pd.DataFrame, model: str, eps: float) -> tuple[float, float] | None:
+    """Hanley–McNeil interval of the reference-calibrated attack's AUC."""
+    rows = _of_run(mia, model, eps)
+    rows = rows[rows["attack"] == "reference"]
+    if not len(rows):
+        return None
+    r = rows.iloc[0]
+    return attacks.auc_interval(float(r["auc"]), int(r["members"]), int(r["nonmembers"]))
 
 
 def _audit_claims(t) -> list[Claim]:
@@ -324,6 +358,7 @@ def compare(reference: list[Claim], reproduced: list[Claim]) -> pd.DataFrame:
             verdict = "reproduced"
         rows.append({"claim": ref.id, "text": ref.text, "reference": ref.value,
                      "reproduced": None if rep is None else rep.value,
+                     "interval": format_interval(None if rep is None else rep.interval),
                      "tolerance": ref.tolerance.describe(), "verdict": verdict, "why": ref.tolerance.why})
     return pd.DataFrame(rows)
 
@@ -334,10 +369,17 @@ def format_value(value) -> str:
     return "—" if value is None else str(value)
 
 
+def format_interval(interval: tuple[float, float] | None) -> str:
+    """``[low, high]``, or empty where the claim's data give no interval."""
+    return "" if interval is None else f"[{format_value(float(interval[0]))}, {format_value(float(interval[1]))}]"
+
+
 def claims_table(found: list[Claim]) -> pd.DataFrame:
-    """The claims of one run as ``claims.csv``: value, tolerance, and whether the qualitative part holds."""
+    """The claims of one run as ``claims.csv``: value, its 95% interval where the data give one, tolerance,
+    and whether the qualitative part holds."""
     return pd.DataFrame([{"claim": c.id, "text": c.text, "value": format_value(c.value),
-                          "tolerance": c.tolerance.describe(), "holds": c.holds} for c in found])
+                          "interval": format_interval(c.interval), "tolerance": c.tolerance.describe(),
+                          "holds": c.holds} for c in found])
 
 
 def failing(table: pd.DataFrame) -> pd.DataFrame:

@@ -93,7 +93,7 @@ def report(result: Verification) -> str:
     shown = result.table.assign(reference=result.table["reference"].map(format_value),
                                 reproduced=result.table["reproduced"].map(format_value))
     lines.append("")
-    lines.append(shown[["claim", "reference", "reproduced", "tolerance", "verdict"]].to_string(index=False))
+    lines.append(shown[["claim", "reference", "reproduced", "interval", "tolerance", "verdict"]].to_string(index=False))
     bad = shown[shown["verdict"] != "reproduced"]
     for row in bad.itertuples():
         lines.append(f"  {row.verdict}: {row.claim}: {row.text} (tolerance {row.tolerance}: {row.why})")

@@ -55,9 +55,9 @@ from prunepriv.stages.memorization import (
     accountant_at,
     audit_scores,
     mean_excess,
+    membership_texts,
     note_records,
     paired_exposure,
-    size_matched,
 )
 
 # the columns of a fine-tuning run (a FinetuneRun) in the rows of tab:compression-baselines
@@ -320,8 +320,7 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: F
     """
 
     bs, ml = cfg.batch_size, cfg.max_length
-    members = [r.text for r in size_matched(note_records(corpus, "train"), cfg.mia_samples, seed)]
-    nonmembers = [r.text for r in note_records(corpus, "heldout")[: cfg.mia_samples]]
+    members, nonmembers = membership_texts(corpus, cfg.mia_samples, seed)
     texts = members + nonmembers
     windows = attacks.scored_texts(tokenizer, texts, ml)
     mia = attacks.membership_inference(windows[:len(members)], windows[len(members):],

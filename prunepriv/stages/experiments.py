@@ -75,6 +75,25 @@ def measure_similarity(model, tokenizer, texts: list[str], max_length: int, batc
                                         desc="layer similarity", leave=False))
 
 
+def choice_stability(sim: LayerSimilarity, strategy: str, k: int, draws: int = 200, seed: int = 0) -> dict:
+    """How stable the paper's layer choice is under a bootstrap of the calibration sequences: how often
+    each layer is chosen, how often the very set chosen, and the gap between the ``k``-th and the next
+    most similar layer (a near-tie decides the set by chance). Only for ``cosine``; ``None`` fields
+    otherwise (and for statistics saved without per-sequence sums)."""
+    out: dict = {"strategy": strategy, "draws": draws, "same_set": None, "layer_frequency": None, "margin": None}
+    if strategy != "cosine" or sim.sequence_adjacent is None or k == 0:
+        return out
+    chosen = choose_layers("cosine", k, sim.num_layers, sim)
+    counts, same = np.zeros(sim.num_layers), 0
+    for adjacent in sim.resampled_adjacent(draws, seed):
+        layers = sorted(int(i) for i in np.argsort(-adjacent, kind="stable")[:k])
+        counts[layers] += 1
+        same += layers == chosen
+    ranked = np.sort(sim.adjacent)[::-1]
+    margin = float(ranked[k - 1] - ranked[k]) if k < sim.num_layers else None
+    return {**out, "same_set": same / draws, "layer_frequency": (counts / draws).round(4).tolist(), "margin": margin}
+
+
 def similarity_table(sim: LayerSimilarity) -> pd.DataFrame:
     """One row per layer: adjacent cosine, Block Influence, rank for removal."""
     frame = pd.DataFrame({

@@ -48,8 +48,10 @@ def _join(layers) -> str:
     return ", ".join(map(str, layers))
 
 
-def pruning(sweep: pd.DataFrame, latency: pd.DataFrame, strategy: str, k: int) -> Findings:
-    """Notebook 02: perplexity and latency of the paper's pruned model, and the strategies at the same k."""
+def pruning(sweep: pd.DataFrame, latency: pd.DataFrame, strategy: str, k: int,
+            stability: dict | None = None) -> Findings:
+    """Notebook 02: perplexity and latency of the paper's pruned model, the strategies at the same k, and
+    how stable the choice is under a bootstrap of the calibration sequences."""
     full = sweep[sweep["removed"] == 0].iloc[0]
     at_k = sweep[sweep["removed"] == k].set_index("strategy")
     lines = []
@@ -70,6 +72,13 @@ def pruning(sweep: pd.DataFrame, latency: pd.DataFrame, strategy: str, k: int) -
         lines.append(f"Without {int(row['removed'])} layers, prefill takes {row['prefill_ratio']:.2f} and decoding "
                      f"{row['decode_ratio']:.2f} of the unpruned time (the layer count alone predicts "
                      f"{row['ideal_ratio']:.2f}); one timing run of {len(latency)} points, no spread measured.")
+    if stability and stability.get("same_set") is not None:
+        frequency = stability["layer_frequency"]
+        unsure = [f"{i} ({f:.0%})" for i, f in enumerate(frequency) if 0.05 <= f <= 0.95]
+        lines.append(f"Resampling the calibration sequences ({stability['draws']} bootstrap draws) gives the same "
+                     f"{k} layers in {stability['same_set']:.0%} of draws; the {k}-th most similar layer leads the "
+                     f"next by {stability['margin']:.2g} in adjacent cosine; layers chosen in 5–95% of draws: "
+                     + (", ".join(unsure) if unsure else "none") + ".")
     return _bullets(lines)
 
 

@@ -143,6 +143,32 @@ def size_matched(records: list, n: int, seed: int) -> list:
     return random.Random(seed).sample(records, n)
 
 
+def kind_matched(members: list, nonmembers: list, seed: int) -> tuple[list, list]:
+    """Members and non-members with the same mix of note types: for each kind among ``nonmembers``, as many
+    seeded random ``members`` of that kind (fewer non-members where the members run short), so that a
+    membership attack cannot score the note type instead of membership. Records without a kind count as
+    one kind."""
+    rng = random.Random(seed)
+    by_kind: dict[str, list] = {}
+    for record in members:
+        by_kind.setdefault(getattr(record, "kind", ""), []).append(record)
+    chosen_members, chosen_nonmembers = [], []
+    for kind in dict.fromkeys(getattr(r, "kind", "") for r in nonmembers):
+        outside = [r for r in nonmembers if getattr(r, "kind", "") == kind]
+        inside = by_kind.get(kind, [])
+        n = min(len(outside), len(inside))
+        chosen_members += rng.sample(inside, n)
+        chosen_nonmembers += outside[:n]
+    return chosen_members, chosen_nonmembers
+
+
+def membership_texts(corpus, n: int, seed: int) -> tuple[list[str], list[str]]:
+    """The texts of the membership attack: up to ``n`` held-out records and as many training records of the
+    same note types (:func:`kind_matched`)."""
+    members, nonmembers = kind_matched(note_records(corpus, "train"), note_records(corpus, "heldout")[:n], seed)
+    return [r.text for r in members], [r.text for r in nonmembers]
+
+
 class References:
     """Untuned-model log-probabilities, computed once per base model."""
 
@@ -242,9 +268,9 @@ def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, sam
 
 def membership_attacks(model, base_name: str, tokenizer, refs: References, train_notes: list, heldout_notes: list,
                        cfg, seed: int) -> list[dict]:
-    """Membership inference: training versus held-out records (equal numbers)."""
-    members = [r.text for r in size_matched(train_notes, cfg.mia_samples, seed)]
-    nonmembers = [r.text for r in heldout_notes[: cfg.mia_samples]]
+    """Membership inference: training versus held-out records (equal numbers, the same note types)."""
+    members, nonmembers = kind_matched(train_notes, heldout_notes[: cfg.mia_samples], seed)
+    members, nonmembers = [r.text for r in members], [r.text for r in nonmembers]
     texts = members + nonmembers
     target_lp = attacks.record_logprobs(model, tokenizer, texts, cfg.max_length, cfg.batch_size)
     windows = attacks.scored_texts(tokenizer, texts, cfg.max_length)
