@@ -162,6 +162,7 @@ def _check_finetuning(root, profile) -> None:
     f = profile.finetune
     assert len(runs) == len(f.models) * len(f.epsilons)
     assert runs["seed"].nunique() == len(runs)          # every run its own batches and noise
+    assert runs["loss_spike"].notna().all()              # each run's curve checked for spikes (a claim)
     for row in runs.itertuples():
         if row.target_epsilon == float("inf"):
             assert row.noise_multiplier == 0 and row.epsilon_rdp == float("inf")

@@ -60,6 +60,29 @@ def test_guard_catches_an_optimizer_that_updates_nothing(byte_tokenizer, tmp_pat
                  progress=False)
 
 
+def test_non_private_steps_clip_the_batch_gradient_at_c(byte_tokenizer, tmp_path, monkeypatch):
+    """Issue 14: the non-private twin bounds each step's gradient norm by the run's C (here 10⁻³)."""
+    norms = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(self, closure)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    result = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path, LORA,
+                      privacy_spec(max_grad_norm=1e-3), TRAIN, progress=False)
+    assert len(norms) == result.privacy.steps and max(norms) <= 1e-3 * (1 + 1e-5)
+
+
+def test_loss_spike_is_the_largest_rise_over_the_best_so_far():
+    from prunepriv.privacy.record import loss_spike
+
+    assert loss_spike([3.9, 3.86, 6.77, 3.5]) == pytest.approx(6.77 / 3.86)
+    assert loss_spike([5.0, 4.0, 3.0]) < 1.0 and math.isnan(loss_spike([4.0]))
+
+
 def test_reported_epsilon_recomputes_from_logged_parameters(byte_tokenizer, tmp_path):
     result = finetune(tiny_model("llama", layers=2), byte_tokenizer, TEXTS, tmp_path, LORA,
                       privacy_spec(epsilon=3.0), TRAIN, progress=False)

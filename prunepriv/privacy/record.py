@@ -64,6 +64,7 @@ class FinetuneRun:
     perplexity_private_high: float = math.nan
     perplexity_general: float = math.nan
     final_loss: float = math.nan
+    loss_spike: float = math.nan        # the largest step loss over the lowest before it (loss_spike below)
     train_seconds: float = math.nan
     run_dir: str
     uncovered_uses: str = ""            # earlier private uses of data no ε covers (prunepriv.privacy.uses), "; "-joined
@@ -106,6 +107,7 @@ class FinetuneRun:
                    perplexity_private_low=after.get("perplexity_private_low", math.nan),
                    perplexity_private_high=after.get("perplexity_private_high", math.nan),
                    final_loss=result.log[-1]["loss"] if result.log else float("nan"),
+                   loss_spike=loss_spike([entry["loss"] for entry in result.log]),
                    train_seconds=result.seconds, run_dir=run_dir,
                    uncovered_uses="; ".join(u.text() for u in uncovered(r.data_uses[:-1])))
 
@@ -118,6 +120,19 @@ class FinetuneRun:
                    delta=record.get("delta", default_delta), noise_multiplier=record.get("noise_multiplier", 0.0),
                    sample_rate=record.get("sample_rate", 0.0), steps=record.get("steps", 0),
                    max_grad_norm=record.get("max_grad_norm"), n_train=record.get("n_train"))
+
+
+def loss_spike(losses: Sequence[float]) -> float:
+    """max over steps t ≥ 1 of loss[t] / min(loss[:t]): 1 or less when the loss never rose above its
+    best so far, 1.75 for the 3.86 → 6.77 jump of an unclipped run (NaN with fewer than two steps)."""
+    finite = [x for x in losses if math.isfinite(x)]
+    if len(finite) < 2:
+        return math.nan
+    best, worst = finite[0], 0.0
+    for x in finite[1:]:
+        worst = max(worst, x / best)
+        best = min(best, x)
+    return worst
 
 
 def runs_of(table) -> list[FinetuneRun]:

@@ -190,10 +190,14 @@ def privacy_record(privacy: PrivacySpec, sigma: float, q: float, steps: int, del
                          noise, [asdict(u) for u in [*earlier, own]])
 
 
+TRAINING_RULES = "non-private batch gradient clipped at C"   # bump when a step computes something else
+
+
 def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: int, extra: str = "") -> str:
-    """Fingerprint of a run's settings; a checkpoint only resumes the same run."""
+    """Fingerprint of a run's settings and training rules; a checkpoint only resumes (and a finished run
+    is only reused by) the same run."""
     blob = json.dumps([asdict(lora), {**asdict(privacy), "epsilon": str(privacy.epsilon)}, asdict(train),
-                       n_train, extra], sort_keys=True)
+                       n_train, extra, TRAINING_RULES], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -65,6 +65,7 @@ AUC = Tolerance("abs", 0.15, "40 members vs 40 non-members: the AUC's standard e
 AGREEMENT = Tolerance("abs", 0.15, "a share of layers: one near-tied layer swapping moves it by about 1/k")
 MASKS = Tolerance("abs", 0.02, "share of millions of pruned weights: only near-tied scores can swap")
 PREDICATE = Tolerance("none", 0.0, "a qualitative claim; the verdict is whether it holds")
+SPIKE = 1.5      # a step loss this many times the best before it is a spike (a bug to fix, not a result)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,12 @@ def _finetune_claims(t) -> list[Claim]:
                             float(row.perplexity_private), TRAINED_DP if private else TRAINED,
                             bool(row.perplexity_private < row.perplexity_private_before),
                             _columns_interval(row, "perplexity_private")))
+    for row in runs.itertuples():
+        spike = float(getattr(row, "loss_spike", math.nan))
+        if math.isfinite(spike):
+            claims.append(Claim(f"finetune.stable.{row.model}.eps{epsilon_label(row.target_epsilon)}",
+                                f"{row.model} model at {epsilon_text(row.target_epsilon)}: largest step loss over the "
+                                f"lowest before it (no spike if < {SPIKE:g})", spike, PREDICATE, spike < SPIKE))
     pruned = runs[(runs["model"] == "pruned") & runs["target_epsilon"].map(math.isinf)]
     if len(pruned):
         row = pruned.iloc[0]
