@@ -106,7 +106,7 @@ def _add_finetune(sub) -> None:
                          "no guarantee against anyone who knows the seed)")
     add_profile_flags(ft, default="paper")
     add_section_flags(ft, None, profile="paper")
-    add_section_flags(ft, "finetune", exclude=("epsilons", "models", "eval_samples", "save_merged"), profile="paper",
+    add_section_flags(ft, "finetune", exclude=("epsilons", "models", "replicates", "eval_samples", "save_merged"), profile="paper",
                       aliases={"learning_rate": ("--lr",)})
 
 

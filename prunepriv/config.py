@@ -121,6 +121,7 @@ class FinetuneConfig:
 
     epsilons: list[float] = field(default_factory=lambda: [math.inf, 8.0, 3.0, 1.0]) # target ε of each run; .inf: the non-private twin
     models: list[str] = field(default_factory=lambda: ["unpruned", "pruned"]) # which models are fine-tuned: unpruned and/or pruned
+    replicates: int = 1                # independent runs per (model, ε), each its own batches and noise; tables give mean and 95% interval across them
     delta: Optional[float] = None      # δ of DP-SGD; None: 1 / (10 N), N the training records
     max_grad_norm: float = 1.0         # per-record clipping norm C of DP-SGD
     accountant: str = "rdp"            # calibrates σ to the target ε: rdp or prv (both are reported)
@@ -139,7 +140,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         _positive(self, "lora_rank", "lora_alpha", "batch_size", "physical_batch_size", "max_length",
-                  "checkpoint_every", "eval_samples")
+                  "checkpoint_every", "eval_samples", "replicates")
         if not self.epsilons or any(not e > 0 for e in self.epsilons):
             raise ConfigError(f"finetune.epsilons must be numbers > 0 (.inf for no privacy), got {self.epsilons}")
         unknown = [m for m in self.models if m not in ("unpruned", "pruned")]

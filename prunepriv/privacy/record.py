@@ -29,9 +29,10 @@ class TrainResult:
         return self.output_dir / "adapter"
 
 
-def run_name(model: str, epsilon: float) -> str:
-    """Folder name of a run of ``model`` at target ``epsilon``, e.g. ``pruned-eps-3``."""
-    return f"{model}-eps-{epsilon_label(epsilon)}"
+def run_name(model: str, epsilon: float, replicate: int = 0) -> str:
+    """Folder name of a run of ``model`` at target ``epsilon``, e.g. ``pruned-eps-3`` (replicate 0) or
+    ``pruned-eps-3-rep2``."""
+    return f"{model}-eps-{epsilon_label(epsilon)}" + (f"-rep{replicate}" if replicate else "")
 
 
 @dataclass(kw_only=True)
@@ -48,6 +49,7 @@ class FinetuneRun:
     model: str
     layers: int | None = None
     target_epsilon: float
+    replicate: int = 0                  # which independent run of its (model, ε) (finetune.replicates)
     seed: int | None = None             # the run's training seed (its batches and, when seeded, its noise)
     epsilon_rdp: float
     epsilon_prv: float | None
@@ -94,11 +96,13 @@ class FinetuneRun:
 
     @classmethod
     def from_result(cls, result, *, model: str, layers: int, target_epsilon: float, before: dict[str, float],
-                    after: dict[str, float], run_dir: str, seed: int | None = None) -> FinetuneRun:
+                    after: dict[str, float], run_dir: str, seed: int | None = None,
+                    replicate: int = 0) -> FinetuneRun:
         """The row of a finished :class:`TrainResult`, with perplexities ``before`` and ``after`` fine-tuning
         (keys ``perplexity_private`` and ``perplexity_general``)."""
         r = result.privacy
-        return cls(model=model, layers=layers, target_epsilon=target_epsilon, seed=seed, epsilon_rdp=r.epsilon_rdp,
+        return cls(model=model, layers=layers, target_epsilon=target_epsilon, replicate=replicate, seed=seed,
+                   epsilon_rdp=r.epsilon_rdp,
                    epsilon_prv=r.epsilon_prv, delta=r.delta, noise_multiplier=r.noise_multiplier,
                    sample_rate=r.sample_rate, steps=r.steps, max_grad_norm=r.max_grad_norm, n_train=r.n_train,
                    perplexity_private_before=before["perplexity_private"],

@@ -21,6 +21,7 @@ from prunepriv.attacks import probes as attacks
 from prunepriv.errors import PrunePrivError
 from prunepriv.pipeline.registry import claim_files
 from prunepriv.privacy.specs import epsilon_label, epsilon_text
+from prunepriv.report.seeds import collapse_replicates, replicated
 
 TABLES = claim_files()   # what stage 07 reads, from the registry
 
@@ -148,7 +149,8 @@ def _latency_claims(t) -> list[Claim]:
 
 
 def _finetune_claims(t) -> list[Claim]:
-    runs = t["finetune.csv"]
+    runs = collapse_replicates(t["finetune.csv"], ["perplexity_private"])
+    spread = "across seeds" if replicated(t["finetune.csv"]) else "bootstrap over held-out patients"
     claims = []
     for eps in sorted({e for e in runs["target_epsilon"] if not math.isinf(e)}, reverse=True):
         row = runs[runs["target_epsilon"] == eps].iloc[0]
@@ -159,16 +161,17 @@ def _finetune_claims(t) -> list[Claim]:
         private = not math.isinf(row.target_epsilon)
         claims.append(Claim(f"finetune.perplexity.{row.model}.eps{epsilon_label(row.target_epsilon)}",
                             f"{row.model} model fine-tuned at {epsilon_text(row.target_epsilon)}: held-out perplexity "
-                            "(interval: bootstrap over held-out patients)",
+                            f"(interval: {spread})",
                             float(row.perplexity_private), TRAINED_DP if private else TRAINED,
                             bool(row.perplexity_private < row.perplexity_private_before),
                             _columns_interval(row, "perplexity_private")))
-    for row in runs.itertuples():
-        spike = float(getattr(row, "loss_spike", math.nan))
+    raw = t["finetune.csv"]
+    worst = raw.groupby(["model", "target_epsilon"], sort=False)["loss_spike"].max() if "loss_spike" in raw else {}
+    for (model, eps), spike in dict(worst).items():        # the worst of a setting's runs
         if math.isfinite(spike):
-            claims.append(Claim(f"finetune.stable.{row.model}.eps{epsilon_label(row.target_epsilon)}",
-                                f"{row.model} model at {epsilon_text(row.target_epsilon)}: largest step loss over the "
-                                f"lowest before it (no spike if < {SPIKE:g})", spike, PREDICATE, spike < SPIKE))
+            claims.append(Claim(f"finetune.stable.{model}.eps{epsilon_label(eps)}",
+                                f"{model} model at {epsilon_text(eps)}: largest step loss over the lowest before "
+                                f"it, worst run (no spike if < {SPIKE:g})", float(spike), PREDICATE, spike < SPIKE))
     pruned = runs[(runs["model"] == "pruned") & runs["target_epsilon"].map(math.isinf)]
     if len(pruned):
         row = pruned.iloc[0]
@@ -179,8 +182,9 @@ def _finetune_claims(t) -> list[Claim]:
 
 
 def _memorization_claims(t) -> list[Claim]:
-    table = t["memorization.csv"]
-    top = top_repetitions(table)
+    top = top_repetitions(t["memorization.csv"])
+    table = t["memorization.csv"].assign(exposure_excess_top=lambda f: f[f"exposure_r{top}"] - f["exposure_heldout"])
+    table = collapse_replicates(table, ["exposure_excess_top", "mia_auc_reference"])
     claims = []
     for model, rows in table.groupby("model", sort=False):
         non_private = rows[rows["target_epsilon"].map(math.isinf)]
@@ -198,11 +202,13 @@ def _memorization_claims(t) -> list[Claim]:
                 text = (f"{model}, {epsilon_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
                         "(bits; at least 1 bit below the non-private model)")
             claims.append(Claim(f"memorization.exposure.{model}.eps{epsilon_label(eps)}", text, excess, EXPOSURE, holds,
-                                _exposure_interval(t["canary_exposure.csv"], model, eps, top)))
+                                _columns_interval(row, "exposure_excess_top")
+                                or _exposure_interval(t["canary_exposure.csv"], model, eps, top)))
             claims.append(Claim(f"memorization.mia.{model}.eps{epsilon_label(eps)}",
                                 f"{model}, {epsilon_text(eps)}: reference-calibrated membership AUC (chance 0.5)",
                                 float(row.mia_auc_reference), AUC, None,
-                                _auc_interval(t["membership_inference.csv"], model, eps)))
+                                _columns_interval(row, "mia_auc_reference")
+                                or _auc_interval(t["membership_inference.csv"], model, eps)))
     return claims
 
 

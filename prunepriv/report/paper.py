@@ -15,6 +15,7 @@ import pandas as pd
 
 from prunepriv.report.claims import Claim, claims, top_repetitions
 from prunepriv.report.latex import escape, macros, number, problems, tabular
+from prunepriv.report.seeds import collapse_replicates
 
 
 def output_dir(profile_name: str) -> str:
@@ -128,8 +129,8 @@ def tables(t: dict[str, object]) -> dict[str, str]:
     """``{file stem: LaTeX table}`` for the paper's tables."""
     return {"pruning": _pruning_table(t["pruning.csv"], t["pruned_layers.json"]),
             "latency": _latency_table(t["latency.csv"]),
-            "finetune": _finetune_table(t["finetune.csv"]),
-            "memorization": _memorization_table(t["memorization.csv"]),
+            "finetune": _finetune_table(collapse_replicates(t["finetune.csv"], ["perplexity_private"])),
+            "memorization": _memorization_table(collapse_replicates(t["memorization.csv"], [])),
             "audit": _audit_table(t["audit.csv"]),
             "federated": _federated_table(t["federated.csv"]),
             "selection": _selection_table(t["private_selection.csv"], t["private_selection_draws.csv"]),
@@ -161,7 +162,8 @@ def _finetune_table(frame: pd.DataFrame) -> str:
     return tabular(["model", r"target $\varepsilon$", r"$\varepsilon$ RDP", r"$\varepsilon$ PRV", r"$\sigma$",
                     "ppl before", "ppl after", "95\\% interval", "general ppl"], rows, "lrrrrrrrr",
                    "LoRA fine-tuning under DP-SGD: the accountant's $\\varepsilon$ of each run and held-out "
-                   "perplexity before and after, with a 95\\% bootstrap interval over held-out patients.",
+                   "perplexity before and after, with a 95\\% interval (across seeds where a setting ran more "
+                   "than once, else a bootstrap over held-out patients).",
                    "tab:gen-finetune")
 
 

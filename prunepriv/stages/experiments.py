@@ -224,7 +224,8 @@ class Evaluator:
 
 def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir,
                    choice_use: dict | None = None) -> pd.DataFrame:
-    """Fine-tune every (model, ε) of the profile; one row per run (notebook 03).
+    """Fine-tune every (model, ε) of the profile, ``finetune.replicates`` times each with its own seed;
+    one row per run (notebook 03).
 
     Each run starts from a fresh copy of ``base`` (pruned by ``pruned_layers``
     for the pruned model), trains on the training split (canaries included),
@@ -239,8 +240,8 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
     evaluator = Evaluator(tokenizer, corpus, profile)
     rows = []
     before: dict[str, tuple[dict[str, float], pd.DataFrame]] = {}
-    jobs = [(m, eps) for m in f.models for eps in f.epsilons]
-    for model_name, eps in tqdm(jobs, desc="fine-tuning runs", leave=False):
+    jobs = [(m, eps, r) for m in f.models for eps in f.epsilons for r in range(f.replicates)]
+    for model_name, eps, replicate in tqdm(jobs, desc="fine-tuning runs", leave=False):
         model = copy.deepcopy(base)
         if model_name == "pruned":
             remove_layers(model, pruned_layers)
@@ -248,7 +249,7 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
                 record_use(model, DataUse(**choice_use))
         if model_name not in before:                      # the same untuned model for every ε
             before[model_name] = evaluator.measure(model)
-        out = Path(runs_dir) / run_name(model_name, eps)
+        out = Path(runs_dir) / run_name(model_name, eps, replicate)
         spec = replace(train, seed=run_seed(train.seed, out.name))      # every run its own batches and noise
         result = finetune(model, tokenizer, texts, out, lora, privacy[eps], spec, progress=True)
         tuned = result.model.eval()
@@ -257,7 +258,7 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
         save_record_nll(out, before[model_name][1], after[1])
         run = FinetuneRun.from_result(result, model=model_name, layers=layers, target_epsilon=eps,
                                       before=before[model_name][0], after=after[0], run_dir=relative_to_cwd(out),
-                                      seed=spec.seed)
+                                      seed=spec.seed, replicate=replicate)
         rows.append(run.to_row())
         if f.save_merged:
             merge_and_save(tuned, tokenizer, out / "merged")

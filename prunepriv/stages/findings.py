@@ -13,6 +13,7 @@ import math
 import pandas as pd
 
 from prunepriv.attacks.probes import auc_interval
+from prunepriv.report.seeds import collapse_replicates
 
 
 class Findings(str):
@@ -83,7 +84,10 @@ def pruning(sweep: pd.DataFrame, latency: pd.DataFrame, strategy: str, k: int,
 
 
 def finetuning(runs: pd.DataFrame) -> Findings:
-    """Notebook 03: utility per model and ε, and the ε each run actually spent."""
+    """Notebook 03: utility per model and ε (the mean of its runs when it ran more than once), and the ε
+    each run actually spent."""
+    runs = collapse_replicates(runs, ["perplexity_private"])
+    seeds = int(runs["seeds"].max()) if len(runs) else 1
     lines = []
     for model, group in runs.groupby("model", sort=False):
         before = group["perplexity_private_before"].iloc[0]
@@ -99,9 +103,14 @@ def finetuning(runs: pd.DataFrame) -> Findings:
     uncovered = runs["uncovered_uses"].fillna("") if "uncovered_uses" in runs else pd.Series([], dtype=str)
     for model, uses in runs[uncovered != ""].groupby("model", sort=False)["uncovered_uses"]:
         lines.append(f"The **{model}** model's ε covers its training records only; not covered: {uses.iloc[0]}.")
-    lines.append("Brackets: 95% bootstrap intervals over the held-out patients (evaluation noise only). One run "
-                 "(one seed) per setting, each with its own batches and noise, so the spread between training runs "
-                 "is not measured: differences between ε values are not tested here.")
+    if seeds > 1:
+        lines.append(f"Brackets: 95% intervals of the mean across {seeds} independent runs per setting (each its "
+                     "own batches and noise): they include the training noise.")
+    else:
+        lines.append("Brackets: 95% bootstrap intervals over the held-out patients (evaluation noise only). One run "
+                     "(one seed) per setting, each with its own batches and noise, so the spread between training "
+                     "runs is not measured: differences between ε values are not tested here "
+                     "(`finetune.replicates` runs each setting several times).")
     return _bullets(lines)
 
 

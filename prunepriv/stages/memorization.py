@@ -117,7 +117,8 @@ def synthetic_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, see
         best = (pairwise_f1(nonempty, references, precision=precision_of(judge)).max(1) if nonempty
                 else np.array([np.nan]))
         rows.append({
-            "model": run.model, "target_epsilon": run.target_epsilon, "samples": len(texts),
+            "model": run.model, "target_epsilon": run.target_epsilon, "replicate": run.replicate,
+            "samples": len(texts),
             "empty_samples": len(texts) - len(nonempty),
             "mean_tokens": float(np.mean([len(tokenizer(t).input_ids) for t in texts])),
             "perplexity_base": perplexity(judge, tokenizer, nonempty, cfg.max_length, cfg.batch_size)
@@ -235,8 +236,8 @@ def accountant_at(run: FinetuneRun, delta: float) -> dict[str, float]:
 def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, samples: list[str], cfg,
                seed: int) -> dict:
     """Every memorization measurement of one fine-tuned model, with its controls."""
-    out: dict = {"model": run.model, "target_epsilon": run.target_epsilon, "epsilon_rdp": float(run.epsilon_rdp),
-                 "run": run.label}
+    out: dict = {"model": run.model, "target_epsilon": run.target_epsilon, "replicate": run.replicate,
+                 "epsilon_rdp": float(run.epsilon_rdp), "run": run.label}
     train_notes, heldout_notes = note_records(corpus, "train"), note_records(corpus, "heldout")
     out["mia"] = membership_attacks(model, run.model, tokenizer, refs, train_notes, heldout_notes, cfg, seed)
 
@@ -326,7 +327,8 @@ def prefix_attack(model, tokenizer, records: list, cfg) -> dict:
 
 def run_samples(synthetic: pd.DataFrame, run: FinetuneRun) -> list[str]:
     """The synthetic samples of ``run``, from stage 04's table (its ``samples_file`` column)."""
-    match = synthetic[(synthetic["model"] == run.model) & (synthetic["target_epsilon"] == run.target_epsilon)]
+    match = synthetic[(synthetic["model"] == run.model) & (synthetic["target_epsilon"] == run.target_epsilon)
+                      & (synthetic.get("replicate", 0) == run.replicate)]
     if not len(match):
         raise DataError(f"no synthetic samples for the {run.model} model at ε = {run.target_epsilon}; "
                         "run stage 04 first")
@@ -378,7 +380,8 @@ def memorization_table(results: list[dict]) -> pd.DataFrame:
         exposure = _exposure_by_reps(r)
         trained = [e["exposure"] for e in r["exposure"] if e["repetitions"] > 0]
         row = {
-            "model": r["model"], "target_epsilon": r["target_epsilon"], "epsilon_rdp": r["epsilon_rdp"],
+            "model": r["model"], "target_epsilon": r["target_epsilon"], "replicate": r.get("replicate", 0),
+            "epsilon_rdp": r["epsilon_rdp"],
             "extraction_excess": ex["extraction_excess"], "closer_to_train": ex["closer_to_train"],
             "near_copies_train": ex["near_copies_train"], "near_copies_heldout": ex["near_copies_heldout"],
             "pii_leaked_train": pii["leaked_train"], "pii_leaked_heldout": pii["leaked_heldout"],
@@ -399,14 +402,14 @@ def memorization_table(results: list[dict]) -> pd.DataFrame:
 
 def mia_table(results: list[dict]) -> pd.DataFrame:
     """Every membership attack of every run: AUC and TPR at 1% and 0.1% FPR."""
-    return pd.DataFrame([{"model": r["model"], "target_epsilon": r["target_epsilon"], **m}
-                         for r in results for m in r["mia"]])
+    return pd.DataFrame([{"model": r["model"], "target_epsilon": r["target_epsilon"],
+                          "replicate": r.get("replicate", 0), **m} for r in results for m in r["mia"]])
 
 
 def exposure_table(results: list[dict]) -> pd.DataFrame:
     """One row per canary and run."""
-    return pd.DataFrame([{"model": r["model"], "target_epsilon": r["target_epsilon"], **e}
-                         for r in results for e in r["exposure"]])
+    return pd.DataFrame([{"model": r["model"], "target_epsilon": r["target_epsilon"],
+                          "replicate": r.get("replicate", 0), **e} for r in results for e in r["exposure"]])
 
 
 def audit_table(results: list[dict]) -> pd.DataFrame:
@@ -416,7 +419,7 @@ def audit_table(results: list[dict]) -> pd.DataFrame:
         if "audit" not in r:
             continue
         a = r["audit"]
-        rows.append({"model": r["model"], "target_epsilon": r["target_epsilon"],
+        rows.append({"model": r["model"], "target_epsilon": r["target_epsilon"], "replicate": r.get("replicate", 0),
                      "epsilon_rdp_at_audit_delta": a["epsilon_rdp"], "epsilon_prv_at_audit_delta": a["epsilon_prv"],
                      "audit_delta": a["delta"],
                      "epsilon_lower_bound": a["epsilon_lower_bound"], "epsilon_attainable": a["epsilon_attainable"],

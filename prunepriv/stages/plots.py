@@ -8,6 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from prunepriv.compress.similarity import LayerSimilarity
+from prunepriv.report.seeds import collapse_replicates
 
 # Figures are drawn at the size they are printed (paper/main.tex includes them unscaled): text
 # width 6.3 in (A4, 2.5 cm margins), text at 7-8 pt, fonts embedded as TrueType (Type 42, never
@@ -90,6 +91,7 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     Dashed lines: the same models before fine-tuning (for the pruned model,
     the gap between its dashed line and its curve is the "healing").
     """
+    frame = collapse_replicates(frame, ["perplexity_private"])      # several seeds: their mean and interval
     fig, ax = plt.subplots(figsize=(3.6, 2.6))
     finite = frame[np.isfinite(frame["target_epsilon"])]
     x_inf = (finite["target_epsilon"].max() if len(finite) else 1.0) * 3
@@ -118,7 +120,9 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     ax.minorticks_off()
     ax.set_xlabel("ε spent (RDP accountant of the run)")
     ax.set_ylabel("perplexity on held-out records")
-    ax.set_title("Utility versus privacy (95% intervals over patients)", fontsize=8)
+    seeds = int(frame["seeds"].max())
+    ax.set_title("Utility versus privacy (95% intervals " + (f"across {seeds} seeds)" if seeds > 1 else
+                                                               "over held-out patients)"), fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)   # never over a point
     return fig
 
@@ -156,7 +160,7 @@ MEMORIZATION_PANELS = (
 def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
     """One panel per memorization metric versus ε: pruned and unpruned lines,
     non-private runs as stars, controls dashed (held-out) or dotted (chance)."""
-    frame = table.copy()
+    frame = collapse_replicates(table, [metric for metric, *_ in MEMORIZATION_PANELS])   # across seeds, if several
     frame["x"], x_inf, ticks = _epsilon_positions(frame)
     colors = dict(zip(sorted(frame["model"].unique(), reverse=True), ["tab:blue", "tab:orange"]))
     fig, axes = plt.subplots(2, 2, figsize=(TEXT_WIDTH, 4.4))
@@ -165,7 +169,8 @@ def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
         for model, group in frame.groupby("model"):
             g = group.sort_values("x")
             color = colors[model]
-            ax.plot(g["x"], g[metric], marker="o", color=color, label=f"{model}: trained data")
+            ax.errorbar(g["x"], g[metric], yerr=_interval(g, metric), marker="o", color=color, capsize=2,
+                        label=f"{model}: trained data")
             private = g[~np.isfinite(g["target_epsilon"])]
             ax.scatter(private["x"], private[metric], marker="*", s=80, color=color, edgecolors="black",
                        linewidths=0.5, zorder=3)

@@ -1,0 +1,54 @@
+"""Independent replicates of one (model, ε) setting, reduced to their mean and a 95% interval across seeds.
+
+``finetune.replicates`` trains each (model, ε) several times, each run with its
+own seed (its own Poisson batches and noise, :func:`prunepriv.privacy.specs.run_seed`).
+Tables keep one row per run (a ``replicate`` column); the claims, the paper's
+tables and the figures read them through :func:`collapse_replicates`: one row
+per setting, numbers averaged over its runs, and for the columns named the
+Student-t interval of the mean across runs, which then replaces any
+within-run interval (it includes the training noise that a within-run
+bootstrap over evaluation records cannot see).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats  # scipy is a dependency of opacus (pinned)
+
+KEYS = ("model", "target_epsilon")
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (NaN with fewer than two finite values)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
+def replicated(frame: pd.DataFrame) -> bool:
+    """Whether any (model, ε) of ``frame`` has more than one run."""
+    return "replicate" in frame and len(frame) > 0 and int(frame.groupby(list(KEYS)).size().max()) > 1
+
+
+def collapse_replicates(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per (model, ε): numeric columns averaged over its runs (others from its first run),
+    ``seeds`` the number of runs, and ``{c}_low`` / ``{c}_high`` the 95% interval across runs for each
+    of ``columns``. ``frame`` unchanged (``seeds`` = 1) when no setting has more than one run."""
+    if not replicated(frame):
+        return frame.assign(seeds=1)
+    rows = []
+    for _, group in frame.groupby(list(KEYS), sort=False):
+        row = group.iloc[0].to_dict()
+        for column in group.columns:
+            if column not in KEYS and pd.api.types.is_numeric_dtype(group[column]):
+                row[column] = float(group[column].mean())
+        row["seeds"] = len(group)
+        for column in columns:
+            row[f"{column}_low"], row[f"{column}_high"] = t_interval(group[column])
+        rows.append(row)
+    return pd.DataFrame(rows).drop(columns=["replicate", "seed"], errors="ignore")

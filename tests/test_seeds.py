@@ -1,0 +1,70 @@
+"""Independent replicates of a setting: their own seeds and folders, and tables, claims and figures that
+report the mean and the interval across them (prunepriv.report.seeds)."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_model
+from scipy import stats
+
+import prunepriv
+from prunepriv.report import claims
+from prunepriv.report.seeds import collapse_replicates, t_interval
+from prunepriv.stages import experiments, plots
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "paper" / "reference"
+
+
+def test_t_interval_and_collapse():
+    low, high = t_interval([1.0, 2.0, 3.0])
+    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert (low, high) == pytest.approx((2 - half, 2 + half))
+    assert all(math.isnan(x) for x in t_interval([5.0]))
+    frame = pd.DataFrame({"model": ["a", "a", "b"], "target_epsilon": [1.0, 1.0, 1.0], "replicate": [0, 1, 0],
+                          "seed": [7, 8, 9], "x": [1.0, 3.0, 5.0], "text": ["p", "q", "r"]})
+    out = collapse_replicates(frame, ["x"])
+    assert list(out["seeds"]) == [2, 1] and list(out["x"]) == [2.0, 5.0] and list(out["text"]) == ["p", "r"]
+    assert out["x_low"].iloc[0] < 2.0 < out["x_high"].iloc[0] and math.isnan(out["x_low"].iloc[1])
+    assert "replicate" not in out and "seed" not in out
+    single = frame[frame["replicate"] == 0]
+    assert collapse_replicates(single, ["x"]).drop(columns="seeds").equals(single)
+
+
+@pytest.mark.skipif(not (REFERENCE / "manifest.json").is_file(), reason="no committed reference run")
+def test_claims_of_replicated_runs_are_means_with_intervals_across_seeds(tmp_path):
+    results = tmp_path / "results/paper"
+    shutil.copytree(REFERENCE, results)
+    single = {c.id: c for c in claims.claims_from(results)}
+    for name, column in (("finetune.csv", "perplexity_private"), ("memorization.csv", "mia_auc_reference")):
+        table = pd.read_csv(results / name).assign(replicate=0)
+        twin = table.assign(replicate=1, **{column: table[column] * 1.1})
+        pd.concat([table, twin]).to_csv(results / name, index=False)
+    found = {c.id: c for c in claims.claims_from(results)}
+    assert found.keys() == single.keys()                     # one claim per setting, not per run
+    ppl = found["finetune.perplexity.unpruned.epsinf"]
+    assert ppl.value == pytest.approx(single["finetune.perplexity.unpruned.epsinf"].value * 1.05)
+    assert ppl.interval[0] < ppl.value < ppl.interval[1] and "across seeds" in ppl.text
+    mia = found["memorization.mia.unpruned.epsinf"]
+    assert mia.value == pytest.approx(single["memorization.mia.unpruned.epsinf"].value * 1.05)
+    assert mia.interval != single["memorization.mia.unpruned.epsinf"].interval
+
+
+def test_each_replicate_is_its_own_run(byte_tokenizer, tmp_path):
+    profile = prunepriv.load_profile("smoke", {
+        "data": {"n_patients": 24},
+        "finetune": {"epsilons": [float("inf")], "models": ["unpruned"], "replicates": 2, "batch_size": 8,
+                     "physical_batch_size": 4, "epochs": 0.3, "eval_samples": 4, "max_length": 24}})
+    corpus = prunepriv.corpus_for(profile)
+    runs = experiments.finetune_sweep(tiny_model("llama", layers=2), byte_tokenizer, corpus, [], profile, tmp_path)
+    assert list(runs["replicate"]) == [0, 1] and runs["seed"].nunique() == 2
+    assert [Path(d).name for d in runs["run_dir"]] == ["unpruned-eps-inf", "unpruned-eps-inf-rep1"]
+    assert runs["final_loss"].iloc[0] != runs["final_loss"].iloc[1]          # other batches, another result
+    assert all((Path(d) / "eval_nll.csv").is_file() for d in runs["run_dir"])
+    fig = plots.utility_vs_epsilon(runs)                   # one point per setting, its interval across seeds
+    assert "across 2 seeds" in fig.axes[0].get_title()
+    assert np.isfinite(collapse_replicates(runs, ["perplexity_private"])["perplexity_private_low"]).all()
