@@ -106,8 +106,8 @@ def _add_finetune(sub) -> None:
                          "no guarantee against anyone who knows the seed)")
     add_profile_flags(ft, default="paper")
     add_section_flags(ft, None, profile="paper")
-    add_section_flags(ft, "finetune", exclude=("epsilons", "models", "replicates", "eval_samples", "save_merged"), profile="paper",
-                      aliases={"learning_rate": ("--lr",)})
+    sweep_only = ("epsilons", "models", "replicates", "utility_match", "eval_samples", "save_merged")
+    add_section_flags(ft, "finetune", exclude=sweep_only, profile="paper", aliases={"learning_rate": ("--lr",)})
 
 
 def _add_audit(sub) -> None:
@@ -273,7 +273,7 @@ def _bench(args) -> int:
 def _finetune(args) -> int:
     _with_data(args)
     args.settings = [f"finetune.epsilons=[{'.inf' if math.isinf(args.epsilon) else args.epsilon!r}]",
-                     *args.settings, f"noise={args.noise}"]
+                     "finetune.utility_match=null", *args.settings, f"noise={args.noise}"]   # one run, no sweep
     result = finetune_command.run(_profile(args), args.output, args.noise_multiplier, args.merge)
     if result is None:                                       # not rank 0 of a torchrun group
         return 0

@@ -122,6 +122,7 @@ class FinetuneConfig:
     epsilons: list[float] = field(default_factory=lambda: [math.inf, 8.0, 3.0, 1.0]) # target ε of each run; .inf: the non-private twin
     models: list[str] = field(default_factory=lambda: ["unpruned", "pruned"]) # which models are fine-tuned: unpruned and/or pruned
     replicates: int = 1                # independent runs per (model, ε), each its own batches and noise; tables give mean and 95% interval across them
+    utility_match: Optional[float] = None  # also train each model non-privately, stopped at the held-out perplexity of its DP run at this ε (one of epsilons); None: no such run
     delta: Optional[float] = None      # δ of DP-SGD; None: 1 / (10 N), N the training records
     max_grad_norm: float = 1.0         # per-record clipping norm C of DP-SGD
     accountant: str = "rdp"            # calibrates σ to the target ε: rdp or prv (both are reported)
@@ -150,6 +151,10 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ConfigError(f"finetune.delta must be in (0, 1/N), got {self.delta}")
+        if self.utility_match is not None and (not math.isfinite(self.utility_match)
+                                               or self.utility_match not in self.epsilons):
+            raise ConfigError(f"finetune.utility_match must be one of the finite finetune.epsilons "
+                              f"{[e for e in self.epsilons if math.isfinite(e)]}, got {self.utility_match}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"finetune.accountant must be 'rdp' or 'prv', got {self.accountant!r}")
         if not self.epochs > 0 or not self.learning_rate > 0:

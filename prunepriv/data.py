@@ -8,12 +8,13 @@ held-out canaries of the same format that are never trained on.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from prunepriv.config import PUBLIC_EVAL_PASSAGES, DataConfig
 from prunepriv.errors import DataError
@@ -76,6 +77,16 @@ class Corpus:
     splits: dict[str, list[Record]]
     canaries: list[Canary]
     source: str = "synthetic"
+    replicas: Callable[[int], "Corpus"] | None = field(default=None, repr=False, compare=False)
+
+    def for_replicate(self, replicate: int) -> Corpus:
+        """The corpus of a run's ``replicate`` (``finetune.replicates``): the same notes with canaries of
+        its own (names, secrets, audit inclusion draws), so that independent runs share no secret, where
+        this corpus can draw them (synthetic); itself for replicate 0 and for a user's file (its canaries
+        are in the file)."""
+        if replicate == 0 or self.replicas is None:
+            return self
+        return self.replicas(replicate)
 
     def records(self, split: str, limit: int | None = None, include_canaries: bool = True) -> list[Record]:
         """Records of one split, in order (canary records can be left out)."""
@@ -261,14 +272,15 @@ NOTE_TYPES = {
 }
 
 
-def synthetic_corpus(seed: int = 0, config: DataConfig | None = None, **settings) -> Corpus:
+def synthetic_corpus(seed: int = 0, config: DataConfig | None = None, replicate: int = 0, **settings) -> Corpus:
     """A seeded synthetic clinical-notes corpus, split by patient.
 
     Sizes come from ``config`` (a profile's ``data`` section; its defaults
     when omitted), with any field overridden by keyword, e.g.
     ``synthetic_corpus(seed=0, n_patients=40)``. Held-out and calibration
     patients never appear in training, so their PII values are the control
-    for PII-leakage measurements.
+    for PII-leakage measurements. ``replicate`` r > 0 keeps the notes and
+    draws the canaries anew (:meth:`Corpus.for_replicate`).
     """
     d = replace(config or DataConfig(), **settings)
     rng, fake = seeded_generators(seed)
@@ -282,10 +294,29 @@ def synthetic_corpus(seed: int = 0, config: DataConfig | None = None, **settings
             text, pii = NOTE_TYPES[kind](patient, rng).done()
             record = Record(f"{patient['id']}-{k}", text, kind, patient["id"], pii)
             splits[split_of[patient["id"]]].append(record)
+    canary_seed = seed if not replicate else replicate_seed(seed, replicate)
+    if replicate:                                 # the same notes, canaries from a generator of their own
+        rng, fake = seeded_generators(canary_seed)
     canaries = make_canaries(rng, fake, d.n_canaries, d.canary_repetitions, d.n_heldout_canaries,
-                             d.n_audit_canaries, seed)
+                             d.n_audit_canaries, canary_seed)
     splits["train"] = insert_canaries(splits["train"], canaries, rng)
-    return Corpus(splits, canaries, source="synthetic")
+    return Corpus(splits, canaries, source="synthetic", replicas=_replicas(seed, d))
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of replicate ``replicate``'s canaries: a hash of both, far from any profile seed."""
+    return int(hashlib.sha256(f"canaries-{seed}-{replicate}".encode()).hexdigest()[:15], 16)
+
+
+def _replicas(seed: int, config: DataConfig) -> Callable[[int], Corpus]:
+    """The replicate corpora of a synthetic corpus, each drawn once."""
+    made: dict[int, Corpus] = {}
+
+    def of(replicate: int) -> Corpus:
+        if replicate not in made:
+            made[replicate] = synthetic_corpus(seed, config, replicate=replicate)
+        return made[replicate]
+    return of
 
 
 def seeded_generators(seed: int):

@@ -20,6 +20,7 @@ from prunepriv.config import STRATEGIES, load_profile
 from prunepriv.lm.evaluation import perplexity
 from prunepriv.lm.models import cast_weights
 from prunepriv.pipeline.reproduce import reproduce
+from prunepriv.privacy.record import base_model, is_matched
 from prunepriv.results import sha256_file
 from prunepriv.stages.experiments import calibration_texts, measure_similarity
 
@@ -30,7 +31,7 @@ EXPECTED = {"fig:layer-similarity-heatmap", "fig:adjacent-similarity", "fig:late
             "fig:training-curves", "tab:synthetic", "tab:memorization", "fig:epsilon-vs-memorization",
             "tab:audit", "fig:audit", "data:membership-inference", "data:canary-exposure",
             "tab:federated", "fig:federated-agreement", "tab:private-selection", "fig:private-selection",
-            "tab:compression-baselines", "fig:compression-baselines"}
+            "tab:compression-baselines", "fig:compression-baselines", "tab:utility-matched"}
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +161,17 @@ def _check_finetuning(root, profile) -> None:
 
     runs = pd.read_csv(root / "results/smoke/finetune.csv")
     f = profile.finetune
-    assert len(runs) == len(f.models) * len(f.epsilons)
+    assert len(runs) == len(f.models) * (len(f.epsilons) + 1)          # + one utility-matched run per model
     assert runs["seed"].nunique() == len(runs)          # every run its own batches and noise
-    assert runs["loss_spike"].notna().all()              # each run's curve checked for spikes (a claim)
+    ordinary = runs[~runs["model"].map(is_matched)]      # a matched run may stop after one step: no curve
+    assert ordinary["loss_spike"].notna().all()          # each run's curve checked for spikes (a claim)
     for row in runs.itertuples():
-        if row.target_epsilon == float("inf"):
+        if is_matched(row.model):                        # stopped at its DP twin's perplexity, or ran out of steps
+            twin = runs[(runs["model"] == base_model(row.model)) & (runs["target_epsilon"] == f.utility_match)]
+            assert row.stop_perplexity == pytest.approx(twin["perplexity_private"].iloc[0])
+            assert row.noise_multiplier == 0 and row.target_epsilon == float("inf")
+            assert row.perplexity_private <= row.stop_perplexity * (1 + 1e-9) or row.steps == runs["steps"].max()
+        elif row.target_epsilon == float("inf"):
             assert row.noise_multiplier == 0 and row.epsilon_rdp == float("inf")
             assert row.perplexity_private < row.perplexity_private_before
         else:
@@ -175,7 +182,8 @@ def _check_finetuning(root, profile) -> None:
         assert (root / row.run_dir / "adapter" / "adapter_model.safetensors").is_file()
         uses = json.loads((root / row.run_dir / "privacy.json").read_text())["data_uses"]
         # the pruned model's layers were chosen on the private calibration split (profile: calibration private)
-        assert [u["purpose"] for u in uses[:-1]] == (["layer choice (cosine)"] if row.model == "pruned" else [])
+        assert [u["purpose"] for u in uses[:-1]] == (["layer choice (cosine)"] if base_model(row.model) == "pruned"
+                                                      else [])
     pruned = runs[runs["model"] == "pruned"]
     assert (pruned["layers"] == 30 - profile.pruning.paper_remove).all()
 
@@ -196,6 +204,8 @@ def _check_memorization(root, profile) -> None:
     private = audit[audit["target_epsilon"] != float("inf")]
     assert len(private) and (private["epsilon_lower_bound"] <= private["epsilon_rdp_at_audit_delta"]).all()
     assert (audit["audit_canaries"] == profile.data.n_audit_canaries).all()
+    matched = pd.read_csv(root / "results/smoke/utility_matched.csv")      # DP minus its utility-matched twin
+    assert list(matched["model"]) == profile.finetune.models and matched["exposure_difference"].notna().all()
 
 
 def test_bf16_matches_fp32_on_the_embedded_model(embedded):

@@ -64,7 +64,7 @@ def test_two_cli_runs_with_the_same_seed_get_different_noise(tmp_path, tiny_mode
 
 def test_research_profiles_are_seeded_and_everything_else_secure(tmp_path):
     assert Profile().noise == "secure"
-    for name in ("paper", "smoke"):
+    for name in ("paper", "smoke", "full"):
         assert load_profile(name).noise == "seeded", name
     user = tmp_path / "mine.yaml"
     user.write_text("name: mine\nfinetune:\n  epsilons: [3.0]\n")

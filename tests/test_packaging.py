@@ -23,7 +23,8 @@ def test_wheel_ships_profiles_and_runs_outside_the_checkout(tmp_path, tiny_model
     (wheel,) = wheels.glob("prunepriv-*.whl")
     subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True,
                    capture_output=True)
-    assert sorted(p.name for p in (target / "prunepriv" / "profiles").glob("*.yaml")) == ["paper.yaml", "smoke.yaml"]
+    assert sorted(p.name for p in (target / "prunepriv" / "profiles").glob("*.yaml")) == ["full.yaml", "paper.yaml",
+                                                                                      "smoke.yaml"]
     env = {**os.environ, "PYTHONPATH": str(target)}
 
     def run(*argv):

@@ -57,7 +57,7 @@ def test_claims_of_replicated_runs_are_means_with_intervals_across_seeds(tmp_pat
 def test_each_replicate_is_its_own_run(byte_tokenizer, tmp_path):
     profile = prunepriv.load_profile("smoke", {
         "data": {"n_patients": 24},
-        "finetune": {"epsilons": [float("inf")], "models": ["unpruned"], "replicates": 2, "batch_size": 8,
+        "finetune": {"epsilons": [float("inf")], "models": ["unpruned"], "replicates": 2, "utility_match": None, "batch_size": 8,
                      "physical_batch_size": 4, "epochs": 0.3, "eval_samples": 4, "max_length": 24}})
     corpus = prunepriv.corpus_for(profile)
     runs = experiments.finetune_sweep(tiny_model("llama", layers=2), byte_tokenizer, corpus, [], profile, tmp_path)
@@ -68,3 +68,21 @@ def test_each_replicate_is_its_own_run(byte_tokenizer, tmp_path):
     fig = plots.utility_vs_epsilon(runs)                   # one point per setting, its interval across seeds
     assert "across 2 seeds" in fig.axes[0].get_title()
     assert np.isfinite(collapse_replicates(runs, ["perplexity_private"])["perplexity_private_low"]).all()
+
+
+def test_a_replicate_trains_on_the_same_notes_with_canaries_of_its_own():
+    corpus = prunepriv.corpus_for(prunepriv.load_profile("smoke"))
+    assert corpus.for_replicate(0) is corpus
+    other = corpus.for_replicate(1)
+    assert other is corpus.for_replicate(1)                          # drawn once
+    notes = lambda c: sorted(r.text for r in c.splits["train"] if r.canary is None)   # noqa: E731
+    assert notes(other) == notes(corpus)
+    assert [c.id for c in other.canaries] == [c.id for c in corpus.canaries]
+    assert not {c.secret for c in other.canaries} & {c.secret for c in corpus.canaries}
+    audit = lambda c: [x.in_train for x in c.canaries_for("audit")]   # noqa: E731
+    assert audit(other) != audit(corpus)                             # its own fair coins
+    again = prunepriv.corpus_for(prunepriv.load_profile("smoke")).for_replicate(1)
+    assert [c.text for c in again.canaries] == [c.text for c in other.canaries]
+    for c in other.canaries:                                         # trained as often as the profile says
+        assert other.texts("train").count(c.text) == c.repetitions * (c.purpose == "exposure") + \
+            (c.purpose == "audit") * int(c.in_train)

@@ -158,10 +158,27 @@ def membership_inference(member_texts: list[str], nonmember_texts: list[str], ta
         s = scores[attack]
         row = {"attack": attack, "auc": roc_auc(s[:n], s[n:]), "members": n,
                "nonmembers": len(nonmember_texts), "fpr_resolution": 1 / max(1, len(nonmember_texts))}
+        row["auc_low"], row["auc_high"] = bootstrap_interval(s[:n], s[n:], roc_auc)
         for fpr in fprs:
             row[f"tpr_at_{fpr:g}_fpr"] = tpr_at_fpr(s[:n], s[n:], fpr)
+            row[f"tpr_at_{fpr:g}_fpr_low"], row[f"tpr_at_{fpr:g}_fpr_high"] = bootstrap_interval(
+                s[:n], s[n:], lambda m, o, f=fpr: tpr_at_fpr(m, o, f))
         rows.append(row)
     return rows
+
+
+def bootstrap_interval(members, nonmembers, statistic, draws: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(members, nonmembers)``, members and non-members
+    resampled each on their own (the scores of a membership attack; NaN when a side is empty)."""
+    members, nonmembers = np.asarray(members, float), np.asarray(nonmembers, float)
+    if not len(members) or not len(nonmembers):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = [statistic(members[rng.integers(0, len(members), len(members))],
+                        nonmembers[rng.integers(0, len(nonmembers), len(nonmembers))]) for _ in range(draws)]
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------

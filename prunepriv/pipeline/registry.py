@@ -151,6 +151,7 @@ REGISTRY = Registry(
         Artifact("data:membership-inference", "membership_inference.csv", "05"),
         Artifact("data:canary-exposure", "canary_exposure.csv", "05"),
         Artifact("tab:audit", "audit.csv", "05"),
+        Artifact("tab:utility-matched", "utility_matched.csv", "05"),
         Artifact("fig:audit", "audit_vs_accountant", "05", "figure"),
         Artifact("tab:federated", "federated.csv", "06"),
         Artifact("data:federated", "federated.json", "06", "json"),

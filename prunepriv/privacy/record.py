@@ -29,6 +29,24 @@ class TrainResult:
         return self.output_dir / "adapter"
 
 
+MATCHED = "-matched"   # model-key suffix of the utility-matched non-private runs (finetune.utility_match)
+
+
+def matched_name(model: str) -> str:
+    """The model key of ``model``'s utility-matched non-private runs, e.g. ``pruned-matched``."""
+    return model + MATCHED
+
+
+def base_model(model: str) -> str:
+    """The base model (``unpruned`` or ``pruned``) a run's model key starts from."""
+    return model.removesuffix(MATCHED)
+
+
+def is_matched(model: str) -> bool:
+    """Whether a model key names utility-matched runs."""
+    return model.endswith(MATCHED)
+
+
 def run_name(model: str, epsilon: float, replicate: int = 0) -> str:
     """Folder name of a run of ``model`` at target ``epsilon``, e.g. ``pruned-eps-3`` (replicate 0) or
     ``pruned-eps-3-rep2``."""
@@ -65,6 +83,8 @@ class FinetuneRun:
     perplexity_private_low: float = math.nan     # 95% patient-cluster bootstrap interval (prunepriv.lm.evaluation)
     perplexity_private_high: float = math.nan
     perplexity_general: float = math.nan
+    matched_epsilon: float = math.nan   # utility-matched runs: the ε of the DP run whose utility they match
+    stop_perplexity: float = math.nan   # utility-matched runs: the held-out perplexity they stop at (that DP run's)
     final_loss: float = math.nan
     loss_spike: float = math.nan        # the largest step loss over the lowest before it (loss_spike below)
     train_seconds: float = math.nan
@@ -97,7 +117,8 @@ class FinetuneRun:
     @classmethod
     def from_result(cls, result, *, model: str, layers: int, target_epsilon: float, before: dict[str, float],
                     after: dict[str, float], run_dir: str, seed: int | None = None,
-                    replicate: int = 0) -> FinetuneRun:
+                    replicate: int = 0, matched_epsilon: float = math.nan,
+                    stop_perplexity: float = math.nan) -> FinetuneRun:
         """The row of a finished :class:`TrainResult`, with perplexities ``before`` and ``after`` fine-tuning
         (keys ``perplexity_private`` and ``perplexity_general``)."""
         r = result.privacy
@@ -110,6 +131,7 @@ class FinetuneRun:
                    perplexity_private=after["perplexity_private"], perplexity_general=after["perplexity_general"],
                    perplexity_private_low=after.get("perplexity_private_low", math.nan),
                    perplexity_private_high=after.get("perplexity_private_high", math.nan),
+                   matched_epsilon=matched_epsilon, stop_perplexity=stop_perplexity,
                    final_loss=result.log[-1]["loss"] if result.log else float("nan"),
                    loss_spike=loss_spike([entry["loss"] for entry in result.log]),
                    train_seconds=result.seconds, run_dir=run_dir,

@@ -94,6 +94,7 @@ from prunepriv.privacy.specs import (
     run_digest,
     run_noise_multiplier,
 )
+from prunepriv.privacy.stopping import StopRule, check_rule
 from prunepriv.privacy.uses import data_uses
 from prunepriv.progress import tqdm
 from prunepriv.results import atomic_write_json, atomic_write_text
@@ -145,6 +146,9 @@ class Trainer:
     initial: dict[str, torch.Tensor] | None = None   # LoRA weights before the first step (the guard)
     bar: Any = None
     after_step: Callable[[Trainer], None] | None = None   # runs after each logical step (no checkpoints then)
+    stop_rule: StopRule | None = None    # ends the run early once it holds (non-private runs only)
+    previous: dict[str, torch.Tensor] | None = None   # LoRA weights before the last step (under a stop rule)
+    stop_fraction: float | None = None   # the stop rule held: the fraction of the last step kept (finished)
 
     @property
     def base_optimizer(self) -> torch.optim.Optimizer:
@@ -176,6 +180,7 @@ def finetune(
     progress: bool = True,
     stop_after: int | None = None,
     after_step: Callable[[Trainer], None] | None = None,
+    stop_rule: StopRule | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` (already on its device) with LoRA, privately or not.
 
@@ -185,8 +190,8 @@ def finetune(
     after that many logical steps in total (used to test resumption).
     ``after_step(trainer)`` runs after every logical step and may change the
     frozen weights (DPIMP, :mod:`prunepriv.compress.dpimp`); such a run is
-    neither resumed nor reloaded (its adapter alone does not hold the model)
-    and always trains from the start.
+    never resumed or reloaded (its adapter alone does not hold the model).
+    ``stop_rule`` (:class:`StopRule`) ends a non-private run early.
 
     Inside an initialised ``torch.distributed`` group of world size W > 1
     (``torchrun``), call it on every rank with the model on that rank's
@@ -196,7 +201,7 @@ def finetune(
     the same weights and record. A non-private run (``epsilon = inf``)
     under W > 1 is refused with :class:`DistributedConfigError`.
     """
-    plan = plan_run(model, texts, output_dir, lora, privacy, train, hooked=after_step is not None)
+    plan = plan_run(model, texts, output_dir, lora, privacy, train, after_step is not None, stop_rule)
     done = None if after_step else read_on_rank0(lambda: finished_run(plan.output_dir, plan.digest), plan.rank,
                                                  plan.world, plan.device)
     seed_everything(train.seed)
@@ -207,7 +212,7 @@ def finetune(
         done.model = peft_model
         return done
     t = prepare_trainer(peft_model, privacy, train, plan)
-    t.after_step = after_step
+    t.after_step, t.stop_rule = after_step, stop_rule
     if after_step is None:
         resume(t)
     resumed_from = t.step
@@ -227,9 +232,10 @@ def finetune(
 
 
 def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: LoRASpec, privacy: PrivacySpec,
-             train: TrainSpec, hooked: bool = False) -> RunPlan:
+             train: TrainSpec, hooked: bool = False, stop_rule: StopRule | None = None) -> RunPlan:
     """Check the settings against the data and the process group; fix σ, q, the step count and the digest
-    (``hooked``: a run with an ``after_step`` hook, never taken for a plain run with the same settings)."""
+    (``hooked``: a run with an ``after_step`` hook, never taken for a plain run with the same settings;
+    ``stop_rule``: its key enters the digest)."""
     output_dir = Path(output_dir)
     n = len(texts)
     rank, world = distributed_rank_world()
@@ -237,6 +243,9 @@ def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: L
         raise PrunePrivError(f"training set has {n} records, fewer than one batch ({train.batch_size})")
     delta = check_privacy(privacy, n)
     check_distributed(privacy, world)
+    if stop_rule is not None and privacy.private:
+        raise PrunePrivError("a stopping rule reads data at every step that no accountant covers: "
+                             "only a non-private run (epsilon = inf) takes one")
     sample_rate = train.batch_size / n
     total_steps = max(1, math.ceil(train.epochs / sample_rate))
     sigma = run_noise_multiplier(privacy, sample_rate, total_steps, delta)
@@ -249,6 +258,8 @@ def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: L
         extra += "|uses=" + json.dumps([asdict(u) for u in data_uses(model)], sort_keys=True)
     if hooked:
         extra += "|after_step"
+    if stop_rule is not None:
+        extra += f"|stop={stop_rule.key}"
     digest = run_digest(lora, privacy, train, n, extra=extra)
     device = next(model.parameters()).device
     if world > 1:
@@ -358,7 +369,7 @@ def private_loop(t: Trainer, loader: torch.utils.data.DataLoader, stop_after: in
             if not t.optimizer._is_last_step_skipped:
                 finish_step(t, losses, logical_size)
                 losses, logical_size = [], 0
-                if stop_after is not None and t.step >= stop_after:
+                if t.stop_fraction is not None or (stop_after is not None and t.step >= stop_after):
                     break
 
 
@@ -392,10 +403,12 @@ def plain_loop(t: Trainer, data: TrainingData, stop_after: int | None) -> None:
             losses.append(per_record.detach().cpu())
         if size:
             torch.nn.utils.clip_grad_norm_(list(t.params.values()), t.privacy.max_grad_norm)
+            if t.stop_rule is not None:
+                t.previous = {k: v.detach().clone() for k, v in t.params.items()}
             t.optimizer.step()
         t.optimizer.zero_grad()
         finish_step(t, losses, size)
-        if stop_after is not None and t.step >= stop_after:
+        if t.stop_fraction is not None or (stop_after is not None and t.step >= stop_after):
             break
 
 
@@ -414,6 +427,10 @@ def finish_step(t: Trainer, losses: list[torch.Tensor], batch_size: int) -> None
     t.log.append({"step": t.step, "loss": loss, "batch_size": batch_size, "epsilon": eps})
     t.bar.update(1)
     t.bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}")
+    if t.stop_rule is not None:
+        t.stop_fraction = check_rule(t.stop_rule, t.peft_model, t.params, t.previous)
+        if t.stop_fraction is not None:
+            return                                           # finished here: finish() writes the outputs
     if t.after_step is not None:
         t.after_step(t)
         return
@@ -438,7 +455,7 @@ def finish(t: Trainer, seconds: float, resumed_from: int) -> TrainResult:
     if plan.distributed:
         seconds = float(from_rank0(seconds, plan.device))   # one number for the run, rank 0's
         check_ranks_agree(t.params, plan.device)
-    if t.step < plan.total_steps:                            # stopped early on request
+    if t.step < plan.total_steps and t.stop_fraction is None:    # stopped early on request
         if plan.distributed:
             barrier(plan.device)                             # rank 0's checkpoint is on disk for a resume
         return TrainResult(plan.output_dir, t.record(prv=False), t.log, seconds, resumed_from, t.peft_model,
@@ -460,7 +477,7 @@ def write_outputs(t: Trainer, record: PrivacyRecord, seconds: float, resumed_fro
     atomic_write_json(out / "privacy.json", asdict(record))
     atomic_write_json(out / "run.json", {"digest": t.plan.digest, "seconds": seconds,
                                          "resumed_from_step": resumed_from, "world_size": t.plan.world,
-                                         "log": t.log})
+                                         "stop_fraction": t.stop_fraction, "log": t.log})
     t.plan.checkpoint.unlink(missing_ok=True)
 
 

@@ -20,8 +20,10 @@ import pandas as pd
 from prunepriv.attacks import probes as attacks
 from prunepriv.errors import PrunePrivError
 from prunepriv.pipeline.registry import claim_files
+from prunepriv.privacy.record import base_model, is_matched
 from prunepriv.privacy.specs import epsilon_label, epsilon_text
-from prunepriv.report.seeds import collapse_replicates, replicated
+from prunepriv.report import matched, power
+from prunepriv.report.seeds import collapse_replicates, replicated, row_interval
 
 TABLES = claim_files()   # what stage 07 reads, from the registry
 
@@ -77,6 +79,12 @@ class Claim:
     tolerance: Tolerance
     holds: bool | None = None     # qualitative part of the claim, evaluated on this run's own tables
     interval: tuple[float, float] | None = None   # 95% interval of this run's value, where its data give one
+    null: float | None = None     # the value meaning "no effect" (chance AUC, zero difference), where there is one
+
+    @property
+    def detectable(self) -> str:
+        """For a null result (the interval contains ``null``): the smallest effect it could have detected."""
+        return power.describe(self.interval, self.null)
 
 
 def top_repetitions(memorization: pd.DataFrame) -> int:
@@ -106,7 +114,7 @@ def claims_from(results_dir: str | Path) -> list[Claim]:
 
 def claims(t: dict[str, object]) -> list[Claim]:
     """Every claim of the paper, from the tables of :func:`load_tables` (keyed by file name)."""
-    return (_pruning_claims(t) + _latency_claims(t) + _finetune_claims(t) + _memorization_claims(t)
+    return (_pruning_claims(t) + _latency_claims(t) + _finetune_claims(t) + _memorization_claims(t) + _matched_claims(t)
             + _audit_claims(t) + _federated_claims(t) + _selection_claims(t) + _compression_claims(t))
 
 
@@ -164,7 +172,7 @@ def _finetune_claims(t) -> list[Claim]:
                             f"(interval: {spread})",
                             float(row.perplexity_private), TRAINED_DP if private else TRAINED,
                             bool(row.perplexity_private < row.perplexity_private_before),
-                            _columns_interval(row, "perplexity_private")))
+                            row_interval(row, "perplexity_private")))
     raw = t["finetune.csv"]
     worst = raw.groupby(["model", "target_epsilon"], sort=False)["loss_spike"].max() if "loss_spike" in raw else {}
     for (model, eps), spike in dict(worst).items():        # the worst of a setting's runs
@@ -187,6 +195,8 @@ def _memorization_claims(t) -> list[Claim]:
     table = collapse_replicates(table, ["exposure_excess_top", "mia_auc_reference"])
     claims = []
     for model, rows in table.groupby("model", sort=False):
+        if is_matched(model):                              # compared with their DP twin in _matched_claims
+            continue
         non_private = rows[rows["target_epsilon"].map(math.isinf)]
         base_excess = (float(non_private.iloc[0][f"exposure_r{top}"] - non_private.iloc[0]["exposure_heldout"])
                        if len(non_private) else None)
@@ -202,20 +212,40 @@ def _memorization_claims(t) -> list[Claim]:
                 text = (f"{model}, {epsilon_text(eps)}: exposure of {top}× canaries minus never-trained canaries "
                         "(bits; at least 1 bit below the non-private model)")
             claims.append(Claim(f"memorization.exposure.{model}.eps{epsilon_label(eps)}", text, excess, EXPOSURE, holds,
-                                _columns_interval(row, "exposure_excess_top")
-                                or _exposure_interval(t["canary_exposure.csv"], model, eps, top)))
+                                row_interval(row, "exposure_excess_top")
+                                or _exposure_interval(t["canary_exposure.csv"], model, eps, top), null=0.0))
             claims.append(Claim(f"memorization.mia.{model}.eps{epsilon_label(eps)}",
                                 f"{model}, {epsilon_text(eps)}: reference-calibrated membership AUC (chance 0.5)",
                                 float(row.mia_auc_reference), AUC, None,
-                                _columns_interval(row, "mia_auc_reference")
-                                or _auc_interval(t["membership_inference.csv"], model, eps)))
+                                row_interval(row, "mia_auc_reference")
+                                or _auc_interval(t["membership_inference.csv"], model, eps), null=0.5))
     return claims
 
 
-def _columns_interval(row, column: str) -> tuple[float, float] | None:
-    """``(low, high)`` from a row's ``{column}_low`` / ``{column}_high`` (None: tables written without them)."""
-    low, high = getattr(row, f"{column}_low", math.nan), getattr(row, f"{column}_high", math.nan)
-    return (float(low), float(high)) if math.isfinite(low) and math.isfinite(high) else None
+def _matched_claims(t) -> list[Claim]:
+    """Memorization at equal utility (:mod:`prunepriv.report.matched`): each utility-matched run reached its
+    DP twin's held-out perplexity, and the DP run's exposure and membership AUC minus the matched run's."""
+    runs = collapse_replicates(t["finetune.csv"], ["perplexity_private"])
+    if "matched_epsilon" not in runs:
+        return []
+    claims = []
+    top = top_repetitions(t["memorization.csv"])
+    for row in runs[runs["model"].map(is_matched)].itertuples():
+        base, eps = base_model(row.model), float(row.matched_epsilon)
+        claims.append(Claim(f"finetune.matched.{base}", f"{base} model, non-private, stopped at the held-out "
+                            f"perplexity of its run at ε = {eps:g} ({row.stop_perplexity:.4g}): its perplexity",
+                            float(row.perplexity_private), TRAINED,
+                            bool(row.perplexity_private <= row.stop_perplexity * (1 + 1e-9)),
+                            row_interval(row, "perplexity_private")))
+        value, interval = matched.exposure_difference(t["canary_exposure.csv"], base, row.model, eps, top)
+        claims.append(Claim(f"memorization.matched.{base}.exposure", f"{base}, ε = {eps:g} minus its utility-matched "
+                            f"non-private run: excess exposure of {top}× canaries (bits; < 0: DP memorizes less at "
+                            "equal utility)", value, EXPOSURE, None, interval, null=0.0))
+        value, interval = matched.auc_difference(t["membership_inference.csv"], base, row.model, eps)
+        claims.append(Claim(f"memorization.matched.{base}.mia", f"{base}, ε = {eps:g} minus its utility-matched "
+                            "non-private run: reference-calibrated membership AUC", value, AUC, None, interval,
+                            null=0.0))
+    return claims
 
 
 def _of_run(table: pd.DataFrame, model: str, eps: float) -> pd.DataFrame:
@@ -231,13 +261,15 @@ def _exposure_interval(exposure: pd.DataFrame, model: str, eps: float, top: int)
 
 
 def _auc_interval(mia: pd.DataFrame, model: str, eps: float) -> tuple[float, float] | None:
-    """Hanley–McNeil interval of the reference-calibrated attack's AUC."""
+    """Bootstrap interval of the reference-calibrated attack's AUC (members and non-members resampled),
+    Hanley–McNeil's for tables saved without it."""
     rows = _of_run(mia, model, eps)
     rows = rows[rows["attack"] == "reference"]
     if not len(rows):
         return None
     r = rows.iloc[0]
-    return attacks.auc_interval(float(r["auc"]), int(r["members"]), int(r["nonmembers"]))
+    return (row_interval(r, "auc") if "auc_low" in r
+            else attacks.auc_interval(float(r["auc"]), int(r["members"]), int(r["nonmembers"])))
 
 
 def _audit_claims(t) -> list[Claim]:
@@ -372,6 +404,7 @@ def compare(reference: list[Claim], reproduced: list[Claim]) -> pd.DataFrame:
         rows.append({"claim": ref.id, "text": ref.text, "reference": ref.value,
                      "reproduced": None if rep is None else rep.value,
                      "interval": format_interval(None if rep is None else rep.interval),
+                     "detectable": "" if rep is None else rep.detectable,
                      "tolerance": ref.tolerance.describe(), "verdict": verdict, "why": ref.tolerance.why})
     return pd.DataFrame(rows)
 
@@ -391,8 +424,8 @@ def claims_table(found: list[Claim]) -> pd.DataFrame:
     """The claims of one run as ``claims.csv``: value, its 95% interval where the data give one, tolerance,
     and whether the qualitative part holds."""
     return pd.DataFrame([{"claim": c.id, "text": c.text, "value": format_value(c.value),
-                          "interval": format_interval(c.interval), "tolerance": c.tolerance.describe(),
-                          "holds": c.holds} for c in found])
+                          "interval": format_interval(c.interval), "detectable": c.detectable,
+                          "tolerance": c.tolerance.describe(), "holds": c.holds} for c in found])
 
 
 def failing(table: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from prunepriv.report.claims import Claim, claims, top_repetitions
 from prunepriv.report.latex import escape, macros, number, problems, tabular
-from prunepriv.report.seeds import collapse_replicates
+from prunepriv.report.seeds import collapse_replicates, row_interval
 
 
 def output_dir(profile_name: str) -> str:
@@ -175,8 +175,8 @@ def _optional(row, column: str) -> str:
 
 def _range(row, column: str) -> str:
     """``[low, high]`` of ``column`` from the row's ``_low`` / ``_high`` columns (``--`` when not measured)."""
-    low, high = getattr(row, f"{column}_low", math.nan), getattr(row, f"{column}_high", math.nan)
-    return "--" if not (math.isfinite(low) and math.isfinite(high)) else f"[{_sci(low)}, {_sci(high)}]"
+    span = row_interval(row, column)
+    return "--" if span is None else f"[{_sci(span[0])}, {_sci(span[1])}]"
 
 
 def _memorization_table(frame: pd.DataFrame) -> str:

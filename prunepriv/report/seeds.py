@@ -30,6 +30,14 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float]:
     return float(x.mean()) - half, float(x.mean()) + half
 
 
+def row_interval(row, column: str) -> tuple[float, float] | None:
+    """``(low, high)`` of ``column`` from a row's ``{column}_low`` / ``{column}_high`` (a table row: a
+    named tuple, a Series or a dict); ``None`` where the table has none or they are not finite."""
+    get = row.get if isinstance(row, dict) else (lambda name, default: getattr(row, name, default))
+    low, high = get(f"{column}_low", math.nan), get(f"{column}_high", math.nan)
+    return (float(low), float(high)) if math.isfinite(low) and math.isfinite(high) else None
+
+
 def replicated(frame: pd.DataFrame) -> bool:
     """Whether any (model, ε) of ``frame`` has more than one run."""
     return "replicate" in frame and len(frame) > 0 and int(frame.groupby(list(KEYS)).size().max()) > 1

@@ -94,6 +94,11 @@ def report(result: Verification) -> str:
                                 reproduced=result.table["reproduced"].map(format_value))
     lines.append("")
     lines.append(shown[["claim", "reference", "reproduced", "interval", "tolerance", "verdict"]].to_string(index=False))
+    null = shown[shown["detectable"].fillna("") != ""] if "detectable" in shown else shown.iloc[:0]
+    if len(null):
+        lines.append("")
+        lines.append("null results of this run (the interval contains the no-effect value):")
+        lines += [f"  {row.claim}: {row.detectable}" for row in null.itertuples()]
     bad = shown[shown["verdict"] != "reproduced"]
     for row in bad.itertuples():
         lines.append(f"  {row.verdict}: {row.claim}: {row.text} (tolerance {row.tolerance}: {row.why})")

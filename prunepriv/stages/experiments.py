@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,13 +20,28 @@ from prunepriv.compress.pruning import (
     remove_layers,
 )
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
-from prunepriv.data import general_english, public_calibration
+from prunepriv.data import Corpus, general_english, public_calibration
 from prunepriv.lm.evaluation import perplexity, perplexity_interval, score_records
 from prunepriv.lm.lora import merge_and_save
 from prunepriv.lm.models import decoder_layers
 from prunepriv.lm.text import batches
-from prunepriv.privacy.record import FinetuneRun, run_name, runs_of
-from prunepriv.privacy.specs import epsilon_label, finetune_specs, run_seed
+from prunepriv.privacy.record import (
+    FinetuneRun,
+    base_model,
+    is_matched,
+    matched_name,
+    run_name,
+    runs_of,
+)
+from prunepriv.privacy.specs import (
+    LoRASpec,
+    PrivacySpec,
+    TrainSpec,
+    epsilon_label,
+    finetune_specs,
+    run_seed,
+)
+from prunepriv.privacy.stopping import StopRule
 from prunepriv.privacy.train import finetune
 from prunepriv.privacy.uses import DataUse, record_use
 from prunepriv.progress import tqdm
@@ -222,13 +239,67 @@ class Evaluator:
         return perplexity(model, self.tokenizer, self.private, self.max_length, self.batch_size)
 
 
+@dataclass
+class Sweep:
+    """What every run of a fine-tuning sweep shares (stage 03): the base model, the corpus, the one
+    evaluation protocol, the specs, and each base model's evaluation before fine-tuning (measured once)."""
+
+    base: Any
+    tokenizer: Any
+    corpus: Corpus                       # a replicate trains on its own canaries (Corpus.for_replicate)
+    evaluator: Evaluator
+    lora: LoRASpec
+    privacy: dict[float, PrivacySpec]
+    train: TrainSpec
+    runs_dir: Path
+    pruned_layers: list[int]
+    choice_use: dict | None = None
+    save_merged: bool = False
+    before: dict[str, tuple[dict[str, float], pd.DataFrame]] = field(default_factory=dict)
+
+    def untuned(self, model_name: str):
+        """A fresh copy of the base of ``model_name`` (pruned by ``pruned_layers`` for the pruned model,
+        with the data use that chose them recorded on it)."""
+        model = copy.deepcopy(self.base)
+        if base_model(model_name) == "pruned":
+            remove_layers(model, self.pruned_layers)
+            if self.choice_use is not None:
+                record_use(model, DataUse(**self.choice_use))
+        return model
+
+    def run(self, model_name: str, eps: float, replicate: int, stop_rule: StopRule | None = None,
+            matched: FinetuneRun | None = None) -> FinetuneRun:
+        """Train (or reload) one run in its own folder with its own seed, evaluate it, save its record NLLs
+        (``matched``: the DP run whose utility ``stop_rule`` matches)."""
+        model = self.untuned(model_name)
+        key = base_model(model_name)
+        if key not in self.before:                       # the same untuned model for every ε
+            self.before[key] = self.evaluator.measure(model)
+        out = Path(self.runs_dir) / run_name(model_name, eps, replicate)
+        spec = replace(self.train, seed=run_seed(self.train.seed, out.name))   # its own batches and noise
+        texts = self.corpus.for_replicate(replicate).texts("train")
+        result = finetune(model, self.tokenizer, texts, out, self.lora, self.privacy[eps], spec, progress=True,
+                          stop_rule=stop_rule)
+        tuned = result.model.eval()
+        after = self.evaluator.measure(tuned)
+        save_record_nll(out, self.before[key][1], after[1])
+        if self.save_merged:
+            merge_and_save(tuned, self.tokenizer, out / "merged")
+        return FinetuneRun.from_result(result, model=model_name, layers=len(decoder_layers(tuned.get_base_model())),
+                                       target_epsilon=eps, before=self.before[key][0], after=after[0],
+                                       run_dir=relative_to_cwd(out), seed=spec.seed, replicate=replicate,
+                                       matched_epsilon=matched.target_epsilon if matched else math.nan,
+                                       stop_perplexity=matched.perplexity_private if matched else math.nan)
+
+
 def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir,
                    choice_use: dict | None = None) -> pd.DataFrame:
-    """Fine-tune every (model, ε) of the profile, ``finetune.replicates`` times each with its own seed;
-    one row per run (notebook 03).
+    """Fine-tune every (model, ε) of the profile, ``finetune.replicates`` times each with its own seed,
+    then the utility-matched runs (``finetune.utility_match``); one row per run (notebook 03).
 
     Each run starts from a fresh copy of ``base`` (pruned by ``pruned_layers``
-    for the pruned model), trains on the training split (canaries included),
+    for the pruned model), trains on the training split (canaries included;
+    replicate r > 0 on its own canaries, :meth:`~prunepriv.data.Corpus.for_replicate`),
     and is evaluated on held-out records and general English text. Runs that
     finished earlier with the same settings are reloaded, not retrained.
     ``choice_use`` (the data that chose ``pruned_layers``) is recorded on the
@@ -236,34 +307,28 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
     """
     f = profile.finetune
     lora, privacy, train = finetune_specs(profile)
-    texts = corpus.texts("train")
-    evaluator = Evaluator(tokenizer, corpus, profile)
-    rows = []
-    before: dict[str, tuple[dict[str, float], pd.DataFrame]] = {}
+    sweep = Sweep(base, tokenizer, corpus, Evaluator(tokenizer, corpus, profile), lora, privacy,
+                  train, Path(runs_dir), pruned_layers, choice_use, f.save_merged)
     jobs = [(m, eps, r) for m in f.models for eps in f.epsilons for r in range(f.replicates)]
-    for model_name, eps, replicate in tqdm(jobs, desc="fine-tuning runs", leave=False):
-        model = copy.deepcopy(base)
-        if model_name == "pruned":
-            remove_layers(model, pruned_layers)
-            if choice_use is not None:
-                record_use(model, DataUse(**choice_use))
-        if model_name not in before:                      # the same untuned model for every ε
-            before[model_name] = evaluator.measure(model)
-        out = Path(runs_dir) / run_name(model_name, eps, replicate)
-        spec = replace(train, seed=run_seed(train.seed, out.name))      # every run its own batches and noise
-        result = finetune(model, tokenizer, texts, out, lora, privacy[eps], spec, progress=True)
-        tuned = result.model.eval()
-        layers = len(decoder_layers(tuned.get_base_model()))
-        after = evaluator.measure(tuned)
-        save_record_nll(out, before[model_name][1], after[1])
-        run = FinetuneRun.from_result(result, model=model_name, layers=layers, target_epsilon=eps,
-                                      before=before[model_name][0], after=after[0], run_dir=relative_to_cwd(out),
-                                      seed=spec.seed, replicate=replicate)
-        rows.append(run.to_row())
-        if f.save_merged:
-            merge_and_save(tuned, tokenizer, out / "merged")
-        del model, tuned
-    return pd.DataFrame(rows)
+    runs = [sweep.run(m, eps, r) for m, eps, r in tqdm(jobs, desc="fine-tuning runs", leave=False)]
+    if f.utility_match is not None:
+        runs += matched_runs(sweep, runs, f.utility_match)
+    return pd.DataFrame([run.to_row() for run in runs])
+
+
+def matched_runs(sweep: Sweep, runs: list[FinetuneRun], epsilon: float) -> list[FinetuneRun]:
+    """The utility-matched non-private baseline: for each DP run at ``epsilon``, its model trained without
+    privacy (own seed, the non-private settings) and stopped after the first step at which its held-out
+    perplexity, on the evaluation records of :class:`Evaluator`, is at or below the DP run's. Without it,
+    "DP memorizes less" could just be "DP learned less". The rule is fixed here, before any attack runs
+    (stage 05). The step that reaches the target is taken only in part, as far as the target needs
+    (:mod:`prunepriv.privacy.stopping`), so the run lands at its target, not a whole step below it."""
+    out = []
+    for dp in tqdm([r for r in runs if r.target_epsilon == epsilon], desc="utility-matched runs", leave=False):
+        target = float(dp.perplexity_private)
+        rule = StopRule(f"perplexity_private<={target!r}", sweep.evaluator.private_ppl, target)
+        out.append(sweep.run(matched_name(dp.model), math.inf, dp.replicate, rule, dp))
+    return out
 
 
 def save_record_nll(run_dir: Path, before: pd.DataFrame, after: pd.DataFrame) -> Path:
@@ -281,6 +346,7 @@ def training_curves(runs: pd.DataFrame) -> pd.DataFrame:
     for run in runs_of(runs):
         log = json.loads((Path(run.run_dir) / "run.json").read_text())["log"]
         frame = pd.DataFrame(log)
-        frame["model"], frame["target_epsilon"] = run.model, epsilon_label(run.target_epsilon)
+        label = epsilon_label(run.target_epsilon) + (" (utility-matched)" if is_matched(run.model) else "")
+        frame["model"], frame["target_epsilon"] = base_model(run.model), label
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

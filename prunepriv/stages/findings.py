@@ -13,7 +13,9 @@ import math
 import pandas as pd
 
 from prunepriv.attacks.probes import auc_interval
-from prunepriv.report.seeds import collapse_replicates
+from prunepriv.privacy.record import base_model, is_matched
+from prunepriv.report.power import detectable_effect
+from prunepriv.report.seeds import collapse_replicates, row_interval
 
 
 class Findings(str):
@@ -90,6 +92,9 @@ def finetuning(runs: pd.DataFrame) -> Findings:
     seeds = int(runs["seeds"].max()) if len(runs) else 1
     lines = []
     for model, group in runs.groupby("model", sort=False):
+        if is_matched(model):
+            lines += [_matched_run(r) for r in group.itertuples()]
+            continue
         before = group["perplexity_private_before"].iloc[0]
         parts = [f"ε = {_eps(r.target_epsilon)}: {r.perplexity_private:.2f}" + _ci(r, "perplexity_private")
                  for r in group.itertuples()]
@@ -114,10 +119,18 @@ def finetuning(runs: pd.DataFrame) -> Findings:
     return _bullets(lines)
 
 
+def _matched_run(r) -> str:
+    """The utility-matched run of a model: where it stopped against its target."""
+    return (f"**{base_model(r.model)}**, non-private, stopped at the held-out perplexity of its ε = "
+            f"{r.matched_epsilon:g} run ({r.stop_perplexity:.2f}): reached {r.perplexity_private:.2f}"
+            + _ci(r, "perplexity_private") + f" after {int(r.steps)} step(s) (the utility-matched baseline of "
+            "notebook 05).")
+
+
 def _ci(row, column: str) -> str:
     """`` [low, high]`` of a row's ``column`` from its ``_low`` / ``_high`` columns ("" when not saved)."""
-    low, high = getattr(row, f"{column}_low", math.nan), getattr(row, f"{column}_high", math.nan)
-    return "" if not (math.isfinite(low) and math.isfinite(high)) else f" [{low:.2f}, {high:.2f}]"
+    span = row_interval(row, column)
+    return "" if span is None else f" [{span[0]:.2f}, {span[1]:.2f}]"
 
 
 def synthetic(table: pd.DataFrame) -> Findings:
@@ -128,15 +141,22 @@ def synthetic(table: pd.DataFrame) -> Findings:
     return _bullets(lines)
 
 
-def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame) -> Findings:
-    """Notebook 05: membership inference with intervals, canary exposure beside its control, the audit."""
+def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame,
+                 matched: pd.DataFrame | None = None) -> Findings:
+    """Notebook 05: membership inference with intervals, canary exposure beside its control, the audit, and
+    each DP model against its utility-matched run (``matched``: :func:`prunepriv.report.matched.comparison`)."""
     lines = []
     loss = mia[mia["attack"] == "loss"]
-    for r in loss.itertuples():
-        lo, hi = auc_interval(r.auc, int(r.members), int(r.nonmembers))
-        lines.append(f"{r.model}, ε = {_eps(r.target_epsilon)}: loss-attack AUC {r.auc:.3f} "
-                     f"(≈95% interval {lo:.2f}–{hi:.2f}, {int(r.members)} vs {int(r.nonmembers)} records)"
-                     + ("; the interval includes chance (0.5)" if lo <= 0.5 <= hi else "") + ".")
+    for r in loss.to_dict("records"):            # dicts: column names such as tpr_at_0.01_fpr kept
+        lo, hi = r.get("auc_low", math.nan), r.get("auc_high", math.nan)         # bootstrap, where saved
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            lo, hi = auc_interval(r["auc"], int(r["members"]), int(r["nonmembers"]))
+        lines.append(f"{r['model']}, ε = {_eps(r['target_epsilon'])}: loss-attack AUC {r['auc']:.3f} "
+                     f"(95% interval {lo:.2f}–{hi:.2f}, {int(r['members'])} vs {int(r['nonmembers'])} records"
+                     + _tpr(r) + ")"
+                     + (f"; the interval includes chance (0.5): a null result, AUC shifts ≥ "
+                        f"{detectable_effect((lo, hi), 0.5):.2f} detectable (80% power)" if lo <= 0.5 <= hi else "")
+                     + ".")
     for r in table.itertuples():
         lines.append(f"{r.model}, ε = {_eps(r.target_epsilon)}: canary exposure {r.exposure_trained:.2f} bits for "
                      f"trained canaries vs {r.exposure_heldout:.2f} for never-trained ones (chance "
@@ -149,9 +169,47 @@ def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame) ->
                      f"{audit['epsilon_lower_bound'].max():.2f}, where {int(audit['audit_canaries'].iloc[0])} "
                      f"canaries could show at most ε ≥ {audit['epsilon_attainable'].max():.2f} (every guess "
                      "correct), so an accountant ε above that cannot be contradicted.")
+    if matched is not None:
+        lines += _matched_memorization(matched)
     lines.append("One seed per setting and a few dozen records per attack: orderings between ε values whose "
                  "intervals overlap are not findings.")
     return _bullets(lines)
+
+
+def _tpr(row: dict) -> str:
+    """``; TPR at 1% FPR 0.05 [0.00, 0.15]`` from a membership row (``""`` when not saved)."""
+    tpr, low, high = (row.get(f"tpr_at_0.01_fpr{s}", math.nan) for s in ("", "_low", "_high"))
+    if not math.isfinite(tpr):
+        return ""
+    span = f" [{low:.2f}, {high:.2f}]" if math.isfinite(low) and math.isfinite(high) else ""
+    below = " (1% is below one non-member: the threshold is the highest non-member score)" \
+        if row.get("fpr_resolution", 0) > 0.01 else ""
+    return f"; TPR at 1% FPR {tpr:.2f}{span}{below}"
+
+
+def _matched_memorization(table: pd.DataFrame) -> list[str]:
+    """One sentence per row of :func:`prunepriv.report.matched.comparison`, with its 95% intervals."""
+    lines = []
+    for r in table.itertuples():
+        exposure, auc = (r.exposure_difference_low, r.exposure_difference_high), (r.auc_difference_low,
+                                                                                  r.auc_difference_high)
+        lines.append(f"At equal utility (held-out perplexity {r.perplexity_dp:.2f} under DP, "
+                     f"{r.perplexity_matched:.2f} for the non-private twin stopped after {r.matched_steps:g} "
+                     f"step(s)), **{r.model}** at ε = {r.epsilon:g} minus the twin: excess exposure of "
+                     f"{r.canary_repetitions}× canaries {r.exposure_difference:+.2f} bits{_pair(exposure)}, "
+                     f"reference-attack AUC {r.auc_difference:+.3f}{_pair(auc)}; "
+                     + (f"the exposure interval includes 0: a null result, differences ≥ "
+                        f"{detectable_effect(exposure, 0.0) or math.nan:.2f} bits detectable (80% power)."
+                        if _covers_zero(exposure) else "the exposure interval excludes 0."))
+    return lines
+
+
+def _pair(interval) -> str:
+    return "" if not all(map(math.isfinite, interval)) else f" [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
+def _covers_zero(interval) -> bool:
+    return not all(map(math.isfinite, interval)) or interval[0] <= 0 <= interval[1]
 
 
 def baselines(fed_summary: dict, chosen: pd.DataFrame, compression: pd.DataFrame) -> Findings:

@@ -31,7 +31,7 @@ from prunepriv.lm.lora import load_adapter
 from prunepriv.lm.models import load_model
 from prunepriv.lm.precision import precision_of
 from prunepriv.loaders import jsonl_texts, read_utf8
-from prunepriv.privacy.record import FinetuneRun, runs_of
+from prunepriv.privacy.record import FinetuneRun, base_model, is_matched, runs_of
 from prunepriv.privacy.specs import epsilon_for
 from prunepriv.progress import tqdm
 from prunepriv.results import (
@@ -41,14 +41,15 @@ from prunepriv.results import (
     sha256_file,
 )
 
-ATTACKS_VERSION = 3   # bump when an attack's computation changes, so saved per-run results are redone
+ATTACKS_VERSION = 4   # bump when an attack's computation changes, so saved per-run results are redone
 
 
 def tuned_model(bases: dict, run: FinetuneRun):
     """A fresh copy of the run's base model (pruned or not) with the run's LoRA adapter."""
-    if run.model not in bases:
+    name = base_model(run.model)
+    if name not in bases:
         raise ModelError(f"no base model for {run.model!r} runs (have {', '.join(bases)})")
-    return load_adapter(copy.deepcopy(bases[run.model]), run.adapter_dir).eval()
+    return load_adapter(copy.deepcopy(bases[name]), run.adapter_dir).eval()
 
 
 def stage_inputs(profile, pruned: dict):
@@ -177,7 +178,7 @@ class References:
         self.bases, self.tokenizer = bases, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
         self._cache: dict[tuple[str, tuple[str, ...], bool], list[np.ndarray]] = {}
-        self._exposure: dict[tuple[str, str, int, int], float] = {}
+        self._exposure: dict[tuple[str, str, int, int], float] = {}    # (model, canary text, candidates, seed)
 
     def logprobs(self, model_name: str, texts: list[str], end: bool = True) -> list[np.ndarray]:
         key = (model_name, tuple(texts), end)
@@ -187,8 +188,9 @@ class References:
         return self._cache[key]
 
     def exposure(self, model_name: str, canary, n_candidates: int, seed: int) -> float:
-        """Exposure of ``canary`` in the untuned model, on the candidates the tuned model is ranked on."""
-        key = (model_name, canary.id, n_candidates, seed)
+        """Exposure of ``canary`` in the untuned model, on the candidates the tuned model is ranked on
+        (cached by its text: replicates give a canary id other secrets)."""
+        key = (model_name, canary.text, n_candidates, seed)
         if key not in self._exposure:
             self._exposure[key] = attacks.canary_exposure(self.bases[model_name], self.tokenizer, canary,
                                                           n_candidates, seed).exposure
@@ -238,11 +240,12 @@ def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, sam
     """Every memorization measurement of one fine-tuned model, with its controls."""
     out: dict = {"model": run.model, "target_epsilon": run.target_epsilon, "replicate": run.replicate,
                  "epsilon_rdp": float(run.epsilon_rdp), "run": run.label}
+    base = base_model(run.model)
     train_notes, heldout_notes = note_records(corpus, "train"), note_records(corpus, "heldout")
-    out["mia"] = membership_attacks(model, run.model, tokenizer, refs, train_notes, heldout_notes, cfg, seed)
+    out["mia"] = membership_attacks(model, base, tokenizer, refs, train_notes, heldout_notes, cfg, seed)
 
     # canary exposure: trained canaries and never-trained ones (the control), each beside its untuned exposure
-    out["exposure"] = paired_exposure(model, lambda c: refs.exposure(run.model, c, cfg.n_candidates, seed),
+    out["exposure"] = paired_exposure(model, lambda c: refs.exposure(base, c, cfg.n_candidates, seed),
                                       tokenizer, corpus.canaries_for("exposure"), cfg.n_candidates, seed)
     out["chance_exposure"] = attacks.chance_exposure(cfg.n_candidates)
 
@@ -250,7 +253,7 @@ def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, sam
     audit_canaries = corpus.canaries_for("audit")
     if audit_canaries:
         out["audit"] = canary_audit(model, run, tokenizer, refs, audit_canaries, cfg)
-    out.update(extraction_attacks(model, run.model, tokenizer, refs, samples, train_notes, heldout_notes, cfg, seed))
+    out.update(extraction_attacks(model, base, tokenizer, refs, samples, train_notes, heldout_notes, cfg, seed))
 
     # untargeted PII leakage: values only training records hold, versus values only held-out records hold,
     # each inside the window of tokens the model trains on (both sides alike)
@@ -282,8 +285,8 @@ def membership_attacks(model, base_name: str, tokenizer, refs: References, train
 def canary_audit(model, run: FinetuneRun, tokenizer, refs: References, canaries: list, cfg) -> dict:
     """The one-run audit's ε lower bound beside the run's accountant ε at the audit's δ."""
     canary_texts = [c.text for c in canaries]
-    scores = audit_scores(model, refs.logprobs(run.model, canary_texts), tokenizer, canary_texts, cfg.max_length,
-                          cfg.batch_size)
+    reference = refs.logprobs(base_model(run.model), canary_texts)
+    scores = audit_scores(model, reference, tokenizer, canary_texts, cfg.max_length, cfg.batch_size)
     result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
     return {**asdict(result), **accountant_at(run, cfg.audit_delta)}
 
@@ -345,15 +348,16 @@ def memorization_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, 
     for run in tqdm(runs_of(runs), desc="memorization attacks", leave=False):
         samples = run_samples(synthetic, run)
         path = out_dir / f"{run.label}.json"
-        key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(run), samples, corpus.summary(),
-                      precision_of(bases["unpruned"]))
+        trained_on = corpus.for_replicate(run.replicate)        # a replicate's own canaries
+        key = _digest(ATTACKS_VERSION, asdict(cfg), seed, _adapter_digest(run), samples, trained_on.summary(),
+                      [c.text for c in trained_on.canaries], precision_of(bases["unpruned"]))
         if path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("settings") == key:
                 results.append(saved)
                 continue
         model = tuned_model(bases, run)
-        result = attack_run(model, run, corpus, tokenizer, refs, samples, cfg, seed)
+        result = attack_run(model, run, trained_on, tokenizer, refs, samples, cfg, seed)
         del model
         result["settings"] = key
         atomic_write_json(path, result)
@@ -395,6 +399,8 @@ def memorization_table(results: list[dict]) -> pd.DataFrame:
             **{k: v for k, v in exposure.items() if k != "exposure_r0"},
             **{f"mia_auc_{a}": mia[a]["auc"] for a in attacks.MIA_ATTACKS},
             "mia_tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
+            "mia_tpr_at_1pct_fpr_loss_low": mia["loss"].get("tpr_at_0.01_fpr_low", math.nan),
+            "mia_tpr_at_1pct_fpr_loss_high": mia["loss"].get("tpr_at_0.01_fpr_high", math.nan),
         }
         rows.append(row)
     return pd.DataFrame(rows)
@@ -489,7 +495,7 @@ def report_rows(result: dict) -> list[tuple[str, float, float | None, str]]:
 
 def sample_preview(runs: pd.DataFrame, synthetic: pd.DataFrame, n: int = 2) -> str:
     """The first ``n`` samples of the last model's non-private and most private runs (notebook 04)."""
-    model = runs["model"].iloc[-1]
+    model = [m for m in runs["model"] if not is_matched(m)][-1]
     parts = []
     for eps in (math.inf, min(runs["target_epsilon"])):
         run = next(r for r in runs_of(runs) if r.model == model and r.target_epsilon == eps)

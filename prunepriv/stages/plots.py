@@ -2,12 +2,15 @@
 versus layers removed. Each function returns a matplotlib Figure."""
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from prunepriv.compress.similarity import LayerSimilarity
+from prunepriv.privacy.record import base_model, is_matched
 from prunepriv.report.seeds import collapse_replicates
 
 # Figures are drawn at the size they are printed (paper/main.tex includes them unscaled): text
@@ -92,6 +95,7 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     the gap between its dashed line and its curve is the "healing").
     """
     frame = collapse_replicates(frame, ["perplexity_private"])      # several seeds: their mean and interval
+    frame, matched = _without_matched(frame)
     fig, ax = plt.subplots(figsize=(3.6, 2.6))
     finite = frame[np.isfinite(frame["target_epsilon"])]
     x_inf = (finite["target_epsilon"].max() if len(finite) else 1.0) * 3
@@ -113,6 +117,7 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
                        label=f"{model}, non-private (ε = ∞)")
         ax.axhline(group["perplexity_private_before"].iloc[0], ls="--", color=color, alpha=0.7,
                    label=f"{model}, before fine-tuning")
+    _matched_points(ax, matched, "perplexity_private", x_inf, colors, dodge)
     ax.set_xscale("log")
     ticks = sorted(finite["epsilon_rdp"].unique()) if len(finite) else []
     ax.set_xticks(list(ticks) + [x_inf])
@@ -125,6 +130,27 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
                                                                "over held-out patients)"), fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)   # never over a point
     return fig
+
+
+def _without_matched(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ordinary runs of a table and its utility-matched non-private runs (``finetune.utility_match``)."""
+    matched = frame["model"].map(is_matched)
+    return frame[~matched], frame[matched]
+
+
+def _matched_points(ax, matched: pd.DataFrame, metric: str, x: float, colors: dict, dodge: dict | None = None) -> None:
+    """Utility-matched non-private runs as diamonds at ``x`` (the non-private position), in their base
+    model's color, with their interval where the table has one."""
+    for row in matched.itertuples():
+        base = base_model(row.model)
+        at = x * (dodge or {}).get(base, 1.0)
+        low, high = getattr(row, f"{metric}_low", math.nan), getattr(row, f"{metric}_high", math.nan)
+        if math.isfinite(low) and math.isfinite(high):
+            value = getattr(row, metric)
+            ax.errorbar([at], [value], yerr=[[value - low], [high - value]], fmt="none", color=colors.get(base),
+                        capsize=2)
+        ax.scatter([at], [getattr(row, metric)], marker="D", s=30, color=colors.get(base, "gray"),
+                   edgecolors="black", linewidths=0.5, zorder=3, label=f"{base}, non-private, utility-matched")
 
 
 def training_curves(curves: pd.DataFrame) -> plt.Figure:
@@ -161,6 +187,7 @@ def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
     """One panel per memorization metric versus ε: pruned and unpruned lines,
     non-private runs as stars, controls dashed (held-out) or dotted (chance)."""
     frame = collapse_replicates(table, [metric for metric, *_ in MEMORIZATION_PANELS])   # across seeds, if several
+    frame, matched = _without_matched(frame)
     frame["x"], x_inf, ticks = _epsilon_positions(frame)
     colors = dict(zip(sorted(frame["model"].unique(), reverse=True), ["tab:blue", "tab:orange"]))
     fig, axes = plt.subplots(2, 2, figsize=(TEXT_WIDTH, 4.4))
@@ -177,6 +204,7 @@ def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
             if control:
                 ax.plot(g["x"], g[control], ls="--", marker="x", color=color, alpha=0.7,
                         label=f"{model}: held-out control")
+        _matched_points(ax, matched, metric, x_inf * 1.25, colors)
         if isinstance(chance, str):
             ax.axhline(float(frame[chance].iloc[0]), ls=":", color="gray", label="chance")
         elif chance is not None:
