@@ -14,13 +14,17 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
 import tempfile
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from prunepriv.errors import PrunePrivError, ResultsError
 from prunepriv.lm.models import resolve_device
@@ -103,6 +107,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy that is valid JSON: NaN as null, ±inf as the strings ``"inf"`` / ``"-inf"`` (``json.dumps``
+    would write bare NaN / Infinity), numpy scalars as Python numbers, tuples as lists, keys as strings,
+    a dataclass as its dict."""
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+        obj = asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return None if math.isnan(value) else str(value) if math.isinf(value) else value
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def _jsonable(obj: Any) -> Any:

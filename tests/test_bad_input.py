@@ -72,7 +72,7 @@ CASES = [
     ("finetune-name-dotdot", FINETUNE + ["--set", "name=.."], r"profile name must be"),
     ("finetune-bad-set", FINETUNE + ["--set", "finetune.nope=1"], r"unknown profile key 'finetune.nope'"),
     ("reproduce-without-profile", ["reproduce", "--output-root", "{tmp}"],
-     r"reproduce needs --profile: paper \(not run here yet\), smoke"),
+     r"reproduce needs --profile: full \(not run here yet\), paper \(not run here yet\), smoke"),
     ("canaries-not-jsonl", ["canaries", "--data", "{tmp}/notes.txt", "--output", "{tmp}/out.csv"],
      r"--output must be a .jsonl file"),
     ("canaries-not-utf8", ["canaries", "--data", "{tmp}/latin1.csv", "--output", "{tmp}/out.jsonl"], r"not UTF-8"),
@@ -160,3 +160,37 @@ def test_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"prunepriv {version('prunepriv')}"
+
+
+def test_hub_id_without_network_is_one_line_at_once(capsys, tmp_path, monkeypatch):
+    """Issue 16: no transformers retries (about 30 s, a dozen lines) when the hub cannot be reached."""
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    _check(capsys, tmp_path, ["prune", "--model", "someone/not-cached-model", "--layers", "2",
+                              "--output", str(tmp_path / "out")], r"hub is unreachable .*not in the local cache")
+    assert time.perf_counter() - start < 10
+
+
+def test_hub_reachability_and_the_local_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from prunepriv.errors import ModelError
+    from prunepriv.lm import models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")              # nothing listens on port 9
+    assert not models.hub_reachable(timeout=1.0)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not models.hub_reachable()
+    # a model in the cache (the layout huggingface_hub writes) is found without the network
+    snapshot = tmp_path / "models--org--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "models--org--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert models.resolve_model_path("org/cached") == str(snapshot)
+    with pytest.raises(ModelError, match="not in the local cache"):
+        models.resolve_model_path("org/missing")

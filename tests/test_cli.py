@@ -64,7 +64,7 @@ def test_unsupported_architecture(capsys, tmp_path):
 def test_missing_model_folder(capsys, tmp_path):
     code, err = _run(capsys, ["prune", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
                               "--remove", "1"])
-    _one_line_error(code, err, "cannot load model")
+    _one_line_error(code, err, r"model folder .*nope not found \(give a local Hugging Face folder")
 
 
 @pytest.mark.parametrize("profile_text, pattern", [

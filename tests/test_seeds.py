@@ -86,3 +86,13 @@ def test_a_replicate_trains_on_the_same_notes_with_canaries_of_its_own():
     for c in other.canaries:                                         # trained as often as the profile says
         assert other.texts("train").count(c.text) == c.repetitions * (c.purpose == "exposure") + \
             (c.purpose == "audit") * int(c.in_train)
+
+
+def test_findings_name_the_seed_of_each_replicate():
+    from prunepriv.stages import findings
+
+    table = pd.DataFrame({"model": ["unpruned", "unpruned"], "target_epsilon": [8.0, 8.0], "replicate": [0, 1],
+                          "samples": [4, 4], "empty_samples": [0, 1], "mean_tokens": [10.0, 11.0],
+                          "bertscore_f1_heldout": [0.8, 0.7]})
+    text = findings.synthetic(table)
+    assert "unpruned, ε = 8: 4 samples (0 empty)" in text and "unpruned, ε = 8, seed 2: 4 samples (1 empty)" in text

@@ -19,7 +19,13 @@ from prunepriv.lm.models import (
     model_num_layers,
 )
 from prunepriv.privacy.record import FinetuneRun
-from prunepriv.results import atomic_write_json, check_writable, provenance, read_json
+from prunepriv.results import (
+    atomic_write_json,
+    check_writable,
+    json_safe,
+    provenance,
+    read_json,
+)
 from prunepriv.stages.memorization import (
     References,
     attack_run,
@@ -114,16 +120,5 @@ def audit(profile: Profile, adapter: Path, layers: list[int] | None = None, toke
                         profile.seed)
     result["provenance"] = provenance(profile)
     result["skipped"] = [{"measurement": name, "why": why} for name, why in skipped_measurements(result)]
-    atomic_write_json(path, finite_or_null(result))
+    atomic_write_json(path, json_safe(result))
     return path, report_rows(result), skipped_measurements(result)
-
-
-def finite_or_null(obj):
-    """NaN and ±inf as JSON null / strings, so ``report.json`` is valid JSON (``json.dumps`` writes NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None if math.isnan(obj) else str(obj)
-    if isinstance(obj, dict):
-        return {k: finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_null(v) for v in obj]
-    return obj

@@ -12,8 +12,10 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -128,7 +130,36 @@ def resolve_model_path(name_or_path: str) -> str:
     if not path.exists() and not HUB_ID.fullmatch(name_or_path):
         raise ModelError(f"model folder {name_or_path} not found (give a local Hugging Face folder, "
                          f"a hub id such as org/name, or 'embedded')")
-    return str(path) if path.exists() else name_or_path
+    if path.exists():
+        return str(path)
+    return name_or_path if hub_reachable() else cached_snapshot(name_or_path)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout`` seconds;
+    ``False`` under ``HF_HUB_OFFLINE``. Without it a hub id is read from the local cache at once, instead
+    of transformers' retries (about 30 s, a dozen lines) ending in the same error."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cached_snapshot(repo_id: str) -> str:
+    """The local folder of ``repo_id`` in the Hugging Face cache (the hub being unreachable), or a
+    one-line ModelError."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:       # the hub's errors for "not cached" vary by version: all mean the same here
+        raise ModelError(f"the Hugging Face hub is unreachable (offline?) and {repo_id!r} is not in the local "
+                         "cache; give a local folder, or download it where there is a network "
+                         f"(huggingface-cli download {repo_id})") from None
 
 
 def load_tokenizer(name_or_path: str = EMBEDDED):
@@ -193,8 +224,9 @@ def model_num_layers(name_or_path: str) -> int:
     """Number of decoder layers, read from the config only."""
     from transformers import AutoConfig
 
+    path = resolve_model_path(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+        config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
     check_family(config.model_type)

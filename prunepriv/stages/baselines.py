@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -438,18 +438,3 @@ def dense_run_dir(runs: pd.DataFrame | None, epsilon: float) -> Path | None:
         return None
     match = runs[(runs["model"] == "unpruned") & (runs["target_epsilon"] == epsilon)]
     return Path(FinetuneRun.from_row(match.iloc[0]).run_dir) if len(match) else None
-
-
-def summary_json(obj: dict) -> dict:
-    """JSON-safe copy (numpy scalars, tuples, inf)."""
-    def clean(x):
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, (np.floating, float)):
-            return None if math.isnan(float(x)) else (str(float(x)) if math.isinf(float(x)) else float(x))
-        if isinstance(x, np.integer):
-            return int(x)
-        return x
-    return clean(asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj)

@@ -29,6 +29,12 @@ def _eps(value: float) -> str:
     return "∞ (non-private)" if math.isinf(float(value)) else f"{float(value):g}"
 
 
+def _setting(row: dict) -> str:
+    """``unpruned, ε = 8`` for a run of a table, ``…, seed 2`` for replicate 1 (``finetune.replicates``)."""
+    replicate = int(row.get("replicate", 0) or 0)
+    return f"{row['model']}, ε = {_eps(row['target_epsilon'])}" + (f", seed {replicate + 1}" if replicate else "")
+
+
 def _bullets(lines: list[str]) -> Findings:
     return Findings("\n".join(f"- {line}" for line in lines))
 
@@ -135,7 +141,7 @@ def _ci(row, column: str) -> str:
 
 def synthetic(table: pd.DataFrame) -> Findings:
     """Notebook 04: how much text each model wrote and how close it is to held-out notes."""
-    lines = [f"{r.model}, ε = {_eps(r.target_epsilon)}: {int(r.samples)} samples ({int(r.empty_samples)} empty), "
+    lines = [f"{_setting(r._asdict())}: {int(r.samples)} samples ({int(r.empty_samples)} empty), "
              f"{r.mean_tokens:.1f} tokens on average, BERTScore F1 to held-out notes {r.bertscore_f1_heldout:.3f}."
              for r in table.itertuples()]
     return _bullets(lines)
@@ -151,14 +157,14 @@ def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame,
         lo, hi = r.get("auc_low", math.nan), r.get("auc_high", math.nan)         # bootstrap, where saved
         if not (math.isfinite(lo) and math.isfinite(hi)):
             lo, hi = auc_interval(r["auc"], int(r["members"]), int(r["nonmembers"]))
-        lines.append(f"{r['model']}, ε = {_eps(r['target_epsilon'])}: loss-attack AUC {r['auc']:.3f} "
+        lines.append(f"{_setting(r)}: loss-attack AUC {r['auc']:.3f} "
                      f"(95% interval {lo:.2f}–{hi:.2f}, {int(r['members'])} vs {int(r['nonmembers'])} records"
                      + _tpr(r) + ")"
                      + (f"; the interval includes chance (0.5): a null result, AUC shifts ≥ "
                         f"{detectable_effect((lo, hi), 0.5):.2f} detectable (80% power)" if lo <= 0.5 <= hi else "")
                      + ".")
     for r in table.itertuples():
-        lines.append(f"{r.model}, ε = {_eps(r.target_epsilon)}: canary exposure {r.exposure_trained:.2f} bits for "
+        lines.append(f"{_setting(r._asdict())}: canary exposure {r.exposure_trained:.2f} bits for "
                      f"trained canaries vs {r.exposure_heldout:.2f} for never-trained ones (chance "
                      f"{r.exposure_chance:.2f}); in excess of each canary's exposure before fine-tuning (its "
                      f"paired control, 0 by chance) {r.exposure_excess_trained:+.2f} vs {r.exposure_excess_heldout:+.2f} "
