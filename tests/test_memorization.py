@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,32 @@ def test_stages_04_05_on_tiny_models(tiny_runs, byte_tokenizer, monkeypatch):
     again = memorization.memorization_sweep(runs, bases, byte_tokenizer, corpus, CFG, 0, synthetic,
                                             root / "memorization")
     assert json.dumps(again, default=str, sort_keys=True) == json.dumps(results, default=str, sort_keys=True)
+
+
+def test_a_utility_matched_run_is_sampled_and_attacked_on_its_base_model(tiny_runs, byte_tokenizer, tmp_path):
+    """Issue 14: a ``<model>-matched`` run (stage 03's utility-matched baseline) goes through stages 04 and
+    05 with its base model's untuned references, and the comparison with its DP twin has intervals."""
+    import shutil
+
+    from prunepriv.report import matched
+
+    corpus, bases, runs, root = tiny_runs
+    twin_dir = tmp_path / "unpruned-matched-eps-inf"
+    shutil.copytree(Path(runs["run_dir"].iloc[0]), twin_dir)
+    twin = runs.iloc[[0]].assign(model="unpruned-matched", run_dir=str(twin_dir), matched_epsilon=4.0,
+                                 stop_perplexity=50.0)
+    table = pd.concat([runs.assign(matched_epsilon=math.nan, stop_perplexity=math.nan), twin],
+                      ignore_index=True).assign(perplexity_private=50.0)
+    synthetic = memorization.synthetic_sweep(table, bases, byte_tokenizer, corpus, CFG, 0, tmp_path / "synthetic")
+    assert list(synthetic["model"]) == ["unpruned", "unpruned", "unpruned-matched"]
+    results = memorization.memorization_sweep(table, bases, byte_tokenizer, corpus, CFG, 0, synthetic,
+                                              tmp_path / "memorization")
+    assert [r["model"] for r in results] == ["unpruned", "unpruned", "unpruned-matched"]
+    # the same adapter as the non-private run, the same base: the same exposures and AUCs
+    assert [e["exposure"] for e in results[2]["exposure"]] == [e["exposure"] for e in results[0]["exposure"]]
+    comparison = matched.comparison(table, memorization.exposure_table(results), memorization.mia_table(results))
+    assert list(comparison["model"]) == ["unpruned"] and comparison["epsilon"].iloc[0] == 4.0
+    assert math.isfinite(comparison["exposure_difference"].iloc[0])
 
 
 def test_paired_control_is_the_untuned_exposure_of_the_same_canary(tiny_runs, byte_tokenizer):
