@@ -29,7 +29,7 @@ from prunepriv.config import FinetuneConfig, Profile
 from prunepriv.data import Corpus, synthetic_corpus
 from prunepriv.errors import ConfigError
 from prunepriv.lm.models import load_model
-from prunepriv.privacy.record import loss_spike
+from prunepriv.privacy.record import SPIKE, loss_spike
 from prunepriv.privacy.specs import epsilon_label, finetune_specs, run_seed
 from prunepriv.privacy.train import finetune
 from prunepriv.progress import tqdm
@@ -38,7 +38,6 @@ from prunepriv.stages.experiments import Evaluator
 
 PROXY_SEED_OFFSET = 1_000_003      # the proxy corpus's seed: the profile's plus this (never the profile's own)
 TUNABLE = ("learning_rate", "batch_size", "epochs", "lora_rank", "lora_alpha", "target_modules", "max_grad_norm")
-SPIKE = 1.5                        # as the claims: a step loss this many times the best before it
 
 
 def proxy_corpus(profile: Profile) -> Corpus:

@@ -148,6 +148,9 @@ class FinetuneRun:
                    max_grad_norm=record.get("max_grad_norm"), n_train=record.get("n_train"))
 
 
+SPIKE = 1.5      # a step loss this many times the best before it is a spike (a bug to fix, not a result)
+
+
 def loss_spike(losses: Sequence[float]) -> float:
     """max over steps t ≥ 1 of loss[t] / min(loss[:t]): 1 or less when the loss never rose above its
     best so far, 1.75 for the 3.86 → 6.77 jump of an unclipped run (NaN with fewer than two steps)."""

@@ -20,7 +20,7 @@ import pandas as pd
 from prunepriv.attacks import probes as attacks
 from prunepriv.errors import PrunePrivError
 from prunepriv.pipeline.registry import claim_files
-from prunepriv.privacy.record import base_model, is_matched
+from prunepriv.privacy.record import SPIKE, base_model, is_matched
 from prunepriv.privacy.specs import epsilon_label, epsilon_text
 from prunepriv.report import matched, power
 from prunepriv.report.seeds import collapse_replicates, replicated, row_interval
@@ -68,7 +68,6 @@ AUC = Tolerance("abs", 0.15, "40 members vs 40 non-members: the AUC's standard e
 AGREEMENT = Tolerance("abs", 0.15, "a share of layers: one near-tied layer swapping moves it by about 1/k")
 MASKS = Tolerance("abs", 0.02, "share of millions of pruned weights: only near-tied scores can swap")
 PREDICATE = Tolerance("none", 0.0, "a qualitative claim; the verdict is whether it holds")
-SPIKE = 1.5      # a step loss this many times the best before it is a spike (a bug to fix, not a result)
 
 
 @dataclass(frozen=True)
