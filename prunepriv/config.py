@@ -206,6 +206,10 @@ class BaselinesConfig:
     epsilon: float = 3.0               # DP-LoRA ε shared by every compressed model of the comparison
     sparsity: float = 0.5              # unstructured sparsity of the magnitude, Wanda and DPIMP baselines
     dpimp_rounds: int = 4              # DPIMP: pruning rounds during DP fine-tuning, sparsity rising to baselines.sparsity
+    dpkd: bool = True                  # DPKD: a DP teacher distilled into the layer-removed student, ε split over both
+    dpkd_alpha: float = 0.5            # DPKD: weight of the distillation term (1 - alpha: next-token NLL)
+    dpkd_temperature: float = 1.0      # DPKD: softmax temperature of the soft labels
+    heal_strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))  # layer choices also DP-healed at baselines.epsilon
     n_clients: int = 4                 # federated pruning: simulated clients
     client_samples: int = 10           # records per client for its local statistics
     selection_epsilons: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, math.inf]) # ε values of private layer selection (.inf: non-private)
@@ -226,6 +230,11 @@ class BaselinesConfig:
             raise ConfigError(f"baselines.sparsity must be in (0, 1), got {self.sparsity}")
         if not self.selection_clip > 0:
             raise ConfigError(f"baselines.selection_clip must be > 0, got {self.selection_clip}")
+        if not 0 <= self.dpkd_alpha <= 1 or not self.dpkd_temperature > 0:
+            raise ConfigError(f"baselines.dpkd_alpha must be in [0, 1] and dpkd_temperature > 0, got "
+                              f"{self.dpkd_alpha} and {self.dpkd_temperature}")
+        for name in self.heal_strategies:
+            check_strategy(name)
         if not self.selection_epsilons or any(not e > 0 for e in self.selection_epsilons):
             raise ConfigError("baselines.selection_epsilons must be numbers > 0 (.inf: non-private selection)")
         for eps in self.selection_finetune:
@@ -266,6 +275,9 @@ class Profile:
         for section in (self.data, self.similarity, self.pruning, self.latency, self.finetune,
                         self.memorization, self.baselines):
             section.validate()
+        if missing := set(self.baselines.heal_strategies) - set(self.pruning.strategies):
+            raise ConfigError(f"baselines.heal_strategies {sorted(missing)} are not in pruning.strategies: "
+                              "notebook 06 heals the layer choices that notebook 02 made")
         evaluation = self.data.general_passages
         if self.data.calibration == "public" and evaluation > PUBLIC_EVAL_PASSAGES:
             raise ConfigError(f"with data.calibration: public at most {PUBLIC_EVAL_PASSAGES} general English passages "

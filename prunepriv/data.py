@@ -8,6 +8,7 @@ held-out canaries of the same format that are never trained on.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import random
@@ -203,7 +204,7 @@ def _patients(n: int, rng: random.Random, fake) -> list[dict]:
         people.append({
             "id": f"P{len(people):05d}",
             "name": name,
-            "dob": fake.date_of_birth(minimum_age=18, maximum_age=95).strftime("%d/%m/%Y"),
+            "dob": _date_of_birth(fake, 18, 95).strftime("%d/%m/%Y"),
             "mrn": mrn,
             "phone": fake.numerify("07### ######"),
             "address": fake.address().replace("\n", ", "),
@@ -211,6 +212,22 @@ def _patients(n: int, rng: random.Random, fake) -> list[dict]:
             "clinician": "Dr " + fake.last_name(),
         })
     return people
+
+
+# The corpus is a function of the seed alone: Faker's date_of_birth counts ages back from today, so the
+# notes (and every number trained on them) changed from one calendar day to the next. Ages are counted
+# back from this fixed day instead: the day the committed paper reference was generated, so that its
+# corpus is the one drawn here.
+AGES_AS_OF = _dt.date(2026, 11, 25)
+
+
+def _date_of_birth(fake, minimum_age: int, maximum_age: int) -> _dt.date:
+    """Faker's ``date_of_birth`` (same draws from its generator) with ages counted from :data:`AGES_AS_OF`."""
+    from faker.providers.date_time import change_year
+
+    start, end = change_year(AGES_AS_OF, -(maximum_age + 1)), change_year(AGES_AS_OF, -minimum_age)
+    dob = fake.date_time_ad(start_datetime=start, end_datetime=end).date()
+    return dob if dob != start else dob + _dt.timedelta(days=1)
 
 
 def _visit_date(rng: random.Random) -> str:

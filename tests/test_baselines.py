@@ -2,9 +2,12 @@
 private layer selection and the composition of its ε with DP-SGD's."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_model
@@ -14,13 +17,16 @@ from prunepriv.compress import sparsity
 from prunepriv.compress.similarity import layer_similarity
 from prunepriv.compress.wanda import sequential_wanda_masks
 from prunepriv.data import Record
-from prunepriv.errors import DataError, PruningError
+from prunepriv.errors import ConfigError, DataError, PrunePrivError, PruningError
 from prunepriv.lm.text import batches
 from prunepriv.privacy import federated, selection
+from prunepriv.privacy.record import FinetuneRun
 from prunepriv.privacy.specs import LoRASpec, PrivacySpec, TrainSpec
 from prunepriv.privacy.train import finetune
-from prunepriv.stages import baselines
+from prunepriv.report import claims, latex, paper
+from prunepriv.stages import baselines, findings, healing, plots
 
+REFERENCE = Path(__file__).resolve().parents[1] / "results/paper/reference"
 TEXTS = [f"Patient {i} was seen on day {i % 7} for a follow-up of condition {i % 5}; vitals stable." for i in range(24)]
 
 
@@ -316,11 +322,23 @@ def test_stage_06_on_a_tiny_model(byte_tokenizer, tmp_path, tiny_profile):
 
     sim = layer_similarity(model, list(batches(byte_tokenizer, corpus.texts("calibration")[:6], 32, 3)))
     table, meta = baselines.compression_baselines(model, byte_tokenizer, corpus, sim, tiny_profile, tmp_path / "comp")
-    assert list(table["model"]) == ["dense", "magnitude 50%", "Wanda 50%", f"layer removal (k={meta['matched_layers']})",
-                                   "DPIMP 50%"]
+    k = meta["matched_layers"]
+    assert list(table["model"]) == ["dense", "magnitude 50%", "Wanda 50%", f"layer removal (k={k})",
+                                   "DPIMP 50%", f"DPKD (k={k})"]
     sparse = table[table["model"].str.contains("%")]
     assert (sparse["base_zeros_after_finetuning"] > 0).all()          # LoRA trains beside the zeros, not into them
-    assert (table["epsilon_rdp"] == table["epsilon_rdp"].iloc[0]).all()
+    single = table[~table["model"].str.startswith("DPKD")]
+    assert (single["epsilon_rdp"] == single["epsilon_rdp"].iloc[0]).all()
+    dpkd = table.set_index("model").loc[f"DPKD (k={k})"]               # teacher and student composed to the same ε
+    assert dpkd["epsilon_rdp"] == pytest.approx(tiny_profile.baselines.epsilon, rel=0.02)
+    assert dpkd["student_epsilon_rdp"] < dpkd["epsilon_rdp"] and dpkd["teacher_epsilon_rdp"] < dpkd["epsilon_rdp"]
+    assert dpkd["audit_epsilon_rdp"] > table.set_index("model").loc["dense", "audit_epsilon_rdp"] * 0.95
+    assert dpkd["parameter_fraction"] == table.set_index("model").loc[f"layer removal (k={k})", "parameter_fraction"]
+    uses = json.loads((Path(dpkd["run_dir"]) / "privacy.json").read_text())["data_uses"]
+    teacher_use = [u for u in uses if u["purpose"].startswith("DPKD teacher")]
+    assert teacher_use and teacher_use[0]["epsilon"] == pytest.approx(dpkd["teacher_epsilon_rdp"])
+    layer_row = table.set_index("model").loc[f"layer removal (k={k})"]
+    assert layer_row["latency_matched_layers"] == pytest.approx(k)   # by construction: its own time per layer
     assert table["parameter_fraction"].iloc[1:].between(0.4, 0.8).all()
     one_shot = table[table["model"].isin(["magnitude 50%", "Wanda 50%"])]
     assert (one_shot["deployed_parameter_fraction"] > one_shot["parameter_fraction"]).all()   # merged LoRA fills zeros
@@ -328,3 +346,53 @@ def test_stage_06_on_a_tiny_model(byte_tokenizer, tmp_path, tiny_profile):
     assert dpimp_row["deployed_parameter_fraction"] == dpimp_row["parameter_fraction"]       # deployed as measured
     assert [r["reached"] for r in meta["dpimp_rounds"]][-1] == 0.5 and meta["dpimp_rounds"][-1]["deployed"]
     assert table["decode_ratio"].notna().all()
+
+
+def test_each_strategy_is_healed_at_the_baselines_epsilon_and_reported(byte_tokenizer, tmp_path, tiny_profile):
+    """Issue 15, item 4: every strategy's layers at the paper's depth, DP-healed alike; the paper's
+    strategy reuses stage 03's run at that ε; claims, the paper's table, the figure and the findings."""
+    profile = tiny_profile
+    profile.baselines.heal_strategies = ["cosine", "last", "greedy-loss"]
+    model = tiny_model("llama", layers=6)
+    corpus = prunepriv.corpus_for(profile)
+    pruning = pd.DataFrame({"strategy": ["cosine", "last", "greedy-loss", "cosine"], "removed": [2, 2, 2, 0],
+                            "removed_layers": ["1 2", "4 5", "2 3", ""]})
+    stage03 = FinetuneRun(model="pruned", target_epsilon=3.0, epsilon_rdp=2.99, epsilon_prv=2.5, delta=1e-5,
+                          noise_multiplier=1.1, sample_rate=0.3, steps=2, perplexity_private_before=90.0,
+                          perplexity_private=80.0, perplexity_private_low=70.0, perplexity_private_high=95.0,
+                          run_dir="results/x/finetune/pruned-eps-3")
+    runs = pd.DataFrame([stage03.to_row(), {**stage03.to_row(), "model": "unpruned"}])
+    healed = healing.healed_strategies(model, byte_tokenizer, corpus, profile, pruning, runs, tmp_path / "heal", 6)
+    assert list(healed["strategy"]) == ["cosine", "last", "greedy-loss"]
+    rows = healed.set_index("strategy")
+    assert rows.loc["cosine", "source"] == "stage 03" and rows.loc["cosine", "perplexity_private"] == 80.0
+    for strategy, layers in (("last", "4 5"), ("greedy-loss", "2 3")):
+        row = rows.loc[strategy]
+        assert row["source"] == "stage 06" and row["removed_layers"] == layers
+        assert row["epsilon_rdp"] == pytest.approx(3.0, rel=0.02)
+        assert row["healing"] == pytest.approx(row["perplexity_private_before"] / row["perplexity_private"])
+        assert row["perplexity_private_low"] <= row["perplexity_private"] <= row["perplexity_private_high"]
+    assert "layer choice (greedy-loss)" in rows.loc["greedy-loss", "uncovered_uses"]   # private calibration split
+    assert rows.loc["last", "uncovered_uses"] == ""                                     # reads no text
+
+    chosen = {"strategy": "cosine", "removed": 2, "num_layers": 6}
+    found = {c.id: c for c in claims._healing_claims({"pruning_healed.csv": healed, "pruned_layers.json": chosen})}
+    assert found["healing.perplexity.cosine"].interval == (70.0, 95.0)
+    best = min(rows.loc[["last", "greedy-loss"], "perplexity_private"])
+    assert found["healing.paper.over.best"].value == pytest.approx(80.0 / best)
+    table = paper.tables({**claims.load_tables(REFERENCE), "pruning_healed.csv": healed})["healing"]
+    assert latex.problems(table) == [] and "greedy-loss" in table
+    plots.pruning_healed(healed)
+    text = findings.baselines({"similarity_max_abs_difference": 0.0, "layers_client_pairwise_jaccard": 1.0},
+                              pd.DataFrame(), pd.DataFrame(), healed, "cosine")
+    assert "cosine is ShortGPT's Block Influence" in text and "intervals" in text
+
+    pruning_missing = pruning[pruning["strategy"] != "last"]
+    with pytest.raises(PrunePrivError, match="no row for strategy 'last'"):
+        healing.healed_strategies(model, byte_tokenizer, corpus, profile, pruning_missing, runs, tmp_path / "h2", 6)
+
+
+def test_heal_strategies_must_be_swept_in_notebook_02():
+    with pytest.raises(ConfigError, match="heal_strategies"):
+        prunepriv.load_profile("smoke", {"pruning": {"strategies": ["cosine"]},
+                                         "baselines": {"heal_strategies": ["cosine", "last"]}})

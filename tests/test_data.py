@@ -37,6 +37,28 @@ def test_same_seed_same_corpus_other_seed_other_corpus(corpus):
     assert corpus.texts("train") != other.texts("train")
 
 
+def test_the_corpus_does_not_change_with_the_calendar_day(corpus, monkeypatch):
+    """Faker counts ages back from today: a corpus drawn on another day had other dates of birth, so a run
+    crossing midnight trained two stages on different notes. Ages now count from a fixed day."""
+    import datetime
+
+    import faker.providers.date_time as faker_dates
+
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2031, 2, 3, tzinfo=tz)
+
+    monkeypatch.setattr(faker_dates, "datetime", Later)
+    later = synthetic_corpus(seed=7, n_patients=40, notes_per_patient=3, n_canaries=4,
+                             canary_repetitions=[1, 3], n_heldout_canaries=3)
+    assert later.texts("train") == corpus.texts("train")
+    from faker import Faker
+    fake = Faker()
+    fake.seed_instance(0)
+    assert fake.date_of_birth(maximum_age=1).year >= 2029      # the patch reaches Faker's own clock
+
+
 def test_splits_are_disjoint_by_patient(corpus):
     patients = {s: {r.patient for r in rs if r.patient} for s, rs in corpus.splits.items()}
     assert not patients["train"] & patients["heldout"]

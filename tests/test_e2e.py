@@ -31,7 +31,8 @@ EXPECTED = {"fig:layer-similarity-heatmap", "fig:adjacent-similarity", "fig:late
             "fig:training-curves", "tab:synthetic", "tab:memorization", "fig:epsilon-vs-memorization",
             "tab:audit", "fig:audit", "data:membership-inference", "data:canary-exposure",
             "tab:federated", "fig:federated-agreement", "tab:private-selection", "fig:private-selection",
-            "tab:compression-baselines", "fig:compression-baselines", "tab:utility-matched"}
+            "tab:compression-baselines", "fig:compression-baselines", "tab:utility-matched", "tab:pruning-healed",
+            "fig:pruning-healed"}
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +113,11 @@ def _check_paper(root) -> None:
     names = {p.relative_to(generated).as_posix() for p in generated.rglob("*.tex")}
     assert names == {"numbers.tex"} | {f"tables/{t}.tex" for t in
                                        ("pruning", "latency", "finetune", "memorization", "audit",
-                                        "federated", "selection", "compression")}
+                                        "federated", "selection", "compression", "healing")}
     for path in generated.rglob("*.tex"):
         assert latex.problems(path.read_text()) == [], path
     assert r"\newcommand{\ppClaimPrivacyEpsilonEpsThree}" in (generated / "numbers.tex").read_text()
+    assert r"\newcommand{\ppClaimHealingPerplexityLast}" in (generated / "numbers.tex").read_text()
     assert not (root / "paper/generated").exists()
     claims = pd.read_csv(root / "results/smoke/claims.csv")
     assert {"audit.below_accountant", "finetune.healing.pruned"} <= set(claims["claim"])
@@ -147,6 +149,13 @@ def _check_baselines(root, profile) -> None:
     dpimp = comp.set_index("model").loc["DPIMP 50%"]
     assert dpimp["deployed_parameter_fraction"] < 0.75                   # half of the decoder linears are zero
     assert comp["uncovered_uses"].fillna("").str.contains("Wanda masks").any()   # smoke calibrates on private text
+    assert comp["latency_matched_layers"].notna().all()
+    healed = pd.read_csv(root / "results/smoke/pruning_healed.csv").set_index("strategy")
+    assert list(healed.index) == profile.baselines.heal_strategies
+    pruned = pd.read_csv(root / "results/smoke/finetune.csv")
+    pruned = pruned[(pruned["model"] == "pruned") & (pruned["target_epsilon"] == profile.baselines.epsilon)].iloc[0]
+    assert healed.loc["cosine", "source"] == "stage 03" and healed.loc["cosine", "seed"] == pruned["seed"]
+    assert healed.loc["last", "source"] == "stage 06" and healed.loc["last", "epsilon_rdp"] <= profile.baselines.epsilon * 1.02
 
 
 def runs_at(root, epsilon: float) -> pd.Series:

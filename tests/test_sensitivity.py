@@ -53,9 +53,11 @@ def privacy(clip: float) -> PrivacySpec:
     return PrivacySpec(epsilon=math.inf, delta=None, max_grad_norm=clip, noise_multiplier=1.0, accountant="rdp")
 
 
-def clipped_sum(model_factory, tokenizer, indices: list[int], clip: float, out: Path) -> dict[str, torch.Tensor]:
+def clipped_sum(model_factory, tokenizer, indices: list[int], clip: float, out: Path,
+                loss=None) -> dict[str, torch.Tensor]:
     """The clipped per-sample gradient sum of one logical batch ``indices`` of TEXTS + [ADDED], as the
-    trainer forms it just before adding noise (summed over the ranks under torchrun)."""
+    trainer forms it just before adding noise (summed over the ranks under torchrun); ``loss``
+    replaces the per-record NLL as :func:`prunepriv.privacy.train.finetune` would."""
     texts = TEXTS + [ADDED]
     model = model_factory()
     plan = plan_run(model, texts, out, LORA, privacy(clip), TRAIN)
@@ -67,6 +69,8 @@ def clipped_sum(model_factory, tokenizer, indices: list[int], clip: float, out: 
                 p.copy_(0.3 * torch.randn(p.shape, generator=generator))
     t = prepare_trainer(peft_model, privacy(clip), TRAIN, plan)
     t.bar = tqdm(disable=True)
+    if loss is not None:
+        t.loss = loss
     captured: dict[str, torch.Tensor] = {}
     add_noise = t.optimizer.add_noise
 
@@ -92,12 +96,12 @@ def difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return float(torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
 
 
-def neighbour_differences(model_factory, tokenizer, out: Path) -> tuple[float, float]:
+def neighbour_differences(model_factory, tokenizer, out: Path, loss=None) -> tuple[float, float]:
     """``(clipped, unclipped)``: the difference of the two neighbours' sums at C and with clipping lifted."""
-    clipped = difference(clipped_sum(model_factory, tokenizer, BATCH + [16], C, out / "a"),
-                         clipped_sum(model_factory, tokenizer, BATCH, C, out / "b"))
-    raw = difference(clipped_sum(model_factory, tokenizer, BATCH + [16], 1e9, out / "c"),
-                     clipped_sum(model_factory, tokenizer, BATCH, 1e9, out / "d"))
+    clipped = difference(clipped_sum(model_factory, tokenizer, BATCH + [16], C, out / "a", loss),
+                         clipped_sum(model_factory, tokenizer, BATCH, C, out / "b", loss))
+    raw = difference(clipped_sum(model_factory, tokenizer, BATCH + [16], 1e9, out / "c", loss),
+                     clipped_sum(model_factory, tokenizer, BATCH, 1e9, out / "d", loss))
     return clipped, raw
 
 
@@ -120,6 +124,20 @@ def test_one_record_moves_the_clipped_sum_by_at_most_C(byte_tokenizer, tmp_path,
     assert clipped <= C * (1 + ROUNDING[dtype]), clipped
     assert clipped > 0.5 * C                           # the added record's gradient is clipped to about C
     assert raw > 5 * C, raw                            # without clipping the neighbours differ far more
+
+
+def test_the_bound_holds_for_the_distillation_loss(byte_tokenizer, tmp_path):
+    """DPKD's student loss (prunepriv.compress.distill) reads a teacher's logits of each record: the
+    teacher sees only that record, so one added record still moves the clipped sum by at most C."""
+    from conftest import tiny_model
+
+    from prunepriv.compress.distill import Distillation
+
+    torch.manual_seed(1)
+    teacher = Distillation(tiny_model("llama", layers=2).eval(), alpha=0.7, temperature=2.0)
+    clipped, raw = neighbour_differences(_factory(torch.float32), byte_tokenizer, tmp_path, teacher)
+    assert 0.5 * C < clipped <= C * (1 + ROUNDING[torch.float32]), clipped
+    assert raw > 5 * C, raw
 
 
 # Runs on each of two ranks under torchrun: the same measurement, summed over the ranks.

@@ -112,8 +112,9 @@ _BASE = ("seed", "device", "precision", "model", "data")
 _CLAIMS = ("tab:layer-similarity", "data:pruned-layers", "tab:pruning", "tab:latency", "tab:finetuning",
            "tab:synthetic", "tab:memorization", "data:membership-inference", "data:canary-exposure", "tab:audit",
            "tab:federated", "data:federated", "tab:private-selection", "data:private-selection-draws",
-           "data:private-selection", "tab:compression-baselines")
-_PAPER_TABLES = ("pruning", "latency", "finetune", "memorization", "audit", "federated", "selection", "compression")
+           "data:private-selection", "tab:compression-baselines", "tab:pruning-healed")
+_PAPER_TABLES = ("pruning", "latency", "finetune", "memorization", "audit", "federated", "selection", "compression",
+                 "healing")
 
 REGISTRY = Registry(
     stages=(
@@ -125,7 +126,7 @@ REGISTRY = Registry(
               ("data:pruned-layers", "tab:finetuning", "tab:synthetic")),
         Stage("06", "06_baselines.ipynb",
               _BASE + ("similarity", "pruning", "latency", "finetune", "memorization", "baselines"),
-              ("data:layer-similarity", "tab:finetuning")),
+              ("data:layer-similarity", "tab:pruning", "tab:finetuning")),
         Stage("07", "07_paper.ipynb", (), _CLAIMS),
     ),
     artifacts=(
@@ -166,6 +167,9 @@ REGISTRY = Registry(
         Artifact("tab:compression-baselines", "compression_baselines.csv", "06"),
         Artifact("data:compression-baselines", "compression_baselines.json", "06", "json"),
         Artifact("fig:compression-baselines", "compression_baselines", "06", "figure"),
+        Artifact("cache:healing-runs", "baselines/healing", "06", "folder"),
+        Artifact("tab:pruning-healed", "pruning_healed.csv", "06"),
+        Artifact("fig:pruning-healed", "pruning_healed", "06", "figure"),
         Artifact("data:claims", "claims.csv", "07"),
         Artifact("tex:numbers", "numbers.tex", "07", "tex"),
         *(Artifact(f"tex:table-{stem}", f"tables/{stem}.tex", "07", "tex") for stem in _PAPER_TABLES),

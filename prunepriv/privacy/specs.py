@@ -166,6 +166,20 @@ def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     return float(acc.get_epsilon(delta))
 
 
+def total_steps(train: TrainSpec, n_train: int) -> int:
+    """Logical steps of a run: ``epochs / q`` rounded up (at least one), q = batch_size / n_train."""
+    return max(1, math.ceil(train.epochs / (train.batch_size / n_train)))
+
+
+def split_noise_multiplier(privacy: PrivacySpec, train: TrainSpec, n_train: int, runs: int) -> float:
+    """σ of each of ``runs`` identical DP-SGD runs on the same records whose composition reaches the spec's ε:
+    the runs' histories compose as one run of ``runs`` times the steps (same σ and q), so σ is the one
+    that reaches ε in that many steps (DPKD's teacher and student, :mod:`prunepriv.compress.distill`)."""
+    delta = check_privacy(privacy, n_train)
+    return sigma_for_epsilon(privacy.epsilon, delta, train.batch_size / n_train,
+                             runs * total_steps(train, n_train), privacy.accountant)
+
+
 def run_noise_multiplier(privacy: PrivacySpec, sample_rate: float, steps: int, delta: float) -> float:
     """σ of a run: the spec's own, the one that reaches its ε target in ``steps`` steps, or 0 without privacy."""
     if not privacy.private:

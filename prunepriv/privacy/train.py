@@ -93,6 +93,7 @@ from prunepriv.privacy.specs import (
     privacy_record,
     run_digest,
     run_noise_multiplier,
+    total_steps,
 )
 from prunepriv.privacy.stopping import StopRule, check_rule
 from prunepriv.privacy.uses import data_uses
@@ -100,6 +101,9 @@ from prunepriv.progress import tqdm
 from prunepriv.results import atomic_write_json, atomic_write_text
 
 DEFAULT_LORA, DEFAULT_PRIVACY, DEFAULT_TRAIN = default_specs()   # the default profile's, non-private
+
+# a per-record training loss, shape (B,): each record's value may depend on that record alone (sensitivity)
+Loss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass
@@ -149,6 +153,7 @@ class Trainer:
     stop_rule: StopRule | None = None    # ends the run early once it holds (non-private runs only)
     previous: dict[str, torch.Tensor] | None = None   # LoRA weights before the last step (under a stop rule)
     stop_fraction: float | None = None   # the stop rule held: the fraction of the last step kept (finished)
+    loss: Loss = sequence_nll            # per-record loss (distillation replaces it: prunepriv.compress.distill)
 
     @property
     def base_optimizer(self) -> torch.optim.Optimizer:
@@ -181,17 +186,17 @@ def finetune(
     stop_after: int | None = None,
     after_step: Callable[[Trainer], None] | None = None,
     stop_rule: StopRule | None = None,
+    loss: Loss | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` (already on its device) with LoRA, privately or not.
 
-    Writes ``output_dir/adapter`` (peft ``save_pretrained``), ``train_log.csv``,
-    ``privacy.json`` and, while running, ``checkpoint.pt``. A run whose
-    ``checkpoint.pt`` exists resumes from it. ``stop_after`` ends the call
+    Writes ``output_dir/adapter`` (peft ``save_pretrained``), ``train_log.csv``, ``privacy.json``
+    and, while running, ``checkpoint.pt``, from which a run resumes. ``stop_after`` ends the call
     after that many logical steps in total (used to test resumption).
     ``after_step(trainer)`` runs after every logical step and may change the
     frozen weights (DPIMP, :mod:`prunepriv.compress.dpimp`); such a run is
-    never resumed or reloaded (its adapter alone does not hold the model).
-    ``stop_rule`` (:class:`StopRule`) ends a non-private run early.
+    never resumed or reloaded (its adapter alone does not hold the model). ``stop_rule``
+    ends a non-private run early; ``loss`` replaces the per-record NLL (its ``key`` enters the digest).
 
     Inside an initialised ``torch.distributed`` group of world size W > 1
     (``torchrun``), call it on every rank with the model on that rank's
@@ -201,7 +206,8 @@ def finetune(
     the same weights and record. A non-private run (``epsilon = inf``)
     under W > 1 is refused with :class:`DistributedConfigError`.
     """
-    plan = plan_run(model, texts, output_dir, lora, privacy, train, after_step is not None, stop_rule)
+    plan = plan_run(model, texts, output_dir, lora, privacy, train, after_step is not None, stop_rule,
+                    getattr(loss, "key", None))
     done = None if after_step else read_on_rank0(lambda: finished_run(plan.output_dir, plan.digest), plan.rank,
                                                  plan.world, plan.device)
     seed_everything(train.seed)
@@ -212,7 +218,7 @@ def finetune(
         done.model = peft_model
         return done
     t = prepare_trainer(peft_model, privacy, train, plan)
-    t.after_step, t.stop_rule = after_step, stop_rule
+    t.after_step, t.stop_rule, t.loss = after_step, stop_rule, loss or sequence_nll
     if after_step is None:
         resume(t)
     resumed_from = t.step
@@ -223,19 +229,17 @@ def finetune(
                  disable=not progress or plan.rank != 0, leave=False)
     if plan.rank == 0:
         plan.output_dir.mkdir(parents=True, exist_ok=True)
-    if privacy.private:
-        private_loop(t, data.loader, stop_after)
-    else:
-        plain_loop(t, data, stop_after)
+    private_loop(t, data.loader, stop_after) if privacy.private else plain_loop(t, data, stop_after)
     t.bar.close()
     return finish(t, time.perf_counter() - start, resumed_from)
 
 
 def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: LoRASpec, privacy: PrivacySpec,
-             train: TrainSpec, hooked: bool = False, stop_rule: StopRule | None = None) -> RunPlan:
+             train: TrainSpec, hooked: bool = False, stop_rule: StopRule | None = None,
+             loss_key: str | None = None) -> RunPlan:
     """Check the settings against the data and the process group; fix σ, q, the step count and the digest
     (``hooked``: a run with an ``after_step`` hook, never taken for a plain run with the same settings;
-    ``stop_rule``: its key enters the digest)."""
+    ``stop_rule`` and a replaced loss (``loss_key``): their keys enter the digest)."""
     output_dir = Path(output_dir)
     n = len(texts)
     rank, world = distributed_rank_world()
@@ -247,8 +251,8 @@ def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: L
         raise PrunePrivError("a stopping rule reads data at every step that no accountant covers: "
                              "only a non-private run (epsilon = inf) takes one")
     sample_rate = train.batch_size / n
-    total_steps = max(1, math.ceil(train.epochs / sample_rate))
-    sigma = run_noise_multiplier(privacy, sample_rate, total_steps, delta)
+    steps = total_steps(train, n)
+    sigma = run_noise_multiplier(privacy, sample_rate, steps, delta)
     extra = data_fingerprint(texts, model)
     if world > 1:                                            # one-process digests stay as they were
         extra += f"|world_size={world}"
@@ -260,11 +264,13 @@ def plan_run(model: nn.Module, texts: list[str], output_dir: str | Path, lora: L
         extra += "|after_step"
     if stop_rule is not None:
         extra += f"|stop={stop_rule.key}"
+    if loss_key is not None:
+        extra += f"|loss={loss_key}"
     digest = run_digest(lora, privacy, train, n, extra=extra)
     device = next(model.parameters()).device
     if world > 1:
         check_backend_device(device)
-    return RunPlan(output_dir, n, rank, world, delta, sample_rate, total_steps, sigma, digest, device)
+    return RunPlan(output_dir, n, rank, world, delta, sample_rate, steps, sigma, digest, device)
 
 
 def prepare_trainer(peft_model: nn.Module, privacy: PrivacySpec, train: TrainSpec, plan: RunPlan) -> Trainer:
@@ -381,7 +387,7 @@ def _private_backward(t: Trainer, batch: dict[str, torch.Tensor], losses: list[t
         for p in t.params.values():
             p.grad_sample = torch.zeros((0, *p.shape), device=device, dtype=p.dtype)
         return 0
-    per_record = sequence_nll(t.net, batch)
+    per_record = t.loss(t.net, batch)
     per_record.mean().backward()
     losses.append(per_record.detach().cpu())
     return batch["input_ids"].shape[0]
@@ -398,7 +404,7 @@ def plain_loop(t: Trainer, data: TrainingData, stop_after: int | None) -> None:
         for lo in range(0, size, size_cap):
             chunk = data.collate([data.dataset[i] for i in indices[lo:lo + size_cap]])
             chunk = {k: v.to(t.plan.device) for k, v in chunk.items()}
-            per_record = sequence_nll(t.net, chunk)
+            per_record = t.loss(t.net, chunk)
             (per_record.sum() / t.train.batch_size).backward()   # same scale as DP-SGD's mean
             losses.append(per_record.detach().cpu())
         if size:

@@ -134,7 +134,8 @@ def tables(t: dict[str, object]) -> dict[str, str]:
             "audit": _audit_table(t["audit.csv"]),
             "federated": _federated_table(t["federated.csv"]),
             "selection": _selection_table(t["private_selection.csv"], t["private_selection_draws.csv"]),
-            "compression": _compression_table(t["compression_baselines.csv"])}
+            "compression": _compression_table(t["compression_baselines.csv"]),
+            "healing": _healing_table(t.get("pruning_healed.csv"), t["pruned_layers.json"])}
 
 
 def _pruning_table(frame: pd.DataFrame, chosen: dict) -> str:
@@ -243,6 +244,23 @@ def _compression_table(frame: pd.DataFrame) -> str:
                    "deployed (LoRA merged), held-out perplexity, prefill and decode time relative to dense "
                    "(measured on CPU), membership AUC, canary exposure minus the never-trained control (bits), "
                    "and the one-run audit's lower bound on $\\varepsilon$.", "tab:gen-compression")
+
+
+def _healing_table(frame: pd.DataFrame | None, chosen: dict) -> str:
+    caption = (f"Every layer-removal strategy at {chosen['removed']} of {chosen['num_layers']} layers, before and "
+               "after the same DP-LoRA healing (held-out perplexity, 95\\% interval of the healed model; "
+               "\\emph{cosine} ranks layers exactly as ShortGPT's Block Influence).")
+    if frame is None:
+        return tabular(["strategy", "ppl before", "ppl after", "95\\% interval"],
+                       [["--", "--", "--", "--"]], "lrrr", caption + " Not measured in this run: its results "
+                       "predate the healing comparison.", "tab:gen-healing")
+    rows = [[escape(r.strategy), escape(", ".join(str(r.removed_layers).split())), _sci(r.perplexity_private_before),
+             _sci(r.perplexity_private), _range(r, "perplexity_private"), f"{r.healing:.1f}"]
+            for r in frame.itertuples()]
+    eps = float(frame["target_epsilon"].iloc[0])
+    return tabular(["strategy", "removed layers", "ppl before", "ppl after", "95\\% interval", "healing"], rows,
+                   "llrrrr", caption.replace("DP-LoRA healing", f"DP-LoRA healing at $\\varepsilon = {eps:g}$"),
+                   "tab:gen-healing")
 
 
 def write(run, t: dict[str, object]) -> list[Path]:

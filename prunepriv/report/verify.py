@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunepriv.errors import PrunePrivError, ResultsError
-from prunepriv.report.claims import TABLES, claims_from, compare, format_value
+from prunepriv.report.claims import claims_from, compare, format_value, table_files
 from prunepriv.results import atomic_write_bytes, atomic_write_text, load_manifest
 
 REFERENCE_DIR = "reference"
@@ -39,7 +39,7 @@ def freeze_reference(results_dir: str | Path) -> Path:
     results_dir = Path(results_dir)
     claims_from(results_dir)                                  # refuses incomplete results
     target = reference_dir(results_dir)
-    for name in TABLES + ("manifest.json",):
+    for name in table_files(results_dir) + ("manifest.json",):
         atomic_write_bytes(target / name, (results_dir / name).read_bytes())
     return target
 
@@ -60,7 +60,9 @@ def verify(results_dir: str | Path, reference: str | Path | None = None) -> Veri
                              "results/paper/reference/), or freeze the current results as one with --update-reference")
     table = compare(checked_claims(ref_dir, "reference"), checked_claims(results_dir, "results"))
     ref_prov, rep_prov = _provenance(ref_dir), _provenance(results_dir)
-    same = all((ref_dir / n).read_bytes() == (results_dir / n).read_bytes() for n in TABLES) and \
+    names = table_files(ref_dir)
+    same = names == table_files(results_dir) and \
+        all((ref_dir / n).read_bytes() == (results_dir / n).read_bytes() for n in names) and \
         ref_prov.get("created") == rep_prov.get("created")
     return Verification(table, ref_prov, rep_prov, same)
 

@@ -19,7 +19,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import torch
 from prunepriv.attacks import probes as attacks
 from prunepriv.attacks.audit import audit
 from prunepriv.compress import dpimp, sparsity
+from prunepriv.compress.distill import Distillation
 from prunepriv.compress.latency import compare_latency
 from prunepriv.compress.pruning import choose_layers, remove_layers
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
@@ -38,10 +41,17 @@ from prunepriv.data import general_english
 from prunepriv.lm.models import decoder_layers
 from prunepriv.lm.text import batches
 from prunepriv.privacy import federated, selection
+from prunepriv.privacy.checkpoint import finished_run
 from prunepriv.privacy.noise import noise_note, numpy_generator
 from prunepriv.privacy.record import FinetuneRun, run_name
-from prunepriv.privacy.specs import check_privacy, finetune_specs, run_seed
-from prunepriv.privacy.train import finetune
+from prunepriv.privacy.specs import (
+    PrivacySpec,
+    check_privacy,
+    finetune_specs,
+    run_seed,
+    split_noise_multiplier,
+)
+from prunepriv.privacy.train import finetune, plan_run
 from prunepriv.privacy.uses import DataUse, record_use
 from prunepriv.progress import tqdm
 from prunepriv.results import atomic_write_json, relative_to_cwd
@@ -231,19 +241,38 @@ def selection_frequencies(sweep: pd.DataFrame, num_layers: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _finetune_run(base, tokenizer, corpus, profile, out: Path, evaluator: Evaluator,
-                  model_name: str) -> tuple[FinetuneRun, object]:
-    """DP-LoRA at ``baselines.epsilon`` of ``base`` (a model copy the caller owns); returns the run and tuned model."""
+def dp_finetune(base, tokenizer, corpus, profile, out: Path, evaluator: Evaluator, model_name: str,
+                spec: PrivacySpec | None = None, loss=None, reuse: Path | None = None) -> tuple[FinetuneRun, object]:
+    """DP-LoRA at ``baselines.epsilon`` (or ``spec``) of ``base`` (a model copy the caller owns), with the
+    per-record ``loss`` of :func:`prunepriv.privacy.train.finetune`; returns the run and the tuned model.
+
+    ``reuse``: another stage's finished run of the same settings, reloaded from its folder; if it is not
+    one (its digest differs), this stage trains its own run in ``out`` and says so — it never writes into
+    another stage's folder."""
     lora, privacy, train = finetune_specs(profile)
-    spec = replace(next(iter(privacy.values())), epsilon=profile.baselines.epsilon)
+    spec = spec or replace(next(iter(privacy.values())), epsilon=profile.baselines.epsilon)
+    texts = corpus.texts("train")
+    if reuse is not None:
+        out = reuse if reusable(base, texts, reuse, lora, spec, train) else out
     before = evaluator.both(base)
     train = replace(train, seed=run_seed(train.seed, out.name))         # every run its own batches and noise
-    result = finetune(base, tokenizer, corpus.texts("train"), out, lora, spec, train, progress=True)
+    result = finetune(base, tokenizer, texts, out, lora, spec, train, progress=True, loss=loss)
     tuned = result.model.eval()
     run = FinetuneRun.from_result(result, model=model_name, layers=len(decoder_layers(tuned.get_base_model())),
                                   target_epsilon=profile.baselines.epsilon, before=before,
                                   after=evaluator.both(tuned), run_dir=relative_to_cwd(out), seed=train.seed)
     return run, tuned
+
+
+def reusable(base, texts: list[str], folder: Path, lora, spec: PrivacySpec, train) -> bool:
+    """Whether ``folder`` holds a finished run of exactly these settings (else a warning names both digests)."""
+    plan = plan_run(base, texts, folder, lora, spec, replace(train, seed=run_seed(train.seed, folder.name)))
+    if finished_run(plan.output_dir, plan.digest) is not None:
+        return True
+    found = json.loads((folder / "run.json").read_text()).get("digest") if (folder / "run.json").is_file() else None
+    warnings.warn(f"{folder} is not a finished run of these settings (digest {plan.digest[:12]}, found "
+                  f"{(found or 'none')[:12]}): trained again in this stage's own folder")
+    return False
 
 
 def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame, runs_dir) -> pd.DataFrame:
@@ -265,7 +294,7 @@ def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame,
             record_use(pruned, DataUse("layer choice (private selection)", "training records (private)",
                                        len(selection_records(corpus, b, profile.seed)), private=True,
                                        epsilon=eps if math.isfinite(eps) else None))
-            run, tuned = _finetune_run(pruned, tokenizer, corpus, profile, Path(runs_dir) / run_name(name, b.epsilon),
+            run, tuned = dp_finetune(pruned, tokenizer, corpus, profile, Path(runs_dir) / run_name(name, b.epsilon),
                                        evaluator, name)
             done[key] = run
             del tuned
@@ -366,8 +395,9 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     rows, timed = [], {}
     for name, base in tqdm(models.items(), desc="compression baselines", leave=False):
         slug = name.split(" ")[0].lower() if name != "dense" else "dense"
-        out = dense_run_dir if name == "dense" and dense_run_dir else Path(runs_dir) / run_name(slug, b.epsilon)
-        run, tuned = _finetune_run(copy.deepcopy(base), tokenizer, corpus, profile, Path(out), evaluator, name)
+        reuse = Path(dense_run_dir) if name == "dense" and dense_run_dir else None
+        run, tuned = dp_finetune(copy.deepcopy(base), tokenizer, corpus, profile,
+                                 Path(runs_dir) / run_name(slug, b.epsilon), evaluator, name, reuse=reuse)
         probe = memorization_probe(tuned, base, tokenizer, corpus, profile.memorization, profile.seed, run)
         rows.append(_compression_row(name, base, tuned.get_base_model(), sparsity.nonzero_parameters(
             copy.deepcopy(tuned).merge_and_unload()), run, probe, model, b.epsilon))
@@ -380,14 +410,70 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     rows.append(_compression_row(name, deployed, deployed, sparsity.nonzero_parameters(deployed), run, probe, model,
                                  b.epsilon))
     timed[name] = deployed
-    timing = compare_latency(timed, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
-                             repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed)
-    for row in rows:
-        row.update({"prefill_ratio": timing[row["model"]].prefill_s / timing["dense"].prefill_s,
-                    "decode_ratio": timing[row["model"]].decode_s / timing["dense"].decode_s,
-                    "prefill_s": timing[row["model"]].prefill_s, "decode_s": timing[row["model"]].decode_s})
+    if b.dpkd:
+        name = f"DPKD (k={info['matched_layers']})"
+        student = copy.deepcopy(models[f"layer removal (k={info['matched_layers']})"])
+        row, info["dpkd"] = _dpkd_row(model, student, tokenizer, corpus, profile, Path(runs_dir), evaluator, name)
+        rows.append(row)
+        timed[name] = student
+    _add_latency(rows, compare_latency(timed, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
+                                       repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed),
+                 info["matched_layers"])
     info["latency_device"] = str(next(model.parameters()).device)
     return pd.DataFrame(rows), info
+
+
+def _add_latency(rows: list[dict], timing: dict, matched_layers: int) -> None:
+    """Each row's measured latency relative to dense, and ``latency_matched_layers``: how many layers
+    removal would take out for the same prefill time (from the layer-removal row's measured time per
+    layer). Dense kernels give unstructured sparsity no speed, so its sparse rows match about 0 layers:
+    at matched latency they compete with the dense model, not with layer removal."""
+    dense = timing["dense"]
+    for row in rows:
+        t = timing[row["model"]]
+        row.update({"prefill_ratio": t.prefill_s / dense.prefill_s, "decode_ratio": t.decode_s / dense.decode_s,
+                    "prefill_s": t.prefill_s, "decode_s": t.decode_s})
+    removal = next(r for r in rows if r["model"].startswith("layer removal"))
+    per_layer = (1.0 - removal["prefill_ratio"]) / matched_layers
+    for row in rows:
+        row["latency_matched_layers"] = (1.0 - row["prefill_ratio"]) / per_layer if per_layer > 0 else math.nan
+
+
+def _dpkd_row(model, student, tokenizer, corpus, profile, runs_dir: Path, evaluator: Evaluator,
+              name: str) -> tuple[dict, dict]:
+    """DPKD (:mod:`prunepriv.compress.distill`): a DP teacher (the dense model) distilled into ``student``
+    (the layer-removed model, a copy the caller owns) under DP-SGD, the two runs' σ set so that together
+    they reach ``baselines.epsilon``; the row's ε is that composition (the teacher is a use of the
+    training records that the student's own ε does not cover), and so is the audit's accountant."""
+    b = profile.baselines
+    lora, privacy, train = finetune_specs(profile)
+    base = replace(next(iter(privacy.values())), epsilon=b.epsilon)
+    n = len(corpus.texts("train"))
+    spec = replace(base, noise_multiplier=split_noise_multiplier(base, train, n, runs=2))
+    teacher_dir = runs_dir / run_name("dpkd-teacher", b.epsilon)
+    teacher_run, teacher = dp_finetune(copy.deepcopy(model), tokenizer, corpus, profile, teacher_dir, evaluator,
+                                       "DPKD teacher", spec)
+    record_use(student, DataUse("DPKD teacher's soft labels (its own DP-SGD run on these records)",
+                                "training records (private)", n, private=True, epsilon=teacher_run.epsilon_rdp))
+    loss = Distillation(teacher.eval(), b.dpkd_alpha, b.dpkd_temperature,
+                        json.loads((teacher_dir / "run.json").read_text())["digest"])
+    run, tuned = dp_finetune(copy.deepcopy(student), tokenizer, corpus, profile, runs_dir / run_name("dpkd", b.epsilon),
+                             evaluator, name, spec, loss)
+    history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in (teacher_run, run)]
+    composed = replace(run, epsilon_rdp=selection.composed_epsilon(history, run.delta, "rdp"),
+                       epsilon_prv=selection.composed_epsilon(history, run.delta, "prv"))
+    # identical σ and q: the two histories compose exactly as one run of their summed steps
+    audited = replace(composed, steps=teacher_run.steps + run.steps)
+    probe = memorization_probe(tuned, student, tokenizer, corpus, profile.memorization, profile.seed, audited)
+    row = _compression_row(name, student, tuned.get_base_model(),
+                           sparsity.nonzero_parameters(copy.deepcopy(tuned).merge_and_unload()), composed, probe,
+                           model, b.epsilon)
+    info = {"teacher_run_dir": teacher_run.run_dir, "teacher_epsilon_rdp": teacher_run.epsilon_rdp,
+            "student_epsilon_rdp": run.epsilon_rdp, "noise_multiplier": spec.noise_multiplier,
+            "teacher_perplexity_private": teacher_run.perplexity_private, "alpha": b.dpkd_alpha,
+            "temperature": b.dpkd_temperature}
+    row.update({"teacher_epsilon_rdp": teacher_run.epsilon_rdp, "student_epsilon_rdp": run.epsilon_rdp})
+    return row, info
 
 
 def _compression_row(name: str, base, tuned_base, deployed_nonzero: int, run: FinetuneRun, probe: dict, dense,

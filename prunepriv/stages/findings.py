@@ -218,8 +218,10 @@ def _covers_zero(interval) -> bool:
     return not all(map(math.isfinite, interval)) or interval[0] <= 0 <= interval[1]
 
 
-def baselines(fed_summary: dict, chosen: pd.DataFrame, compression: pd.DataFrame) -> Findings:
-    """Notebook 06: federated agreement, private selection's end-to-end ε, the compression baselines."""
+def baselines(fed_summary: dict, chosen: pd.DataFrame, compression: pd.DataFrame,
+              healed: pd.DataFrame | None = None, paper_strategy: str = "cosine") -> Findings:
+    """Notebook 06: federated agreement, private selection's end-to-end ε, the compression baselines
+    (with the layers removal would take out at their latency), each strategy after DP healing."""
     lines = [f"Federated layer scores differ from centralized ones by at most "
              f"{fed_summary['similarity_max_abs_difference']:.2e}; clients agree on layers with mean Jaccard "
              f"{fed_summary['layers_client_pairwise_jaccard']:.2f}."]
@@ -230,8 +232,40 @@ def baselines(fed_summary: dict, chosen: pd.DataFrame, compression: pd.DataFrame
         deployed = getattr(r, "deployed_parameter_fraction", r.parameter_fraction)
         lines.append(f"`{r.model}`: {r.parameter_fraction:.0%} of the parameters non-zero before fine-tuning, "
                      f"{deployed:.0%} as deployed (LoRA merged); private perplexity {r.perplexity_private:.2f} at "
-                     f"ε = {r.epsilon_rdp:.2f}, decode time {r.decode_ratio:.2f}× dense.")
-    return _bullets(lines)
+                     f"ε = {r.epsilon_rdp:.2f}, decode time {r.decode_ratio:.2f}× dense"
+                     + _latency_match(r) + ".")
+    return _bullets(lines + ([] if healed is None else _healing(healed, paper_strategy)))
+
+
+def _latency_match(row) -> str:
+    """``; at its prefill time layer removal takes out 0.3 layers`` (empty when not measured)."""
+    layers = getattr(row, "latency_matched_layers", math.nan)
+    if not math.isfinite(layers) or row.model.startswith(("dense", "layer removal")):
+        return ""
+    return f"; at its measured prefill time layer removal would take out {layers:.1f} layers"
+
+
+def _healing(healed: pd.DataFrame, paper_strategy: str) -> list[str]:
+    """Each strategy's held-out perplexity after DP healing, ranked, and whether the paper's strategy is
+    distinguishable from the best other one (their 95% intervals overlap or not)."""
+    ranked = healed.sort_values("perplexity_private")
+    parts = []
+    for r in ranked.to_dict("records"):
+        span = row_interval(r, "perplexity_private")
+        parts.append(f"{r['strategy']} {r['perplexity_private']:.1f}"
+                     + (f" [{span[0]:.1f}, {span[1]:.1f}]" if span else ""))
+    eps = float(healed["target_epsilon"].iloc[0])
+    lines = [f"After DP healing at ε = {eps:g} ({int(healed['removed'].iloc[0])} layers removed), held-out "
+             f"perplexity by strategy, best first: {'; '.join(parts)} (cosine is ShortGPT's Block Influence)."]
+    mine = healed[healed["strategy"] == paper_strategy].to_dict("records")
+    others = ranked[ranked["strategy"] != paper_strategy].to_dict("records")
+    if mine and others:
+        a, b = row_interval(mine[0], "perplexity_private"), row_interval(others[0], "perplexity_private")
+        if a and b:
+            overlap = a[0] <= b[1] and b[0] <= a[1]
+            lines.append(f"{paper_strategy} against the best other strategy ({others[0]['strategy']}): their 95% "
+                         f"intervals {'overlap — not distinguishable with this evaluation' if overlap else 'do not overlap'}.")
+    return lines
 
 
 def paper(table: pd.DataFrame, failing: pd.DataFrame) -> Findings:

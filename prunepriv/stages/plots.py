@@ -345,3 +345,28 @@ def compression_baselines(table: pd.DataFrame) -> plt.Figure:
     fig.suptitle(f"Compressed models, DP fine-tuned at ε = {eps:g}")
     fig.tight_layout()
     return fig
+
+
+def pruning_healed(table: pd.DataFrame) -> plt.Figure:
+    """Each layer-removal strategy at the paper's depth: held-out perplexity before and after DP healing
+    (log scale), the healed value with its 95% interval."""
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH / 2, 0.35 * len(table) + 1.3))
+    y = np.arange(len(table))
+    ax.scatter(table["perplexity_private_before"], y, marker="o", facecolors="none", edgecolors="tab:gray",
+               label="before healing", zorder=3)
+    after = table["perplexity_private"].to_numpy(dtype=float)
+    low = table.get("perplexity_private_low", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
+    high = table.get("perplexity_private_high", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
+    err = np.vstack([np.where(np.isfinite(low), after - low, 0.0), np.where(np.isfinite(high), high - after, 0.0)])
+    ax.errorbar(after, y, xerr=err, fmt="o", color="tab:blue", capsize=3, label="after DP-LoRA (95% interval)",
+                zorder=4)
+    ax.set_xscale("log")
+    ax.set_yticks(y)
+    ax.set_yticklabels(table["strategy"])
+    ax.invert_yaxis()
+    ax.set_xlabel("held-out perplexity (log)")
+    eps, k = float(table["target_epsilon"].iloc[0]), int(table["removed"].iloc[0])
+    ax.set_title(f"{k} layers removed, healed at ε = {eps:g}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=1, frameon=False)
+    fig.tight_layout()
+    return fig
