@@ -299,7 +299,7 @@ def tiny_profile():
         "finetune": {"epsilons": [inf, 3.0], "batch_size": 8, "physical_batch_size": 4, "epochs": 0.3},
         "memorization": {"mia_samples": 4, "n_candidates": 4},
         "latency": {"repeats": 1, "warmup": 0, "new_tokens": 2, "prompt_length": 8},
-        "baselines": {"n_clients": 3, "client_samples": 3, "selection_epsilons": [1.0, inf],
+        "baselines": {"n_clients": 3, "client_samples": 3, "selection_epsilons": [1.0, inf], "dpkd": True,
                       "selection_finetune": [1.0], "selection_draws": 3, "max_length": 32,
                       "batch_size": 4}})
 

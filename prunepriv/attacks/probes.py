@@ -111,6 +111,11 @@ def roc_auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
+def tpr_column(fpr: float) -> str:
+    """The column of the TPR at false-positive rate ``fpr`` in a membership row, e.g. ``tpr_at_0.01_fpr``."""
+    return f"tpr_at_{fpr:g}_fpr"
+
+
 def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> float:
     """TPR at the threshold whose FPR on ``nonmembers`` is at most ``fpr``.
 
@@ -160,8 +165,9 @@ def membership_inference(member_texts: list[str], nonmember_texts: list[str], ta
                "nonmembers": len(nonmember_texts), "fpr_resolution": 1 / max(1, len(nonmember_texts))}
         row["auc_low"], row["auc_high"] = bootstrap_interval(s[:n], s[n:], roc_auc)
         for fpr in fprs:
-            row[f"tpr_at_{fpr:g}_fpr"] = tpr_at_fpr(s[:n], s[n:], fpr)
-            row[f"tpr_at_{fpr:g}_fpr_low"], row[f"tpr_at_{fpr:g}_fpr_high"] = bootstrap_interval(
+            column = tpr_column(fpr)
+            row[column] = tpr_at_fpr(s[:n], s[n:], fpr)
+            row[f"{column}_low"], row[f"{column}_high"] = bootstrap_interval(
                 s[:n], s[n:], lambda m, o, f=fpr: tpr_at_fpr(m, o, f))
         rows.append(row)
     return rows

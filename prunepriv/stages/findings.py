@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from prunepriv.attacks.probes import auc_interval
+from prunepriv.attacks.probes import auc_interval, tpr_column
 from prunepriv.privacy.record import base_model, is_matched
 from prunepriv.report.power import detectable_effect
 from prunepriv.report.seeds import collapse_replicates, row_interval
@@ -184,7 +184,7 @@ def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame,
 
 def _tpr(row: dict) -> str:
     """``; TPR at 1% FPR 0.05 [0.00, 0.15]`` from a membership row (``""`` when not saved)."""
-    tpr, low, high = (row.get(f"tpr_at_0.01_fpr{s}", math.nan) for s in ("", "_low", "_high"))
+    tpr, low, high = (row.get(tpr_column(0.01) + s, math.nan) for s in ("", "_low", "_high"))
     if not math.isfinite(tpr):
         return ""
     span = f" [{low:.2f}, {high:.2f}]" if math.isfinite(low) and math.isfinite(high) else ""

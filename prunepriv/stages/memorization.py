@@ -398,9 +398,9 @@ def memorization_table(results: list[dict]) -> pd.DataFrame:
             "exposure_excess_heldout": mean_excess(r["exposure"], trained=False),
             **{k: v for k, v in exposure.items() if k != "exposure_r0"},
             **{f"mia_auc_{a}": mia[a]["auc"] for a in attacks.MIA_ATTACKS},
-            "mia_tpr_at_1pct_fpr_loss": mia["loss"]["tpr_at_0.01_fpr"],
-            "mia_tpr_at_1pct_fpr_loss_low": mia["loss"].get("tpr_at_0.01_fpr_low", math.nan),
-            "mia_tpr_at_1pct_fpr_loss_high": mia["loss"].get("tpr_at_0.01_fpr_high", math.nan),
+            "mia_tpr_at_1pct_fpr_loss": mia["loss"][attacks.tpr_column(0.01)],
+            "mia_tpr_at_1pct_fpr_loss_low": mia["loss"].get(attacks.tpr_column(0.01) + "_low", math.nan),
+            "mia_tpr_at_1pct_fpr_loss_high": mia["loss"].get(attacks.tpr_column(0.01) + "_high", math.nan),
         }
         rows.append(row)
     return pd.DataFrame(rows)
