@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 # cores; the longest test is scheduled first (tests/conftest.py). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 2
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 2 --durations=12
 
 smoke: $(STAMP)
 	$(BIN)/prunepriv reproduce --profile smoke

@@ -117,7 +117,7 @@ def _check_paper(root) -> None:
     for path in generated.rglob("*.tex"):
         assert latex.problems(path.read_text()) == [], path
     assert r"\newcommand{\ppClaimPrivacyEpsilonEpsThree}" in (generated / "numbers.tex").read_text()
-    assert r"\newcommand{\ppClaimHealingPerplexityLast}" in (generated / "numbers.tex").read_text()
+    assert r"\newcommand{\ppClaimHealingPerplexityCosine}" in (generated / "numbers.tex").read_text()
     assert not (root / "paper/generated").exists()
     claims = pd.read_csv(root / "results/smoke/claims.csv")
     assert {"audit.below_accountant", "finetune.healing.pruned"} <= set(claims["claim"])
@@ -155,7 +155,7 @@ def _check_baselines(root, profile) -> None:
     pruned = pd.read_csv(root / "results/smoke/finetune.csv")
     pruned = pruned[(pruned["model"] == "pruned") & (pruned["target_epsilon"] == profile.baselines.epsilon)].iloc[0]
     assert healed.loc["cosine", "source"] == "stage 03" and healed.loc["cosine", "seed"] == pruned["seed"]
-    assert healed.loc["last", "source"] == "stage 06" and healed.loc["last", "epsilon_rdp"] <= profile.baselines.epsilon * 1.02
+    assert healed.loc["cosine", "perplexity_private"] == pytest.approx(pruned["perplexity_private"])
 
 
 def runs_at(root, epsilon: float) -> pd.Series:
@@ -223,7 +223,7 @@ def test_bf16_matches_fp32_on_the_embedded_model(embedded):
     """Issue 13's equivalence: held-out perplexity within 2% and the same layers chosen by the paper's strategy."""
     profile = load_profile("smoke")
     corpus = corpus_for(profile)
-    heldout = corpus.texts("heldout")[:16]
+    heldout = corpus.texts("heldout")[:8]       # bf16 is emulated (slow) on CPUs without AVX-512 BF16
     calibration = calibration_texts(profile, corpus, profile.similarity.n_samples)
     fp32, tokenizer = embedded
     found = {}
@@ -232,7 +232,8 @@ def test_bf16_matches_fp32_on_the_embedded_model(embedded):
                                  profile.similarity.batch_size)
         layers = choose_layers(profile.pruning.paper_strategy, profile.pruning.paper_remove,
                                len(decoder_layers(model)), sim)
-        found[name] = (perplexity(model, tokenizer, heldout, 128, 8), layers, sim.adjacent)
+        found[name] = (perplexity(model, tokenizer, heldout, 96, 8), layers, sim.adjacent)
     (ppl32, layers32, adj32), (ppl16, layers16, adj16) = found["fp32"], found["bf16"]
     assert abs(ppl16 - ppl32) <= 0.02 * ppl32, (ppl32, ppl16)
+    print(f"held-out perplexity fp32 {ppl32:.3f}, bf16 {ppl16:.3f}")
     assert layers16 == layers32, (layers32, layers16, adj32, adj16)
