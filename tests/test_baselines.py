@@ -339,6 +339,7 @@ def test_stage_06_on_a_tiny_model(byte_tokenizer, tmp_path, tiny_profile):
     assert teacher_use and teacher_use[0]["epsilon"] == pytest.approx(dpkd["teacher_epsilon_rdp"])
     layer_row = table.set_index("model").loc[f"layer removal (k={k})"]
     assert layer_row["latency_matched_layers"] == pytest.approx(k)   # by construction: its own time per layer
+    assert dpkd["prefill_ratio"] == layer_row["prefill_ratio"]        # same architecture, timed once
     assert table["parameter_fraction"].iloc[1:].between(0.4, 0.8).all()
     one_shot = table[table["model"].isin(["magnitude 50%", "Wanda 50%"])]
     assert (one_shot["deployed_parameter_fraction"] > one_shot["parameter_fraction"]).all()   # merged LoRA fills zeros

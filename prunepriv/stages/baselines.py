@@ -7,14 +7,14 @@
   (:mod:`prunepriv.privacy.selection`) over a grid of selection ε, and DP-SGD
   fine-tuning of the privately pruned model with the end-to-end ε composed by
   the accountant (``tab:private-selection``).
-* :func:`compression_baselines` — one-shot sparsity then DP-LoRA, a simplified
-  stand-in for DP model compression (Mireshghallah, Backurs, Inan, Wutschitz and
-  Kulkarni, NeurIPS 2022; their DP iterative magnitude pruning, which recomputes
-  masks from DP-trained weights, is not implemented):
-  unstructured magnitude and Wanda sparsity, then the same DP-LoRA at the same
-  ε, against structural layer removal at a matched parameter count and the
-  dense model: perplexity, memorization probes with their controls, measured
-  CPU latency (``tab:compression-baselines``).
+* :func:`compression_baselines` — DP model compression as Mireshghallah,
+  Backurs, Inan, Wutschitz and Kulkarni (NeurIPS 2022) define it: DPIMP
+  (:mod:`prunepriv.compress.dpimp`) and DPKD (:mod:`prunepriv.compress.distill`),
+  beside one-shot magnitude and Wanda sparsity then DP-LoRA, structural layer
+  removal at a matched parameter count and the dense model, all at the same
+  ε: perplexity, memorization probes with their controls, deployed non-zeros,
+  measured CPU latency and the layers removal would take out at that latency
+  (``tab:compression-baselines``).
 """
 from __future__ import annotations
 
@@ -336,7 +336,8 @@ def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, pro
     }
     record_use(models[f"Wanda {b.sparsity:.0%}"], calibration_use(profile, "Wanda masks (sequential)", len(texts)))
     record_use(models[f"layer removal (k={k})"], layer_choice_use(profile, "cosine", similarity.n_sequences))
-    info = {"matched_layers": k, "removed_layers": layers, "wanda_calibration_records": len(texts)}
+    info = {"matched_layers": k, "removed_layers": layers, "wanda_calibration_records": len(texts),
+            "layer_removal": f"layer removal (k={k})"}
     return models, info
 
 
@@ -410,20 +411,20 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     rows.append(_compression_row(name, deployed, deployed, sparsity.nonzero_parameters(deployed), run, probe, model,
                                  b.epsilon))
     timed[name] = deployed
-    if b.dpkd:
+    timing = compare_latency(timed, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
+                             repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed)
+    if b.dpkd:                           # the student is the layer-removed model: its timing is that row's
         name = f"DPKD (k={info['matched_layers']})"
-        student = copy.deepcopy(models[f"layer removal (k={info['matched_layers']})"])
+        student = copy.deepcopy(models[info["layer_removal"]])
         row, info["dpkd"] = _dpkd_row(model, student, tokenizer, corpus, profile, Path(runs_dir), evaluator, name)
         rows.append(row)
-        timed[name] = student
-    _add_latency(rows, compare_latency(timed, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
-                                       repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed),
-                 info["matched_layers"])
+        timing[name] = timing[info["layer_removal"]]
+    _add_latency(rows, timing, info["layer_removal"], info["matched_layers"])
     info["latency_device"] = str(next(model.parameters()).device)
     return pd.DataFrame(rows), info
 
 
-def _add_latency(rows: list[dict], timing: dict, matched_layers: int) -> None:
+def _add_latency(rows: list[dict], timing: dict, layer_removal: str, matched_layers: int) -> None:
     """Each row's measured latency relative to dense, and ``latency_matched_layers``: how many layers
     removal would take out for the same prefill time (from the layer-removal row's measured time per
     layer). Dense kernels give unstructured sparsity no speed, so its sparse rows match about 0 layers:
@@ -433,7 +434,7 @@ def _add_latency(rows: list[dict], timing: dict, matched_layers: int) -> None:
         t = timing[row["model"]]
         row.update({"prefill_ratio": t.prefill_s / dense.prefill_s, "decode_ratio": t.decode_s / dense.decode_s,
                     "prefill_s": t.prefill_s, "decode_s": t.decode_s})
-    removal = next(r for r in rows if r["model"].startswith("layer removal"))
+    removal = next(r for r in rows if r["model"] == layer_removal)
     per_layer = (1.0 - removal["prefill_ratio"]) / matched_layers
     for row in rows:
         row["latency_matched_layers"] = (1.0 - row["prefill_ratio"]) / per_layer if per_layer > 0 else math.nan
@@ -518,9 +519,17 @@ def _dpimp_run(model, tokenizer, corpus, profile, out: Path, evaluator: Evaluato
     return run, deployed, rounds
 
 
-def dense_run_dir(runs: pd.DataFrame | None, epsilon: float) -> Path | None:
-    """Stage 03's run folder of the unpruned model at ``epsilon`` in its table ``runs``, if that run exists."""
+def stage03_run(runs: pd.DataFrame | None, model: str, epsilon: float) -> FinetuneRun | None:
+    """Stage 03's first run (replicate 0) of ``model`` at ``epsilon`` in its table ``runs``, if it exists."""
     if runs is None:
         return None
-    match = runs[(runs["model"] == "unpruned") & (runs["target_epsilon"] == epsilon)]
-    return Path(FinetuneRun.from_row(match.iloc[0]).run_dir) if len(match) else None
+    match = runs[(runs["model"] == model) & (runs["target_epsilon"] == epsilon)]
+    if "replicate" in match:
+        match = match[match["replicate"] == 0]
+    return FinetuneRun.from_row(match.iloc[0]) if len(match) else None
+
+
+def dense_run_dir(runs: pd.DataFrame | None, epsilon: float) -> Path | None:
+    """Stage 03's run folder of the unpruned model at ``epsilon`` in its table ``runs``, if that run exists."""
+    run = stage03_run(runs, "unpruned", epsilon)
+    return Path(run.run_dir) if run is not None else None

@@ -21,10 +21,10 @@ import pandas as pd
 
 from prunepriv.compress.pruning import remove_layers
 from prunepriv.errors import PrunePrivError
-from prunepriv.privacy.record import FinetuneRun, run_name
+from prunepriv.privacy.record import run_name
 from prunepriv.privacy.uses import record_use
 from prunepriv.progress import tqdm
-from prunepriv.stages.baselines import dp_finetune
+from prunepriv.stages.baselines import dp_finetune, stage03_run
 from prunepriv.stages.experiments import Evaluator, calibration_texts, layer_choice_use
 
 # the run's columns in tab:pruning-healed
@@ -40,16 +40,6 @@ def strategy_layers(pruning: pd.DataFrame, strategy: str, k: int) -> list[int]:
         raise PrunePrivError(f"tab:pruning has no row for strategy {strategy!r} at {k} layers removed: "
                              "pruning.remove must list pruning.paper_remove")
     return [int(x) for x in str(row.iloc[0]["removed_layers"]).split()]
-
-
-def stage03_run(runs: pd.DataFrame | None, epsilon: float) -> FinetuneRun | None:
-    """Stage 03's first run of the pruned model at ``epsilon``, if its grid holds one."""
-    if runs is None:
-        return None
-    match = runs[(runs["model"] == "pruned") & (runs["target_epsilon"] == epsilon)]
-    if "replicate" in match:
-        match = match[match["replicate"] == 0]
-    return FinetuneRun.from_row(match.iloc[0]) if len(match) else None
 
 
 def choice_records(profile, corpus, strategy: str, similarity_records: int) -> int:
@@ -70,7 +60,7 @@ def healed_strategies(model, tokenizer, corpus, profile, pruning: pd.DataFrame, 
     records), so ``healing`` = before / after compares like with like.
     """
     b, k = profile.baselines, profile.pruning.paper_remove
-    reused = stage03_run(runs, b.epsilon)
+    reused = stage03_run(runs, "pruned", b.epsilon)
     evaluator = Evaluator(tokenizer, corpus, profile)
     rows = []
     for strategy in tqdm(b.heal_strategies, desc="DP healing per strategy", leave=False):
