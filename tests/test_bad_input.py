@@ -16,11 +16,12 @@ def no_weights(monkeypatch):
     import prunepriv.commands.audit as audit_cmd
     import prunepriv.commands.finetune as finetune_cmd
     import prunepriv.commands.prune as prune_cmd
+    import prunepriv.commands.tune as tune_cmd
 
     def refuse(*args, **kwargs):
         raise AssertionError("weights were loaded before the bad input was refused")
 
-    for module in (audit_cmd, finetune_cmd, prune_cmd):
+    for module in (audit_cmd, finetune_cmd, prune_cmd, tune_cmd):
         monkeypatch.setattr(module, "load_model", refuse)
 
 
@@ -48,6 +49,7 @@ def _data(tmp_path):
 
 FINETUNE = ["finetune", "--data", "{tmp}/notes.txt", "--output", "{tmp}/run", "--model", "{model}"]
 PRUNE = ["prune", "--output", "{tmp}/pruned", "--model", "{model}"]
+TUNE = ["tune", "--output", "{tmp}/tuning", "--model", "{model}"]
 
 CASES = [
     ("prune-not-utf8", PRUNE + ["--remove", "1", "--data", "{tmp}/latin1.csv"], r"latin1.csv:2: not UTF-8"),
@@ -77,6 +79,14 @@ CASES = [
      r"--output must be a .jsonl file"),
     ("canaries-not-utf8", ["canaries", "--data", "{tmp}/latin1.csv", "--output", "{tmp}/out.jsonl"], r"not UTF-8"),
     ("bench-batch-0", ["bench", "dp-overhead", "--batch-size", "0", "--model", "{model}"], r"argument --batch-size: must be >= 1"),
+    ("tune-grid-without-values", TUNE + ["--grid", "learning_rate"], r"--grid wants KEY=V1,V2, got 'learning_rate'"),
+    ("tune-untunable-key", TUNE + ["--grid", "sigma=1,2"], r"cannot tune sigma; tunable: learning_rate"),
+    ("tune-learning-rate-0", TUNE + ["--grid", "learning_rate=0,0.01"], r"learning_rate must be > 0"),
+    ("tune-batch-0", TUNE + ["--grid", "batch_size=0,8"], r"finetune.batch_size must be >= 1, got 0"),
+    ("tune-infinite-epsilon", TUNE + ["--grid", "learning_rate=0.01", "--epsilon", "inf"],
+     r"tune needs a finite target ε > 0, got inf"),
+    ("tune-output-under-file", ["tune", "--output", "{tmp}/file/tuning", "--model", "{model}", "--set",
+                                "finetune.epochs=0.1", "--grid", "learning_rate=0.01"], r"is not a folder"),
     ("bench-bad-choice", ["bench", "latency", "--remove", "1", "--strategy", "magic", "--model", "{model}"],
      r"unknown pruning strategy 'magic'|invalid choice: 'magic'"),
 ]

@@ -76,6 +76,9 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     """``(imported prunepriv module or name, at module top level)`` for each import in ``path``."""
     tree = ast.parse(path.read_text())
     top = set(map(id, tree.body))
+    for node in tree.body:                    # ``if TYPE_CHECKING:`` imports are top-level imports too
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            top |= set(map(id, node.body))
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prunepriv"):
@@ -148,3 +151,24 @@ def test_readme_layout_matches_the_package():
     notebooks = set(re.findall(r"(\d\d_\w+)\.ipynb", block))
     assert notebooks == {s.stem for s in REGISTRY.stages}
     assert not list(ROOT.glob("*.whl")), "no wheels committed at the repository root"
+
+
+def test_import_prunepriv_is_light_and_every_public_name_loads():
+    """``import prunepriv`` (the batch's notebook process, ``verify``) loads no torch; the names load on use."""
+    import subprocess
+    import sys
+
+    import prunepriv
+
+    code = ("import sys, prunepriv\n"
+            "assert not {'torch', 'transformers', 'prunepriv.results'} & set(sys.modules), sorted(sys.modules)\n"
+            "from prunepriv import Run\n"
+            "assert 'prunepriv.results' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"Run", "stage", "perplexity", "remove_layers", "load_profile"} <= set(prunepriv.__all__)
+    for name in prunepriv.__all__:
+        assert getattr(prunepriv, name).__name__ == name
+    assert set(prunepriv.__all__) <= set(dir(prunepriv))
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        prunepriv.nothing_here  # noqa: B018

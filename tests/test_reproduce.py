@@ -127,6 +127,8 @@ def test_code_dependencies_follow_the_package_imports():
     assert {"stages/memorization.py", "stages/plots.py", "attacks/probes.py", "attacks/audit.py", "results.py",
             "__init__.py", "stages/__init__.py"} <= set(deps)
     assert "cli.py" not in deps and "pipeline/reproduce.py" not in deps
+    lazy = rp.code_dependencies(["import prunepriv\nprunepriv.stage(profile)"])  # the root's names load lazily
+    assert {"stages/preamble.py", "results.py", "lm/evaluation.py", "compress/pruning.py"} <= set(lazy)
     relative = rp.code_dependencies(["import prunepriv.privacy.train"])     # followed through relative names too
     assert {"privacy/train.py", "privacy/__init__.py", "errors.py"} <= set(relative)
     assert rp.code_dependencies(["import json"]) == []
@@ -241,3 +243,42 @@ def test_ctrl_c_stops_a_stage_within_seconds_and_commits_nothing(toy, tmp_path):
         time.sleep(0.5)
         alive = {pid for pid in kernels if Path(f"/proc/{pid}").exists()}
     assert not alive
+
+
+def test_kill_9_leaves_no_process_running_and_the_next_run_cleans_up(toy, tmp_path):
+    """A ``kill -9`` of the batch (no handler runs): its notebook process and kernel end on their own within
+    seconds, the previous outputs stay, and the next run removes the staging folder and commits."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, root, notebooks, profile, lines = toy
+    run()
+    before = (root / "results/toy/numbers.json").read_text()
+    _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "5") + "\nimport time\ntime.sleep(120)\n")
+    batch = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(notebooks), str(profile), str(root)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((root / "results/toy").glob(".tmp-stage-*/tree/results/toy/*.json")):
+        time.sleep(0.5)
+    kernels = _kernels_of(batch.pid)
+    assert kernels, "no kernel running the stage"
+    out = subprocess.run(["pgrep", "-f", "prunepriv.pipeline.execute"], capture_output=True, text=True).stdout
+    runners = {int(p) for p in out.split() if batch.pid in _ancestors(int(p))}
+    assert runners, "no notebook process"
+    batch.send_signal(signal.SIGKILL)
+    batch.wait(timeout=30)
+    deadline = time.time() + 15
+    alive = kernels | runners
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
+    assert not alive, "a notebook process outlived the killed batch"
+    assert (root / "results/toy/numbers.json").read_text() == before
+    assert list((root / "results/toy").glob(".tmp-stage-*")), "the kill left no staging folder to clean"
+    _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "5"))
+    assert run(stages=["1"]) == {"01": False}
+    assert json.loads((root / "results/toy/numbers.json").read_text())["value"] == 5
+    assert not list((root / "results/toy").glob(".tmp-*"))

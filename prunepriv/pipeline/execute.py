@@ -5,7 +5,10 @@ waits. Ctrl-C therefore reaches code that prunepriv controls: nbclient, which
 installs its own SIGINT handler while it runs a kernel, is never in the
 process that the terminal interrupts. On Ctrl-C the parent stops the child
 (SIGTERM, then SIGKILL after a grace period); the kernel exits with it
-(ipykernel watches its parent, ``JPY_PARENT_PID``). A failure inside the
+(ipykernel watches its parent, ``JPY_PARENT_PID``). If the parent itself is
+killed (``kill -9``, an out-of-memory kill) the child notices that it has been
+orphaned within a second and ends the same way, so no notebook runs on unseen
+and writes into a staging folder that the next run removes. A failure inside the
 notebook comes back as :class:`NotebookFailure` with papermill's error name,
 value and cell index, read from a small JSON file the child writes.
 """
@@ -17,12 +20,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from prunepriv.progress import BATCH_ENV
 
 GRACE_SECONDS = 5.0
+PARENT_POLL_SECONDS = 1.0
 # The kernel's own log (a TCP-transport notice at every start, "parent appears to have exited" on
 # Ctrl-C) is not about the notebook; its errors still reach stderr.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
@@ -43,7 +49,7 @@ def execute(source: Path, target: Path, parameters: dict, cwd: Path, env: dict[s
     fd, failure_file = tempfile.mkstemp(prefix=".tmp-failure-", suffix=".json", dir=target.parent)
     os.close(fd)
     spec = {"source": str(source), "target": str(target), "parameters": parameters, "cwd": str(cwd),
-            "progress": progress, "failure": failure_file}
+            "progress": progress, "failure": failure_file, "parent": os.getpid()}
     child = subprocess.Popen([sys.executable, "-m", "prunepriv.pipeline.execute", json.dumps(spec)],
                              env={**os.environ, **env}, start_new_session=True)
     try:
@@ -85,6 +91,17 @@ def _failure(path: Path, code: int) -> NotebookFailure:
                            int(info.get("cell_index", -1)))
 
 
+def follow_parent(parent: int) -> None:
+    """End this process (SIGTERM, as :func:`stop` would) once ``parent`` is no longer its parent.
+
+    An orphan is re-parented to init or a subreaper, so a changed ``getppid()`` means the parent
+    ended, however it ended; polled, because ``prctl(PR_SET_PDEATHSIG)`` exists on Linux only.
+    """
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(spec_text: str) -> int:
     """The child: run papermill; on failure write ``ename``/``evalue``/``cell_index`` to the failure file."""
     # jsonschema builds an IRI grammar with lark at import (2 s per stage here); nbformat's schema
@@ -97,6 +114,7 @@ def main(spec_text: str) -> int:
     os.environ.update({BATCH_ENV: "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
 
     spec = json.loads(spec_text)
+    threading.Thread(target=follow_parent, args=(spec["parent"],), daemon=True).start()
     try:
         pm.execute_notebook(spec["source"], spec["target"], parameters=spec["parameters"], cwd=spec["cwd"],
                             kernel_name="python3", progress_bar=spec["progress"], log_output=False,
