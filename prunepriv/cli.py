@@ -2,197 +2,31 @@
 
 Bad input (profile, data, model, layer choice) prints one line on stderr,
 ``prunepriv: error: ...``, and exits with status 2; nothing is left half-written.
-Settings are the fields of the profile dataclasses (``prunepriv.config``): each
-subcommand takes ``--profile`` and ``--set key=value`` plus one flag per field of
-the sections it uses (``prunepriv.arguments``).
+The parser is ``prunepriv.parser``; settings are the fields of the profile
+dataclasses (``prunepriv.config``): each subcommand takes ``--profile`` and
+``--set key=value`` plus one flag per field of the sections it uses
+(``prunepriv.arguments``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
-import yaml
-
-from prunepriv.arguments import add_profile_flags, add_section_flags, profile_from_args
+from prunepriv.arguments import profile_from_args
 from prunepriv.commands import audit as audit_command
 from prunepriv.commands import bench as bench_command
 from prunepriv.commands import finetune as finetune_command
 from prunepriv.commands import tune as tune_command
-from prunepriv.commands.canaries import CANARY_FIELDS, add_canaries
+from prunepriv.commands.canaries import add_canaries
 from prunepriv.commands.prune import prune
-from prunepriv.config import NOISE_SOURCES, DataConfig, load_profile, profiles_dir
+from prunepriv.config import load_profile
 from prunepriv.errors import PrunePrivError, UsageError
 from prunepriv.lm.models import resolve_device
-from prunepriv.pipeline.reproduce import reproduce
+from prunepriv.parser import build_parser
+from prunepriv.pipeline.reproduce import profile_choices, reproduce
 from prunepriv.report.verify import freeze_reference, report, save_report, verify
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with prunepriv's error convention: one line on stderr, exit status 2 (no usage dump)."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see: {self.prog} --help)")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _layers(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"layers must be integers separated by commas, got {text!r}") from None
-
-
-DATA_FIELDS = tuple(DataConfig.__dataclass_fields__)
-
-
-def _add_pipeline(sub) -> None:
-    rep = sub.add_parser("reproduce", help="execute the numbered notebooks of a profile with papermill")
-    rep.add_argument("--profile", default=None,
-                     help="profile name (prunepriv/profiles/NAME.yaml) or a YAML path; required (smoke: minutes, "
-                          "paper: the full reproduction)")
-    rep.add_argument("--stages", nargs="+", help="only these stages, e.g. 01 02 (run even if unchanged)")
-    rep.add_argument("--force", action="store_true", help="rerun stages whose inputs have not changed")
-    rep.add_argument("--output-root", default=".", help="folder that receives results/ and figures/")
-    ver = sub.add_parser("verify", help="compare a run's claims with the committed reference run")
-    ver.add_argument("--profile", default="paper", help="profile name or YAML path (its results/NAME/)")
-    ver.add_argument("--output-root", default=".", help="folder holding results/")
-    ver.add_argument("--reference", help="reference folder (default results/NAME/reference/)")
-    ver.add_argument("--update-reference", action="store_true",
-                     help="freeze the current results as the reference instead of verifying")
-
-
-def _add_bench(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    lat = bench.add_parser("latency", help="prefill/decode time of a pruned vs the unpruned model")
-    lat.add_argument("--remove", type=int, required=True, help="number of layers to remove")
-    lat.add_argument("--strategy", default="cosine", help="cosine, block, last or random")
-    lat.add_argument("--json", action="store_true", help="print one JSON object")
-    add_profile_flags(lat)
-    add_section_flags(lat, None)
-    add_section_flags(lat, "latency", exclude=("remove",))
-    for name, text in (("dp-overhead", "time and memory of a DP-SGD LoRA step vs a non-private one"),
-                       ("throughput", "records/s of evaluation, a plain and a DP-SGD LoRA step, fp32 and bf16")):
-        step = bench.add_parser(name, help=text)
-        step.add_argument("--batch-size", type=_positive, default=8, help="records per step (default: 8)")
-        step.add_argument("--max-length", type=_positive, default=128, help="tokens per record (default: 128)")
-        step.add_argument("--repeats", type=_positive, default=5, help="timed rounds (default: 5)")
-        step.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
-        step.add_argument("--json", action="store_true", help="print one JSON object")
-        add_profile_flags(step)
-        add_section_flags(step, None, exclude=("precision",) if name == "throughput" else ())
-
-
-def _add_finetune(sub) -> None:
-    ft = sub.add_parser("finetune", help="LoRA fine-tuning under DP-SGD (or not, with --epsilon inf)")
-    ft.add_argument("--data", required=True, help="training text: 'synthetic' or a .jsonl/.csv/.txt file")
-    ft.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
-    ft.add_argument("--output", required=True, help="folder for adapter/, privacy.json, train_log.csv")
-    ft.add_argument("--epsilon", type=float, default=8.0, help="target ε of this run; inf for a non-private run")
-    ft.add_argument("--noise-multiplier", type=float, default=None, help="fix σ instead of targeting ε")
-    ft.add_argument("--merge", action="store_true", help="also save a merged model under OUTPUT/merged")
-    ft.add_argument("--noise", choices=NOISE_SOURCES, default="secure",
-                    help="where DP noise and batches come from: secure (from the operating system; the default, "
-                         "whatever the profile says) or seeded (from --seed: reproducible, a research setting with "
-                         "no guarantee against anyone who knows the seed)")
-    add_profile_flags(ft, default="paper")
-    add_section_flags(ft, None, profile="paper")
-    sweep_only = ("epsilons", "models", "replicates", "utility_match", "eval_samples", "save_merged")
-    add_section_flags(ft, "finetune", exclude=sweep_only, profile="paper", aliases={"learning_rate": ("--lr",)})
-
-
-def _add_tune(sub) -> None:
-    tune = sub.add_parser("tune", help="choose DP-SGD hyper-parameters on a public proxy corpus (synthetic notes "
-                                       "drawn with another seed), never the private data")
-    tune.add_argument("--epsilon", type=float, default=8.0, help="target ε of the DP runs compared")
-    tune.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                      help="values of one finetune setting to try (repeat for several; lists joined by '+', e.g. "
-                           f"target_modules=q_proj+v_proj); tunable: {', '.join(tune_command.TUNABLE)}")
-    tune.add_argument("--output", required=True, help="folder for the runs and tuning.csv")
-    add_profile_flags(tune, default="paper")
-    add_section_flags(tune, None, profile="paper")
-
-
-def _grid(items: list[str]) -> dict[str, list]:
-    """``["learning_rate=0.002,0.005"]`` → ``{"learning_rate": [0.002, 0.005]}`` (values read as YAML)."""
-    grid = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip() or not text.strip():
-            raise UsageError(f"--grid wants KEY=V1,V2, got {item!r}")
-        values = [v.strip() for v in text.split(",")]
-        grid[key.strip()] = [[yaml.safe_load(x) for x in v.split("+")] if "+" in v or key.strip() == "target_modules"
-                             else yaml.safe_load(v) for v in values]
-    return grid
-
-
-def _add_audit(sub) -> None:
-    audit = sub.add_parser("audit", help="memorization audit of a fine-tuned adapter, each figure beside its control")
-    audit.add_argument("--adapter", required=True, help="LoRA adapter folder (adapter_config.json + weights)")
-    audit.add_argument("--layers", type=_layers, default=None,
-                       help="layers removed from --model before the adapter was trained, e.g. 20,21,22")
-    audit.add_argument("--tokenizer", default=None, help="tokenizer folder, if not the model's")
-    audit.add_argument("--train", help="records the adapter was trained on (.jsonl/.csv/.txt); needs --heldout")
-    audit.add_argument("--heldout", help="records of the same kind it never saw: the control")
-    audit.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
-    audit.add_argument("--canaries", help="the *.canaries.json that `prunepriv canaries` wrote beside the --train "
-                                          "file: canary exposure and the one-run audit on user data")
-    audit.add_argument("--samples", help="JSONL of generated text to audit (default: sample from the model)")
-    audit.add_argument("--output", help="folder for report.json (default: ADAPTER/../audit)")
-    add_profile_flags(audit, default="paper")
-    add_section_flags(audit, None, profile="paper")
-    add_section_flags(audit, "memorization", profile="paper")
-
-
-def _add_canaries(sub) -> None:
-    can = sub.add_parser("canaries", help="insert Secret-Sharer canaries into a corpus before fine-tuning, for the audit")
-    can.add_argument("--data", required=True, help="the user's .jsonl/.csv/.txt file")
-    can.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
-    can.add_argument("--output", required=True, help="JSONL to write (the canaries' secrets go to OUTPUT.canaries.json)")
-    can.add_argument("--canary-seed", type=int, default=None,
-                     help="seed of the secrets (default: drawn from the operating system, and recorded)")
-    add_profile_flags(can)
-    add_section_flags(can, "data", exclude=tuple(f for f in DATA_FIELDS if f not in CANARY_FIELDS))
-
-
-def _add_prune(sub) -> None:
-    prune_ = sub.add_parser("prune", help="remove layers from a model and save it with save_pretrained")
-    prune_.add_argument("--output", required=True, help="folder for the pruned model")
-    group = prune_.add_mutually_exclusive_group(required=True)
-    group.add_argument("--remove", type=int, help="number of layers to remove, chosen by --strategy")
-    group.add_argument("--layers", type=_layers, help="explicit layer indices, e.g. 20,21,22")
-    prune_.add_argument("--strategy", default="cosine", help="cosine, block, last, random or greedy-loss")
-    prune_.add_argument("--data", default=None,
-                        help="private calibration text for cosine, block and greedy-loss: a .jsonl/.csv/.txt file "
-                             "(its calibration split) or 'synthetic'; recorded in the model's config and card as a "
-                             "private use of data (default: the profile's data.calibration, public general English "
-                             "unless the profile says private)")
-    prune_.add_argument("--text-field", default="text", help="field holding the text in JSONL/CSV files")
-    add_profile_flags(prune_)
-    add_section_flags(prune_, None)
-    add_section_flags(prune_, "similarity")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="prunepriv", description=__doc__.splitlines()[0],
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"prunepriv {version('prunepriv')}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_pipeline, _add_bench, _add_finetune, _add_tune, _add_audit, _add_prune, _add_canaries):
-        add(sub)
-    return parser
 
 
 def _with_data(args) -> None:
@@ -235,20 +69,9 @@ def _profile(args):
     return profile
 
 
-def _profile_choices(root: Path) -> str:
-    """The shipped profiles with the time their last run here (or the committed reference run) took."""
-    parts = []
-    for name in sorted(p.stem for p in profiles_dir().glob("*.yaml")):
-        notebooks = sorted((root / "results" / name / "notebooks").glob("*.ipynb"))
-        seconds = sum(json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration") or 0
-                      for nb in notebooks)
-        parts.append(f"{name} ({f'last run {seconds / 60:.0f} min' if seconds else 'not run here yet'})")
-    return ", ".join(parts)
-
-
 def _reproduce(args) -> int:
     if args.profile is None:
-        raise UsageError(f"reproduce needs --profile: {_profile_choices(Path(args.output_root))}")
+        raise UsageError(f"reproduce needs --profile: {profile_choices(Path(args.output_root))}")
     results = reproduce(args.profile, args.stages, args.output_root, force=args.force,
                         log=lambda line: print(line, flush=True))
     ran = [r for r in results if not r.skipped]
@@ -314,7 +137,7 @@ def _finetune(args) -> int:
 
 
 def _tune(args) -> int:
-    table = tune_command.tune(_profile(args), _grid(args.grid), args.epsilon, args.output)
+    table = tune_command.tune(_profile(args), dict(args.grid), args.epsilon, args.output)
     columns = ["candidate", "perplexity_before", "perplexity_dp", "perplexity_nonprivate", "recovered", "stable"]
     print(table[columns].to_string(index=False))
     chosen = table[table["chosen"]]

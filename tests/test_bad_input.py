@@ -79,7 +79,7 @@ CASES = [
      r"--output must be a .jsonl file"),
     ("canaries-not-utf8", ["canaries", "--data", "{tmp}/latin1.csv", "--output", "{tmp}/out.jsonl"], r"not UTF-8"),
     ("bench-batch-0", ["bench", "dp-overhead", "--batch-size", "0", "--model", "{model}"], r"argument --batch-size: must be >= 1"),
-    ("tune-grid-without-values", TUNE + ["--grid", "learning_rate"], r"--grid wants KEY=V1,V2, got 'learning_rate'"),
+    ("tune-grid-without-values", TUNE + ["--grid", "learning_rate"], r"argument --grid: wants KEY=V1,V2, got 'learning_rate'"),
     ("tune-untunable-key", TUNE + ["--grid", "sigma=1,2"], r"cannot tune sigma; tunable: learning_rate"),
     ("tune-learning-rate-0", TUNE + ["--grid", "learning_rate=0,0.01"], r"learning_rate must be > 0"),
     ("tune-batch-0", TUNE + ["--grid", "batch_size=0,8"], r"finetune.batch_size must be >= 1, got 0"),

@@ -148,13 +148,15 @@ def test_readme_layout_matches_the_package():
     listed = set(re.findall(r"^\s*(?:├──|└──)\s*([\w]+)/", block, flags=re.M))
     actual = {p.name for p in PACKAGE_DIR.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert listed == actual
+    modules = set(re.findall(r"\b(\w+)\.py\b", block.split("notebooks/")[0]))
+    assert modules == {p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__"}
     notebooks = set(re.findall(r"(\d\d_\w+)\.ipynb", block))
     assert notebooks == {s.stem for s in REGISTRY.stages}
     assert not list(ROOT.glob("*.whl")), "no wheels committed at the repository root"
 
 
 def test_import_prunepriv_is_light_and_every_public_name_loads():
-    """``import prunepriv`` (the batch's notebook process, ``verify``) loads no torch; the names load on use."""
+    """``import prunepriv`` (each notebook process of the batch) loads no torch; the names load on use."""
     import subprocess
     import sys
 

@@ -56,5 +56,5 @@ def test_tune_cli_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
     assert main(["tune", "--grid", "learning_rate", "--output", str(tmp_path / "x")]) == 2
     assert main(["tune", "--grid", "delta=1e-5", "--output", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--grid wants KEY=V1,V2" in err[0] and "cannot tune delta" in err[1]
+    assert len(err) == 2 and "argument --grid: wants KEY=V1,V2" in err[0] and "cannot tune delta" in err[1]
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
