@@ -54,6 +54,12 @@ def number(value: float, digits: int = 2) -> str:
 NEGATIVE_ZERO = re.compile(r"^(\$?)-(0(?:\.0+)?)(\$?)$")
 
 
+def epsilon(value: float) -> str:
+    """An ε in a table or macro: ``$\\infty$`` for a non-private run, else ``f"{value:g}"``
+    (the LaTeX twin of :func:`prunepriv.privacy.specs.epsilon_label`)."""
+    return r"$\infty$" if math.isinf(value) else f"{value:g}"
+
+
 def no_negative_zero(cell: str) -> str:
     """``-0.00`` (a small negative number rounded away) printed as ``0.00``."""
     return NEGATIVE_ZERO.sub(r"\1\2\3", cell.strip()) if NEGATIVE_ZERO.match(cell.strip()) else cell

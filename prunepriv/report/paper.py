@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunepriv.report.claims import Claim, claims, top_repetitions
-from prunepriv.report.latex import escape, macros, number, problems, tabular
+from prunepriv.report.latex import epsilon, escape, macros, number, problems, tabular
 from prunepriv.report.seeds import collapse_replicates, row_interval
 
 
@@ -60,10 +60,6 @@ def _power(value: float) -> str:
     return f"\\ensuremath{{{body}}}"
 
 
-def _eps(value: float) -> str:
-    return r"$\infty$" if math.isinf(value) else f"{value:g}"
-
-
 def numbers(t: dict[str, object]) -> dict[str, str]:
     """Every number the paper quotes, keyed by a dotted name (the macro name is derived from it)."""
     values = {f"claim.{c.id}": _claim_value(c) for c in claims(t)}
@@ -82,7 +78,7 @@ def numbers(t: dict[str, object]) -> dict[str, str]:
         "setup.steps": str(int(first["steps"])),
         "setup.sample.rate": f"{first['sample_rate']:.3f}",
         "setup.delta": _power(float(first["delta"])),
-        "setup.epsilons": ", ".join(_eps(e) for e in sorted({e for e in runs["target_epsilon"]}, key=lambda e: -e)
+        "setup.epsilons": ", ".join(epsilon(e) for e in sorted({e for e in runs["target_epsilon"]}, key=lambda e: -e)
                                     if not math.isinf(e)),
         "setup.strategies": str(pruning["strategy"].nunique()),
         "setup.synthetic.samples": str(int(synthetic["samples"].iloc[0])),
@@ -156,8 +152,8 @@ def _latency_table(frame: pd.DataFrame) -> str:
 
 
 def _finetune_table(frame: pd.DataFrame) -> str:
-    rows = [[escape(r.model), _eps(r.target_epsilon), _eps(r.epsilon_rdp) if math.isinf(r.epsilon_rdp)
-             else f"{r.epsilon_rdp:.2f}", _eps(r.epsilon_prv) if math.isinf(r.epsilon_prv) else f"{r.epsilon_prv:.2f}",
+    rows = [[escape(r.model), epsilon(r.target_epsilon), epsilon(r.epsilon_rdp) if math.isinf(r.epsilon_rdp)
+             else f"{r.epsilon_rdp:.2f}", epsilon(r.epsilon_prv) if math.isinf(r.epsilon_prv) else f"{r.epsilon_prv:.2f}",
              f"{r.noise_multiplier:.2f}", _sci(r.perplexity_private_before), _sci(r.perplexity_private),
              _range(r, "perplexity_private"), _sci(r.perplexity_general)] for r in frame.itertuples()]
     return tabular(["model", r"target $\varepsilon$", r"$\varepsilon$ RDP", r"$\varepsilon$ PRV", r"$\sigma$",
@@ -182,7 +178,7 @@ def _range(row, column: str) -> str:
 
 def _memorization_table(frame: pd.DataFrame) -> str:
     top = top_repetitions(frame)
-    rows = [[escape(r.model), _eps(r.target_epsilon), f"{getattr(r, f'exposure_r{top}'):.2f}",
+    rows = [[escape(r.model), epsilon(r.target_epsilon), f"{getattr(r, f'exposure_r{top}'):.2f}",
              f"{r.exposure_heldout:.2f}", f"{r.mia_auc_reference:.2f}", f"{r.mia_auc_loss:.2f}",
              f"{r.extraction_excess:.2f}"] for r in frame.itertuples()]
     return tabular(["model", r"$\varepsilon$", f"exposure {top}$\\times$", "control", "MIA ref.", "MIA loss",
@@ -193,7 +189,7 @@ def _memorization_table(frame: pd.DataFrame) -> str:
 
 
 def _audit_table(frame: pd.DataFrame) -> str:
-    rows = [[escape(r.model), _eps(r.target_epsilon), _eps(r.epsilon_rdp_at_audit_delta)
+    rows = [[escape(r.model), epsilon(r.target_epsilon), epsilon(r.epsilon_rdp_at_audit_delta)
              if math.isinf(r.epsilon_rdp_at_audit_delta) else f"{r.epsilon_rdp_at_audit_delta:.2f}",
              f"{r.epsilon_lower_bound:.2f}", _optional(r, "epsilon_attainable"), f"{int(r.correct)}/{int(r.guesses)}"]
             for r in frame.itertuples()]
@@ -219,9 +215,9 @@ def _selection_table(chosen: pd.DataFrame, draws: pd.DataFrame) -> str:
     for e, value in agreement.items():
         row = chosen[chosen["selection_epsilon"] == e]
         tuned = row.iloc[0] if len(row) else None
-        rows.append([_eps(e), f"{value:.2f}",
+        rows.append([epsilon(e), f"{value:.2f}",
                      "--" if tuned is None else f"{tuned.perplexity_private:.1f}",
-                     "--" if tuned is None else _eps(tuned.end_to_end_epsilon_rdp) if math.isinf(
+                     "--" if tuned is None else epsilon(tuned.end_to_end_epsilon_rdp) if math.isinf(
                          tuned.end_to_end_epsilon_rdp) else f"{tuned.end_to_end_epsilon_rdp:.2f}"])
     return tabular([r"selection $\varepsilon$", "agreement", "ppl after DP-LoRA", r"end-to-end $\varepsilon$"],
                    rows, "rrrr", "Private layer selection: mean Jaccard index of the privately chosen layers with "

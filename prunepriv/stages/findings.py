@@ -14,6 +14,7 @@ import pandas as pd
 
 from prunepriv.attacks.probes import auc_interval, tpr_column
 from prunepriv.privacy.record import base_model, is_matched
+from prunepriv.privacy.specs import epsilon_text
 from prunepriv.report.power import detectable_effect
 from prunepriv.report.seeds import collapse_replicates, row_interval
 
@@ -25,14 +26,10 @@ class Findings(str):
         return str(self)
 
 
-def _eps(value: float) -> str:
-    return "∞ (non-private)" if math.isinf(float(value)) else f"{float(value):g}"
-
-
 def _setting(row: dict) -> str:
     """``unpruned, ε = 8`` for a run of a table, ``…, seed 2`` for replicate 1 (``finetune.replicates``)."""
     replicate = int(row.get("replicate", 0) or 0)
-    return f"{row['model']}, ε = {_eps(row['target_epsilon'])}" + (f", seed {replicate + 1}" if replicate else "")
+    return f"{row['model']}, {epsilon_text(float(row['target_epsilon']))}" + (f", seed {replicate + 1}" if replicate else "")
 
 
 def _bullets(lines: list[str]) -> Findings:
@@ -102,7 +99,7 @@ def finetuning(runs: pd.DataFrame) -> Findings:
             lines += [_matched_run(r) for r in group.itertuples()]
             continue
         before = group["perplexity_private_before"].iloc[0]
-        parts = [f"ε = {_eps(r.target_epsilon)}: {r.perplexity_private:.2f}" + _ci(r, "perplexity_private")
+        parts = [f"{epsilon_text(float(r.target_epsilon))}: {r.perplexity_private:.2f}" + _ci(r, "perplexity_private")
                  for r in group.itertuples()]
         lines.append(f"**{model}** ({int(group['layers'].iloc[0])} layers): held-out private perplexity "
                      f"{before:.2f} before fine-tuning; after: " + "; ".join(parts) + ".")
