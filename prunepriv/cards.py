@@ -27,6 +27,8 @@ def base_reference(name_or_path: str) -> str:
     the embedded model is named by the hub id of the model its GGUF quantizes."""
     if name_or_path in (EMBEDDED, "default"):
         return EMBEDDED_HUB_ID
+    if not name_or_path:                          # a model built from a config: no path to name
+        return ""
     path = Path(name_or_path).expanduser()
     return str(path.resolve()) if path.exists() else name_or_path
 

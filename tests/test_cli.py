@@ -135,14 +135,23 @@ def test_finetune_bad_input(capsys, tmp_path, tiny_model_dir, extra, pattern):
 
 def test_finetune_cli_writes_adapter_and_privacy_record(capsys, tmp_path, tiny_model_dir):
     import json
+    import os
+    import stat
 
     data = tmp_path / "notes.txt"
     data.write_text("\n\n".join(f"note {i}: the patient is well" for i in range(40)))
     out = tmp_path / "run"
-    code = main(["finetune", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
-                 "--epsilon", "4", "--batch-size", "10", "--physical-batch-size", "4", "--max-length", "24",
-                 "--merge"])
+    old = os.umask(0o022)
+    try:
+        code = main(["finetune", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+                     "--epsilon", "4", "--batch-size", "10", "--physical-batch-size", "4", "--max-length", "24",
+                     "--merge"])
+    finally:
+        os.umask(old)
     assert code == 0
+    # weights others can load (safetensors alone writes them 0600)
+    for folder in (out / "adapter", out / "merged"):
+        assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}, folder
     record = json.loads((out / "privacy.json").read_text())
     assert record["private"] and record["epsilon_rdp"] <= 4.05 and record["n_train"] == 40
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -315,6 +324,7 @@ def test_model_cards_name_the_embedded_model_by_its_hub_id(tmp_path):
 
     assert base_reference("embedded") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert base_reference(str(tmp_path)) == str(tmp_path.resolve())
+    assert base_reference("") == ""                           # built from a config: not the working folder
     use = DataUse("layer choice (cosine)", "the calibration split of notes.csv (private)", 40, private=True)
     card = write_pruned_card(tmp_path, "embedded", [20, 21], 30, "cosine", use).read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Q4_1 GGUF" in card

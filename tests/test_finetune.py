@@ -223,12 +223,18 @@ def test_finished_run_is_reloaded_not_retrained(byte_tokenizer, tmp_path):
 
 
 def test_adapter_for_another_model_is_refused(byte_tokenizer, tmp_path):
+    import warnings
+
     from prunepriv import remove_layers
     from prunepriv.lm.lora import load_adapter
 
     result = finetune(tiny_model("llama", layers=3), byte_tokenizer, TEXTS, tmp_path, LORA, privacy_spec(), TRAIN,
                       progress=False)
-    loaded = load_adapter(tiny_model("llama", layers=3), result.adapter_dir)
+    base = tiny_model("llama", layers=3)
+    base.name_or_path = "elsewhere/model"         # loaded from another path than the adapter names: no warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*base_model_name_or_path")
+        loaded = load_adapter(base, result.adapter_dir)
     assert any("lora_A" in n for n, _ in loaded.named_parameters())
     with pytest.raises(ModelError, match="does not match the base model"):
         load_adapter(remove_layers(tiny_model("llama", layers=3), [1]), result.adapter_dir)

@@ -11,6 +11,7 @@ from torch import nn
 
 from prunepriv.errors import ModelError
 from prunepriv.privacy.specs import LoRASpec
+from prunepriv.results import share_like_umask
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -73,15 +74,15 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path):
     if missing:
         raise ModelError(f"adapter {adapter_dir} targets {missing}, which the base model lacks")
     saved = load_file(weights)
-    probe = get_peft_model_state_dict(get_peft_model(_shape_twin(model), config))
-    wrong = [k for k, v in saved.items() if k not in probe or probe[k].shape != v.shape]
-    if wrong or len(saved) != len(probe):
-        raise ModelError(f"adapter {adapter_dir} does not match the base model ({len(saved)} adapter tensors, "
-                         f"{len(probe)} expected; {_first_mismatch(saved, probe, wrong)})")
     with warnings.catch_warnings():
         # peft warns when the base was loaded from another path than the adapter names (a relative
-        # --model, a copied folder); the base is what the user gave, and its fit was checked above
+        # --model, a copied folder); the base is what the user gave, and its fit is checked here
         warnings.filterwarnings("ignore", message=r"The PEFT config's `base_model_name_or_path` was renamed")
+        probe = get_peft_model_state_dict(get_peft_model(_shape_twin(model), config))
+        wrong = [k for k, v in saved.items() if k not in probe or probe[k].shape != v.shape]
+        if wrong or len(saved) != len(probe):
+            raise ModelError(f"adapter {adapter_dir} does not match the base model ({len(saved)} adapter tensors, "
+                             f"{len(probe)} expected; {_first_mismatch(saved, probe, wrong)})")
         return PeftModel.from_pretrained(model, adapter_dir)
 
 
@@ -110,9 +111,10 @@ def meta_model(config) -> nn.Module:
 
 
 def merge_and_save(peft_model, tokenizer, output_dir: str | Path) -> Path:
-    """Merge LoRA into the base weights and save a plain Hugging Face model."""
+    """Merge LoRA into the base weights and save a plain Hugging Face model (and its tokenizer),
+    readable as the umask allows."""
     merged = peft_model.merge_and_unload()
     output_dir = Path(output_dir)
     merged.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    return output_dir
+    return share_like_umask(output_dir)

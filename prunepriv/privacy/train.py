@@ -98,7 +98,7 @@ from prunepriv.privacy.specs import (
 from prunepriv.privacy.stopping import StopRule, check_rule
 from prunepriv.privacy.uses import data_uses
 from prunepriv.progress import tqdm
-from prunepriv.results import atomic_write_json, atomic_write_text
+from prunepriv.results import atomic_write_json, atomic_write_text, share_like_umask
 
 DEFAULT_LORA, DEFAULT_PRIVACY, DEFAULT_TRAIN = default_specs()   # the default profile's, non-private
 
@@ -489,13 +489,15 @@ def write_outputs(t: Trainer, record: PrivacyRecord, seconds: float, resumed_fro
 
 def save_adapter(peft_model: nn.Module, adapter_dir: Path, record: PrivacyRecord, accountant: str) -> None:
     """peft ``save_pretrained`` with an absolute base path (loadable from any folder), the run's
-    ``privacy.json`` and a model card stating base model and privacy record."""
+    ``privacy.json`` and a model card stating base model and privacy record, every file readable
+    as the umask allows."""
     config = peft_model.peft_config["default"]
     config.base_model_name_or_path = base_reference(config.base_model_name_or_path or "")
     peft_model.save_pretrained(adapter_dir)
     atomic_write_json(adapter_dir / "privacy.json", asdict(record))
     kept = getattr(peft_model.get_base_model().config, KEPT_LAYERS_KEY, None)
     write_adapter_card(adapter_dir, config.base_model_name_or_path, record, accountant, kept)
+    share_like_umask(adapter_dir)                # safetensors writes its weights file 0600
 
 
 def _check_lora_moved(initial: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:
