@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from prunepriv.arguments import profile_from_args
@@ -37,9 +38,21 @@ def _with_data(args) -> None:
     args.settings = [f"data.text_field={json.dumps(args.text_field)}", *args.settings]
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+PYTHON_WARNING_FORMAT = warnings.formatwarning
+
+
+def warning_line(message, category, filename, lineno, line=None) -> str:
+    """prunepriv's own warnings as one line, ``prunepriv: warning: …``; any other as Python prints it."""
+    if Path(filename).resolve().is_relative_to(PACKAGE_DIR):
+        return f"prunepriv: warning: {message}\n"
+    return PYTHON_WARNING_FORMAT(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; bad input and I/O failures are one line on stderr and exit status 2,
-    Ctrl-C is one line and exit status 130."""
+    Ctrl-C is one line and exit status 130; prunepriv's warnings are one line each."""
+    warnings.formatwarning = warning_line
     commands = {"reproduce": _reproduce, "verify": _verify, "finetune": _finetune, "prune": _prune,
                 "audit": _audit, "bench": _bench, "canaries": _canaries, "tune": _tune}
     try:

@@ -359,3 +359,17 @@ def test_every_use_of_private_data_reaches_the_privacy_record(capsys, tmp_path, 
     assert public["data_uses"][0] == {"purpose": "layer choice (cosine)", "data": "general English passages (public)",
                                       "records": 6, "private": False, "epsilon": None}
     assert "Every recorded earlier use of data is public or differentially private" in card
+
+
+def test_own_warnings_are_one_line_others_as_python_prints_them():
+    import warnings
+
+    import prunepriv.stages.experiments as experiments
+    from prunepriv.cli import warning_line
+
+    own = warning_line(UserWarning("only 6 calibration records available (asked for 16)"), UserWarning,
+                       experiments.__file__, 61)
+    assert own == "prunepriv: warning: only 6 calibration records available (asked for 16)\n"
+    other = warning_line(UserWarning("from a library"), UserWarning, warnings.__file__, 1)
+    assert other == warnings.formatwarning(UserWarning("from a library"), UserWarning, warnings.__file__, 1)
+    assert "UserWarning" in other
