@@ -18,7 +18,8 @@ from prunepriv.commands.tune import TUNABLE
 from prunepriv.config import NOISE_SOURCES, DataConfig
 from prunepriv.errors import UsageError
 
-DESCRIPTION = "The prunepriv command line: parse, make one library call, print."
+DESCRIPTION = ("PrunePrivyTune: remove redundant layers, fine-tune with LoRA under DP-SGD, and audit what the "
+               "model memorized")
 
 
 class Parser(argparse.ArgumentParser):
