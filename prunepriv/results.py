@@ -62,8 +62,9 @@ def _umask() -> int:
 
 
 def share_like_umask(path: str | Path) -> Path:
-    """Give a folder made by ``mkdtemp`` (mode 0700) the mode an ordinary ``mkdir`` would have,
-    and its files 0666 less the umask, so that colleagues and serving containers can read them."""
+    """Give a saved folder the mode an ordinary ``mkdir`` would have and its files 0666 less the
+    umask (``mkdtemp`` makes folders 0700, safetensors writes weights 0600), so that colleagues and
+    serving containers can read a pruned model, an adapter or a merged model."""
     path = Path(path)
     os.chmod(path, 0o777 & ~_umask())
     for item in path.rglob("*"):
