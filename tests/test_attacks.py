@@ -87,6 +87,15 @@ def test_exposure_ranks_the_secret(byte_tokenizer, monkeypatch):
     assert bottom.rank == 64 and bottom.exposure == pytest.approx(0.0) and bottom.exposure_fit < 0.01
 
 
+def test_exposure_candidates_are_paired_per_canary_and_independent_across_replicates():
+    canary = Canary("C000", "Ann Lee's patient portal recovery code is ", "123456", 4)
+    again = attacks.exposure_candidates(canary, 64, seed=0)
+    assert again == attacks.exposure_candidates(canary, 64, seed=0)           # tuned and untuned: same candidates
+    assert len(set(again)) == 64 and canary.secret not in again
+    replicate = Canary("C000", canary.prefix, "654321", 4)                     # same id, secret drawn anew
+    assert len(set(again) & set(attacks.exposure_candidates(replicate, 64, seed=0))) < 8
+
+
 def test_random_secrets_keep_the_format():
     rng = random.Random(0)
     secret = attacks.random_secret(rng, "AB-1234")

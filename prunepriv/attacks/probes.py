@@ -255,15 +255,26 @@ class Exposure:
     exposure_fit: float       # -log2 P(candidate NLL <= secret NLL) under a normal fit (Sec. 4.3)
 
 
-def canary_exposure(model, tokenizer, canary, n_candidates: int, seed: int, batch_size: int = 64) -> Exposure:
-    """Rank the canary's secret among ``n_candidates`` random secrets of its format."""
-    rng = random.Random(f"{seed}-{canary.id}")
+def exposure_candidates(canary, n_candidates: int, seed: int) -> list[str]:
+    """``n_candidates`` distinct random secrets of the canary's format, never its own.
+
+    Drawn from a generator of the seed, the canary's id and its secret, so the
+    same canary always meets the same candidates (its tuned and untuned
+    exposure are paired) while a replicate's canary, whose secret is drawn
+    anew, meets candidates of its own (independent replicates).
+    """
+    rng = random.Random(f"{seed}-{canary.id}-{canary.secret}")
     secrets = set()
     while len(secrets) < n_candidates:
         s = random_secret(rng, canary.secret)
         if s != canary.secret:
             secrets.add(s)
-    candidates = [canary.secret] + sorted(secrets)
+    return sorted(secrets)
+
+
+def canary_exposure(model, tokenizer, canary, n_candidates: int, seed: int, batch_size: int = 64) -> Exposure:
+    """Rank the canary's secret among ``n_candidates`` random secrets of its format."""
+    candidates = [canary.secret] + exposure_candidates(canary, n_candidates, seed)
     nll = continuation_nll(model, tokenizer, [canary.prefix + s + "." for s in candidates], batch_size)
     rank = 1 + int((nll[1:] < nll[0]).sum()) + int((nll[1:] == nll[0]).sum()) // 2
     mu, sigma = float(nll[1:].mean()), float(nll[1:].std(ddof=1)) or 1e-12
