@@ -13,6 +13,7 @@ import argparse
 import inspect
 import io
 import math
+import re
 import tokenize
 from dataclasses import fields
 from functools import lru_cache
@@ -137,8 +138,23 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
     return flat
 
 
+def flag_of(key: str) -> str:
+    """The flag :func:`add_section_flags` gives a dotted profile key: ``finetune.batch_size`` → ``--batch-size``."""
+    return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
 def profile_from_args(args: argparse.Namespace) -> Profile:
-    """The profile of ``--profile`` with the generated flags and ``--set`` values applied, validated."""
-    given = {k: v for k, v in vars(args).items() if "." in k or k in SCALARS}
+    """The profile of ``--profile`` with the generated flags and ``--set`` values applied, validated; an error
+    about a setting the user gave as a flag names that flag (``--batch-size``), not the profile key."""
+    flags = {k: v for k, v in vars(args).items() if "." in k or k in SCALARS}
+    given = dict(flags)
     given.update(parse_settings(getattr(args, "settings", [])))
-    return load_profile(getattr(args, "profile", None), _nest(given))
+    try:
+        return load_profile(getattr(args, "profile", None), _nest(given))
+    except ConfigError as exc:
+        message = str(exc)
+        for key in sorted(flags, key=len, reverse=True):
+            named = re.compile(rf"(?<![\w.]){re.escape(key)}(?!\w)")
+            if named.search(message):
+                raise ConfigError(named.sub(flag_of(key), message, count=1)) from None
+        raise

@@ -46,8 +46,10 @@ def calibration_text(strategy: str, use: DataUse | None) -> str:
 
 
 def write_pruned_card(folder: Path, base: str, removed: list[int], num_layers: int, strategy: str,
-                      use: DataUse | None, final: Path | None = None) -> Path:
-    """``README.md`` of a pruned model folder written in ``folder``, to be loaded from ``final``."""
+                      use: DataUse | None, final: Path | None = None, dtype: str = "fp32",
+                      source: str | None = None) -> Path:
+    """``README.md`` of a pruned model folder written in ``folder``, to be loaded from ``final``; ``dtype``
+    is what its weights are stored in, ``source`` the base model's (the same unless the user asked)."""
     where = (final or folder).resolve()
     meta = {"library_name": "transformers", "base_model": base_reference(base),
             "tags": ["prunepriv", "layer-pruning"]}
@@ -59,7 +61,10 @@ def write_pruned_card(folder: Path, base: str, removed: list[int], num_layers: i
         "- **Chosen by:** " + ("the user (explicit indices)" if strategy == "explicit" else
                                f"`{strategy}`" + (" on calibration text" if use is not None else "")),
         f"- **Calibration data:** {calibration_text(strategy, use)}",
-        "- **Training:** none; the kept layers are the base model's, unchanged.", "",
+        f"- **Stored as:** {dtype}" + (" (the base model's dtype)" if (source or dtype) == dtype else
+                                          f" (asked for; the base model's is {source})"),
+        "- **Training:** none; the kept layers are the base model's, "
+        + ("bit-identical to its weights." if (source or dtype) == dtype else f"cast to {dtype}."), "",
         "## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
         f'model = AutoModelForCausalLM.from_pretrained("{where}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{where}")', "```", "",

@@ -16,26 +16,22 @@ import warnings
 from pathlib import Path
 
 from prunepriv.arguments import profile_from_args
-from prunepriv.commands import audit as audit_command
-from prunepriv.commands import bench as bench_command
-from prunepriv.commands import finetune as finetune_command
-from prunepriv.commands import tune as tune_command
-from prunepriv.commands.canaries import add_canaries
-from prunepriv.commands.prune import prune
 from prunepriv.config import load_profile
 from prunepriv.errors import PrunePrivError, UsageError
-from prunepriv.lm.models import resolve_device
 from prunepriv.parser import build_parser
-from prunepriv.pipeline.reproduce import profile_choices, reproduce
-from prunepriv.report.verify import freeze_reference, report, save_report, verify
+
+# The commands (and torch behind them) are imported by the handler that runs them: `prunepriv --version`
+# and `--help` answer without loading torch.
 
 
 def _with_data(args) -> None:
-    """The data flags as profile settings (``data.source``, ``data.text_field``)."""
+    """The data flags as profile settings (``data.source``, ``data.text_field``), passed as the strings the
+    user typed: never re-encoded through another format (JSON then YAML split a character outside the
+    Basic Multilingual Plane into two surrogate halves, so an emoji path was "not found")."""
     source = getattr(args, "data", None)
     if source is not None:
-        args.settings = [f"data.source={json.dumps(source)}", *args.settings]
-    args.settings = [f"data.text_field={json.dumps(args.text_field)}", *args.settings]
+        setattr(args, "data.source", source)
+    setattr(args, "data.text_field", args.text_field)
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -77,16 +73,18 @@ def _fail(message: str, user_error: bool) -> int:
 
 def _profile(args):
     """The command's profile (``--profile``, flags, ``--set``), with its device checked before any work."""
+    from prunepriv.lm.models import resolve_device
+
     profile = profile_from_args(args)
     resolve_device(profile.device)
     return profile
 
 
 def _reproduce(args) -> int:
-    if args.profile is None:
-        raise UsageError(f"reproduce needs --profile: {profile_choices(Path(args.output_root))}")
-    results = reproduce(args.profile, args.stages, args.output_root, force=args.force,
-                        log=lambda line: print(line, flush=True))
+    from prunepriv.pipeline import reproduce as pipeline
+
+    results = pipeline.reproduce(args.profile, args.stages, args.output_root, force=args.force,
+                                 log=lambda line: print(line, flush=True))
     ran = [r for r in results if not r.skipped]
     for result in ran:
         print(f"{result.stage}: {result.notebook} ({result.seconds:.0f} s)")
@@ -96,6 +94,8 @@ def _reproduce(args) -> int:
 
 
 def _verify(args) -> int:
+    from prunepriv.report.verify import freeze_reference, report, save_report, verify
+
     results_dir = Path(args.output_root) / "results" / load_profile(args.profile).name
     if args.update_reference:
         print(f"reference frozen in {freeze_reference(results_dir)}")
@@ -107,6 +107,8 @@ def _verify(args) -> int:
 
 
 def _bench(args) -> int:
+    from prunepriv.commands import bench as bench_command
+
     profile = _profile(args)
     state = bench_command.machine_state()                   # before any work: the load the run starts under
     if args.bench == "latency":
@@ -135,9 +137,14 @@ def _bench(args) -> int:
 
 
 def _finetune(args) -> int:
+    from prunepriv.commands import finetune as finetune_command
+
+    if not args.epsilon > 0:                                 # named as typed, before it becomes a profile key
+        raise UsageError(f"argument --epsilon: must be > 0 (inf for a non-private run), got {args.epsilon:g}")
     _with_data(args)
     args.settings = [f"finetune.epsilons=[{'.inf' if math.isinf(args.epsilon) else args.epsilon!r}]",
-                     "finetune.utility_match=null", *args.settings, f"noise={args.noise}"]   # one run, no sweep
+                     "finetune.utility_match=null", "finetune.model_epsilons=null", "finetune.replicates=1",
+                     "finetune.replicate_epsilons=null", *args.settings, f"noise={args.noise}"]   # one run, no sweep
     result = finetune_command.run(_profile(args), args.output, args.noise_multiplier, args.merge)
     if result is None:                                       # not rank 0 of a torchrun group
         return 0
@@ -150,27 +157,40 @@ def _finetune(args) -> int:
 
 
 def _tune(args) -> int:
-    table = tune_command.tune(_profile(args), dict(args.grid), args.epsilon, args.output)
-    columns = ["candidate", "perplexity_before", "perplexity_dp", "perplexity_nonprivate", "recovered", "stable"]
+    from prunepriv.commands import tune as tune_command
+
+    table = tune_command.tune(_profile(args), dict(args.grid), args.epsilon, args.output, dict(args.nonprivate_grid),
+                              args.seeds, args.base, args.candidate, args.nonprivate_candidate)
+    columns = ["kind", "candidate", "perplexity_before", "perplexity", "recovered", "recovered_min",
+               "recovered_max", "loss_spike"]
     print(table[columns].to_string(index=False))
-    chosen = table[table["chosen"]]
-    print(f"chosen: {chosen['candidate'].iloc[0]} (recovers {chosen['recovered'].iloc[0]:.0%} of the non-private "
-          "log-perplexity gain on the proxy)" if len(chosen) else "no candidate chosen: every one spikes")
+    best, chosen = table[table["best_nonprivate"]], table[table["chosen"]]
+    if len(best):
+        print(f"best non-private: {best['candidate'].iloc[0]} (held-out perplexity "
+              f"{best['perplexity_before'].iloc[0]:.4g} → {best['perplexity'].iloc[0]:.4g} on the proxy)")
+    print(f"chosen: {chosen['candidate'].iloc[0]} (recovers {chosen['recovered'].iloc[0]:.0%} of the best non-private "
+          f"log-perplexity gain, {chosen['recovered_min'].iloc[0]:.0%} to {chosen['recovered_max'].iloc[0]:.0%} over "
+          f"{int(chosen['seeds'].iloc[0])} seeds)" if len(chosen) else "no DP candidate chosen: every one spikes, or "
+          "no non-private candidate is stable")
     print(f"table: {Path(args.output) / 'tuning.csv'}")
     return 0
 
 
 def _prune(args) -> int:
+    from prunepriv.commands.prune import prune
+
     if args.data is not None:                                # calibrating on given text is a private use
         args.settings = ["data.calibration=private", *args.settings]
     _with_data(args)
-    result = prune(_profile(args), args.output, args.remove, args.layers, args.strategy)
+    result = prune(_profile(args), args.output, args.remove, args.layers, args.strategy, args.save_dtype)
     print(f"removed layers {result.layers}; {result.num_layers - len(result.layers)} of {result.num_layers} "
           f"remain; saved to {result.output}")
     return 0
 
 
 def _audit(args) -> int:
+    from prunepriv.commands import audit as audit_command
+
     profile = _profile(args)
     report_path, rows, skipped = audit_command.audit(
         profile, Path(args.adapter), layers=args.layers, tokenizer=args.tokenizer, train=args.train,
@@ -186,6 +206,8 @@ def _audit(args) -> int:
 
 
 def _canaries(args) -> int:
+    from prunepriv.commands.canaries import add_canaries
+
     profile = profile_from_args(args)
     result = add_canaries(args.data, args.output, profile.data, args.text_field, args.canary_seed)
     print(f"{result.n_records} records ({result.n_canary_records} of them canaries) in {result.data}; "

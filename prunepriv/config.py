@@ -28,6 +28,11 @@ ACCOUNTANTS = ("rdp", "prv")
 NOISE_SOURCES = ("secure", "seeded")     # see prunepriv.privacy.noise
 CALIBRATION_SOURCES = ("public", "private")   # see prunepriv.stages.experiments.calibration_texts
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# the vocabularies of the command line, here so that the parser needs no heavy import
+TUNABLE = ("learning_rate", "batch_size", "epochs", "warmup", "lora_rank", "lora_alpha", "target_modules",
+           "max_grad_norm")                # finetune settings `prunepriv tune` searches
+SAVE_DTYPES = ("source", "fp32", "bf16", "fp16")   # what `prunepriv prune` may store a model in
+CANARY_FIELDS = ("n_canaries", "canary_repetitions", "n_heldout_canaries", "n_audit_canaries")   # `prunepriv canaries`
 
 
 @dataclass
@@ -116,12 +121,39 @@ class LatencyConfig:
 
 
 @dataclass
+class NonPrivateConfig:
+    """How the non-private runs (ε = ∞ and the utility-matched ones) train where they differ from the DP runs:
+    without noise, small batches, many steps and a larger adapter learn best (Li et al. 2022), with the DP
+    runs' large noisy batches and tiny adapter they would learn little and "DP memorizes less" could be
+    "the non-private run learned less". Each is the best recipe found on the public proxy for its kind
+    (``prunepriv tune``). ``None``: the DP runs' value."""
+
+    learning_rate: Optional[float] = None   # Adam learning rate of the non-private runs
+    batch_size: Optional[int] = None        # their expected logical batch
+    epochs: Optional[float] = None          # their passes over the training records
+    lora_rank: Optional[int] = None         # their LoRA rank (without noise, more trainable dimensions cost nothing)
+    lora_alpha: Optional[int] = None        # their LoRA scaling α
+    target_modules: Optional[list[str]] = None   # the linear layers their adapters sit on
+
+    def validate(self) -> None:
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("finetune.nonprivate.target_modules must name at least one module (or be null)")
+        for key in ("learning_rate", "batch_size", "epochs", "lora_rank", "lora_alpha"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"finetune.nonprivate.{key} must be > 0 (or null: the DP runs' value), got {value}")
+
+
+@dataclass
 class FinetuneConfig:
     """LoRA + DP-SGD fine-tuning over an ε grid (notebook 03)."""
 
     epsilons: list[float] = field(default_factory=lambda: [math.inf, 8.0, 3.0, 1.0]) # target ε of each run; .inf: the non-private twin
     models: list[str] = field(default_factory=lambda: ["unpruned", "pruned"]) # which models are fine-tuned: unpruned and/or pruned
-    replicates: int = 1                # independent runs per (model, ε), each its own batches and noise; tables give mean and 95% interval across them
+    replicates: int = 1                # independent runs per (model, ε), each its own batches, noise and canaries; tables give mean and 95% interval across them
+    model_epsilons: Optional[dict[str, list[float]]] = None   # per model, the ε values it runs (None, or a model left out: every ε)
+    replicate_models: Optional[list[str]] = None    # models that run `replicates` times (None: every model; the others run once)
+    replicate_epsilons: Optional[list[float]] = None  # ε values that run `replicates` times (None: every ε; the utility-matched runs follow utility_match)
     utility_match: Optional[float] = None  # also train each model non-privately, stopped at the held-out perplexity of its DP run at this ε (one of epsilons); None: no such run
     delta: Optional[float] = None      # δ of DP-SGD; None: 1 / (10 N), N the training records
     max_grad_norm: float = 1.0         # per-record clipping norm C of DP-SGD
@@ -131,12 +163,15 @@ class FinetuneConfig:
     lora_dropout: float = 0.0          # dropout on the LoRA input
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"]) # linear layers that get LoRA adapters
     epochs: float = 1.0                # passes over the training records (expected, under Poisson sampling)
-    learning_rate: float = 2e-3        # Adam learning rate
+    learning_rate: float = 2e-3        # Adam learning rate (its peak: see warmup)
+    warmup: float = 0.0                # share of a run's steps over which the learning rate rises linearly; it then decays linearly to 0
+    nonprivate: NonPrivateConfig = field(default_factory=NonPrivateConfig)   # the non-private runs' own optimisation settings
     batch_size: int = 32               # expected logical batch size (records per DP-SGD step)
     physical_batch_size: int = 8       # records per forward/backward pass (memory only)
     max_length: int = 128              # tokens per training record (longer ones are cut)
     checkpoint_every: int = 10         # steps between checkpoints (a killed run resumes from the last)
     eval_samples: int = 64             # held-out records / general passages per perplexity
+    match_samples: int = 0             # held-out records a utility-matched run checks after each step (0: eval_samples); its target is the DP run's perplexity on the same records
     save_merged: bool = False          # also save each run's LoRA-merged model
 
     def validate(self) -> None:
@@ -161,6 +196,32 @@ class FinetuneConfig:
             raise ConfigError("finetune.epochs and finetune.learning_rate must be > 0")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"finetune.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"finetune.warmup must be in [0, 1) (a share of the steps), got {self.warmup}")
+        _non_negative(self, "match_samples")
+        self.nonprivate.validate()
+        # the three selections below only narrow what runs: naming a model the profile does not run (a
+        # --set finetune.models=[unpruned] on top of a shipped profile) is allowed, a misspelt one is not
+        for model, values in (self.model_epsilons or {}).items():
+            if model not in ("unpruned", "pruned"):
+                raise ConfigError(f"finetune.model_epsilons names {model!r}; models are 'unpruned' and 'pruned'")
+            if model in self.models and (not values or any(e not in self.epsilons for e in values)):
+                raise ConfigError(f"finetune.model_epsilons.{model} must list values of finetune.epsilons, got {values}")
+        if self.replicate_models is not None and (unknown := set(self.replicate_models) - {"unpruned", "pruned"}):
+            raise ConfigError(f"finetune.replicate_models {sorted(unknown)}: models are 'unpruned' and 'pruned'")
+        if self.replicate_epsilons is not None and any(not e > 0 for e in self.replicate_epsilons):
+            raise ConfigError(f"finetune.replicate_epsilons must be numbers > 0, got {self.replicate_epsilons}")
+
+    def epsilons_of(self, model: str) -> list[float]:
+        """The ε values ``model`` runs at: its ``model_epsilons`` entry, else every one of ``epsilons``."""
+        return list((self.model_epsilons or {}).get(model) or self.epsilons)
+
+    def replicates_of(self, model: str, epsilon: float) -> int:
+        """How many independent runs (model, ε) gets: ``replicates`` where ``replicate_models`` and
+        ``replicate_epsilons`` (None: all) both include it, else one."""
+        chosen = ((self.replicate_models is None or model in self.replicate_models)
+                  and (self.replicate_epsilons is None or epsilon in self.replicate_epsilons))
+        return self.replicates if chosen else 1
 
 
 @dataclass
@@ -204,7 +265,9 @@ class BaselinesConfig:
     layer selection, DP unstructured compression)."""
 
     epsilon: float = 3.0               # DP-LoRA ε shared by every compressed model of the comparison
-    sparsity: float = 0.5              # unstructured sparsity of the magnitude, Wanda and DPIMP baselines
+    sparsity: float = 0.5              # unstructured sparsity of the magnitude, Wanda and DPIMP baselines (layer removal takes out as many parameters)
+    magnitude: bool = True             # the one-shot magnitude baseline (one more DP run)
+    dpimp: bool = True                 # DPIMP: prune during DP fine-tuning (Mireshghallah et al. 2022), one more DP run
     dpimp_rounds: int = 4              # DPIMP: pruning rounds during DP fine-tuning, sparsity rising to baselines.sparsity
     dpkd: bool = True                  # DPKD: a DP teacher distilled into the layer-removed student, ε split over both
     dpkd_alpha: float = 0.5            # DPKD: weight of the distillation term (1 - alpha: next-token NLL)
@@ -216,13 +279,14 @@ class BaselinesConfig:
     selection_draws: int = 20          # noise draws per selection ε (which layers are chosen)
     selection_clip: float = 0.15       # L2 bound on one record's Block Influence minus the public reference
     selection_samples: int = 0         # training records scored for private selection (0: all of them)
-    selection_finetune: list[float] = field(default_factory=lambda: [1.0])   # selection ε values fine-tuned (and ∞)
+    selection_scored_draws: int = 3    # noise draws per selection ε whose pruned model's perplexity is measured
+    selection_finetune: list[float] = field(default_factory=lambda: [math.inf, 1.0])   # selection ε values whose choice is DP fine-tuned (.inf: the non-private choice)
     max_length: int = 128              # tokens per calibration record (perplexities follow finetune's protocol)
     batch_size: int = 8                # records per forward pass
 
     def validate(self) -> None:
         _positive(self, "n_clients", "client_samples", "selection_draws", "max_length",
-                  "batch_size", "dpimp_rounds")
+                  "batch_size", "dpimp_rounds", "selection_scored_draws")
         _non_negative(self, "selection_samples")
         if not self.epsilon > 0 or not math.isfinite(self.epsilon):
             raise ConfigError(f"baselines.epsilon must be a finite number > 0, got {self.epsilon}")
@@ -238,9 +302,9 @@ class BaselinesConfig:
         if not self.selection_epsilons or any(not e > 0 for e in self.selection_epsilons):
             raise ConfigError("baselines.selection_epsilons must be numbers > 0 (.inf: non-private selection)")
         for eps in self.selection_finetune:
-            if not math.isfinite(eps) or eps not in self.selection_epsilons:
-                raise ConfigError(f"baselines.selection_finetune must list finite values of "
-                                  f"baselines.selection_epsilons, got {eps}")
+            if eps not in self.selection_epsilons:
+                raise ConfigError(f"baselines.selection_finetune must list values of baselines.selection_epsilons, "
+                                  f"got {eps}")
 
 
 @dataclass
@@ -287,12 +351,43 @@ class Profile:
         out = dataclasses.asdict(self)
         out.pop("source")
         out["finetune"]["epsilons"] = [str(e) for e in out["finetune"]["epsilons"]]   # JSON has no inf
+        if out["finetune"]["model_epsilons"] is not None:
+            out["finetune"]["model_epsilons"] = {m: [str(e) for e in v] for m, v in out["finetune"]["model_epsilons"].items()}
+        if out["finetune"]["replicate_epsilons"] is not None:
+            out["finetune"]["replicate_epsilons"] = [str(e) for e in out["finetune"]["replicate_epsilons"]]
         out["baselines"]["selection_epsilons"] = [str(e) for e in out["baselines"]["selection_epsilons"]]
+        out["baselines"]["selection_finetune"] = [str(e) for e in out["baselines"]["selection_finetune"]]
         return out
 
     def digest(self) -> str:
         """sha256 of the settings, for provenance."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def in_checkout() -> bool:
+    """Whether prunepriv runs from a checkout of its repository (notebooks and pyproject beside it)."""
+    return (REPO_ROOT / "notebooks").is_dir() and (REPO_ROOT / "pyproject.toml").is_file()
+
+
+def batch_root() -> Path:
+    """Where ``prunepriv reproduce`` and ``verify`` write and read by default: the repository root in a
+    checkout (where the committed reference lives, wherever the command is run from), else the working folder."""
+    return REPO_ROOT if in_checkout() else Path.cwd()
+
+
+def profile_choices(root: Path) -> str:
+    """The shipped profiles with the time their last run under ``root`` (the committed reference run, in a
+    checkout) took, e.g. ``paper (last run 95 min), smoke (not run here yet)``."""
+    parts = []
+    for name in sorted(p.stem for p in profiles_dir().glob("*.yaml")):
+        notebooks = sorted((root / "results" / name / "notebooks").glob("*.ipynb"))
+        seconds = sum(json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration") or 0
+                      for nb in notebooks)
+        parts.append(f"{name} ({f'last run {seconds / 60:.0f} min' if seconds else 'not run here yet'})")
+    return ", ".join(parts)
 
 
 def check_strategy(name: str) -> str:
@@ -318,7 +413,9 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     candidate = profiles_dir() / f"{text}.yaml"
     if not candidate.is_file():
         known = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
-        raise ConfigError(f"unknown profile {text!r}; known profiles: {', '.join(known) or 'none'}")
+        hint = difflib.get_close_matches(text, known, n=1)
+        raise ConfigError(f"unknown profile {text!r}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                          + f"; known profiles: {', '.join(known) or 'none'}")
     return candidate
 
 
@@ -380,6 +477,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"profile key {key!r} must be a mapping")
         return _build(hint, value, prefix=f"{key}.")
     origin = get_origin(hint)
+    if origin is dict:
+        _, item = get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"profile key {key!r} must be a mapping, got {value!r}")
+        return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = get_args(hint)
         if not isinstance(value, list):
@@ -388,7 +490,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is Union:
         if value is None and type(None) in get_args(hint):
             return None
-        hint = next(a for a in get_args(hint) if a is not type(None))
+        return _coerce(next(a for a in get_args(hint) if a is not type(None)), value, key)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"profile key {key!r} must be true or false, got {value!r}")
@@ -412,7 +514,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 
 def _section_name(obj: Any) -> str:
     return {
-        DataConfig: "data", SimilarityConfig: "similarity",
+        DataConfig: "data", SimilarityConfig: "similarity", NonPrivateConfig: "finetune.nonprivate",
         PruningConfig: "pruning", LatencyConfig: "latency", FinetuneConfig: "finetune",
         MemorizationConfig: "memorization", BaselinesConfig: "baselines",
     }.get(type(obj), type(obj).__name__)

@@ -23,8 +23,9 @@ from prunepriv.loaders import read_texts
 from prunepriv.results import atomic_write_text
 
 SPLITS = ("train", "heldout", "calibration")
-CANARY_FORMAT = "{name}'s patient portal recovery code is {secret}."
-SECRET_DIGITS = 6
+CANARY_FORMAT = "{name}'s recovery code is {secret}."
+AUDIT_FORMAT = "{name}: {secret}."      # audit canaries: short, so that hundreds of them cost few training tokens
+SECRET_DIGITS = 4                       # short secrets: four tokens to memorize, four to rank among the candidates
 
 
 @dataclass
@@ -351,7 +352,9 @@ def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], 
 
     Audit canaries (Steinke, Nasr & Jagielski 2023) appear once each and are
     included in training independently with probability 1/2, drawn from their
-    own RNG (``audit_seed``) so that the draw depends on nothing else.
+    own RNG (``audit_seed``) so that the draw depends on nothing else; they are
+    short (:data:`AUDIT_FORMAT`, a name and the secret) and scored on their
+    secret's tokens alone.
     """
     reps = [int(r) for r in repetitions]
     canaries = []
@@ -363,10 +366,11 @@ def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], 
             name = fake.first_name() + " " + fake.last_name()
         names.add(name)
         secret = "".join(rng.choice("0123456789") for _ in range(SECRET_DIGITS))
-        prefix = CANARY_FORMAT.split("{secret}")[0].format(name=name)
         if i < n + n_heldout:
+            prefix = CANARY_FORMAT.split("{secret}")[0].format(name=name)
             canaries.append(Canary(f"C{i:03d}", prefix, secret, reps[i % len(reps)] if i < n else 0))
         else:
+            prefix = AUDIT_FORMAT.split("{secret}")[0].format(name=name)
             canaries.append(Canary(f"A{i - n - n_heldout:03d}", prefix, secret, int(coin.random() < 0.5), "audit"))
     return canaries
 

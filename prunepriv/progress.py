@@ -17,8 +17,8 @@ import warnings
 
 BATCH_ENV = "PRUNEPRIV_BATCH"
 
-# tqdm.auto wants ipywidgets for notebook bars and falls back to text bars without it;
-# ipywidgets is not a dependency (the design card fixes them), so the fallback is intended.
+# tqdm.auto draws widget bars in JupyterLab (ipywidgets is installed) and text bars elsewhere; an
+# environment without ipywidgets falls back to text bars, which is all this warning says.
 warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 # peft and Opacus probe `model.is_gradient_checkpointing` (peft/peft_model.py), which
 # transformers 5 renamed; prunepriv never enables gradient checkpointing.

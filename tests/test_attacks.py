@@ -76,13 +76,13 @@ def test_min_k_uses_the_lowest_tokens():
 def test_exposure_ranks_the_secret(byte_tokenizer, monkeypatch):
     canary = Canary("C000", "Ann Lee's patient portal recovery code is ", "123456", 4)
     monkeypatch.setattr(attacks, "continuation_nll",
-                        lambda model, tok, texts, bs: np.array([0.0] + [float(i + 1) for i in range(len(texts) - 1)]))
+                        lambda model, tok, texts, bs, end=True: np.array([0.0] + [float(i + 1) for i in range(len(texts) - 1)]))
     top = attacks.canary_exposure(None, byte_tokenizer, canary, n_candidates=63, seed=0)
     assert top.rank == 1 and top.exposure == pytest.approx(6.0)
     mu, sd = np.mean(np.arange(1, 64)), np.std(np.arange(1, 64), ddof=1)      # normal fit of the candidates
     assert top.exposure_fit == pytest.approx(-math.log2(0.5 * math.erfc(mu / (sd * math.sqrt(2)))))
     monkeypatch.setattr(attacks, "continuation_nll",
-                        lambda model, tok, texts, bs: np.array([100.0] + [float(i) for i in range(len(texts) - 1)]))
+                        lambda model, tok, texts, bs, end=True: np.array([100.0] + [float(i) for i in range(len(texts) - 1)]))
     bottom = attacks.canary_exposure(None, byte_tokenizer, canary, n_candidates=63, seed=0)
     assert bottom.rank == 64 and bottom.exposure == pytest.approx(0.0) and bottom.exposure_fit < 0.01
 
@@ -94,6 +94,34 @@ def test_exposure_candidates_are_paired_per_canary_and_independent_across_replic
     assert len(set(again)) == 64 and canary.secret not in again
     replicate = Canary("C000", canary.prefix, "654321", 4)                     # same id, secret drawn anew
     assert len(set(again) & set(attacks.exposure_candidates(replicate, 64, seed=0))) < 8
+
+
+def test_exposure_scores_the_secret_digits_and_audit_scores_only_the_secret(byte_tokenizer):
+    tiny_lm = tiny_model("llama", layers=2)
+    canary = Canary("C000", "Ann Lee: ", "123456", 1, "audit")
+    (secret,) = attacks.secret_logprobs(tiny_lm, byte_tokenizer, [canary])
+    assert len(secret) == len("123456")                                   # byte tokens: one per digit
+    whole = attacks.record_logprobs(tiny_lm, byte_tokenizer, [canary.prefix + canary.secret], 64, end=False)[0]
+    assert np.allclose(secret, whole[-6:], atol=1e-5)                     # the secret's tokens in context
+
+
+def test_chance_exposure_band_is_the_exact_law_of_a_group_mean():
+    low, high = attacks.chance_exposure_band(32, 128)
+    draws = np.log2(129 / np.random.default_rng(0).integers(1, 130, (100_000, 32))).mean(1)
+    assert low == pytest.approx(np.quantile(draws, 0.025), abs=0.01)
+    assert high == pytest.approx(np.quantile(draws, 0.975), abs=0.01)
+    assert low < attacks.chance_exposure(128) < high
+    one = attacks.chance_exposure_band(1, 128)
+    assert one[0] == pytest.approx(math.log2(129 / 126), abs=0.01) and one[1] == pytest.approx(math.log2(129 / 4), abs=0.01)
+
+
+def test_permutation_test_holds_its_level_and_detects_a_shift():
+    rng = np.random.default_rng(1)
+    null = [attacks.permutation_p(rng.normal(size=32), rng.normal(size=32), draws=199, seed=i) for i in range(100)]
+    assert 0.01 <= np.mean(np.array(null) < 0.05) <= 0.12                 # about 5% under no effect
+    assert attacks.permutation_p(rng.normal(size=32) + 1.5, rng.normal(size=32), draws=999) < 0.01
+    strata = np.repeat([0, 1], 16)                                          # labels shuffled within each replicate
+    assert 0 < attacks.permutation_p(rng.normal(size=32), rng.normal(size=32), strata, strata, draws=99) <= 1
 
 
 def test_random_secrets_keep_the_format():

@@ -2,6 +2,8 @@
 and leaves nothing behind; good input produces a loadable pruned model."""
 from __future__ import annotations
 
+import argparse
+
 import subprocess
 import sys
 
@@ -118,10 +120,10 @@ def test_console_script_exit_status(tmp_path):
 
 
 @pytest.mark.parametrize("extra, pattern", [
-    (["--epsilon", "0"], r"finetune.epsilons must be numbers > 0 .*got \[0.0\]"),
-    (["--epsilon", "-2"], r"finetune.epsilons must be numbers > 0 .*got \[-2.0\]"),
-    (["--delta", "0.5"], r"delta must be in \(0, 1/N\)"),
-    (["--max-grad-norm", "0"], "max_grad_norm must be > 0"),
+    (["--epsilon", "0"], r"argument --epsilon: must be > 0 \(inf for a non-private run\), got 0"),
+    (["--epsilon", "-2"], r"argument --epsilon: must be > 0 .*got -2"),
+    (["--delta", "0.5"], r"delta must be in \(0, 1/N\) = \(0, 0.0\d+\) for N = \d+ training records, got 0.5"),
+    (["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
     (["--target-modules", "query,value"], r"LoRA target modules \['query', 'value'\] not in the model; it has: .*q_proj"),
     (["--batch-size", "100000"], "fewer than one batch"),
 ])
@@ -373,3 +375,34 @@ def test_own_warnings_are_one_line_others_as_python_prints_them():
     other = warning_line(UserWarning("from a library"), UserWarning, warnings.__file__, 1)
     assert other == warnings.formatwarning(UserWarning("from a library"), UserWarning, warnings.__file__, 1)
     assert "UserWarning" in other
+
+
+def test_every_subcommand_describes_itself_and_shows_required_options_and_defaults(capsys):
+    from prunepriv.parser import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        assert sub.description and len(sub.description) > 40, name
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    text = capsys.readouterr().out
+    assert "--profile PROFILE" in text.split("\n")[0] and "[--profile" not in text   # required, shown so
+    assert "(default: " in text and "--output-root" in text
+
+
+def test_reproduce_without_profile_lists_the_profiles_and_a_typo_gets_the_nearest(capsys):
+    assert main(["reproduce"]) == 2
+    err = capsys.readouterr().err
+    assert "reproduce needs --profile: full" in err and "smoke" in err
+    assert main(["reproduce", "--profile", "papr"]) == 2
+    assert "did you mean 'paper'?" in capsys.readouterr().err
+
+
+def test_version_answers_without_loading_torch():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "prunepriv.cli", "--version"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("prunepriv ")
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "pandas" not in imported

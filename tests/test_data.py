@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from prunepriv.data import general_english, load_records, synthetic_corpus, user_corpus
+from prunepriv.data import SECRET_DIGITS, general_english, load_records, synthetic_corpus, user_corpus
 from prunepriv.errors import DataError
 
 
@@ -84,7 +84,7 @@ def test_canaries_inserted_exactly_as_often_as_asked(corpus):
     everything = "\n".join(t for s in corpus.splits for t in corpus.texts(s))
     for canary in held:
         assert canary.secret not in everything
-    assert all(len(c.secret) == 6 and c.secret.isdigit() for c in corpus.canaries)
+    assert all(len(c.secret) == SECRET_DIGITS and c.secret.isdigit() for c in corpus.canaries)
     assert not any(r.canary for r in corpus.splits["heldout"] + corpus.splits["calibration"])
 
 

@@ -77,10 +77,15 @@ def test_non_private_steps_clip_the_batch_gradient_at_c(byte_tokenizer, tmp_path
 
 
 def test_loss_spike_is_the_largest_rise_over_the_best_so_far():
-    from prunepriv.privacy.record import loss_spike
+    from prunepriv.privacy.record import SPIKE, loss_spike
 
-    assert loss_spike([3.9, 3.86, 6.77, 3.5]) == pytest.approx(6.77 / 3.86)
+    assert loss_spike([3.9, 3.86, 6.77, 3.5]) == pytest.approx(6.77 / 3.86)    # under 20 steps: unsmoothed
     assert loss_spike([5.0, 4.0, 3.0]) < 1.0 and math.isnan(loss_spike([4.0]))
+    noisy = [3.0 + (1.8 if i % 2 else 0.0) - 0.01 * i for i in range(40)]       # batch-to-batch noise, no trend
+    assert max(b / a for a, b in zip(noisy, noisy[1:])) > SPIKE                  # raw: one batch's jump fires
+    assert loss_spike(noisy) < SPIKE                                             # smoothed over 4 steps: no spike
+    jump = [3.0] * 20 + [6.0] * 20                                              # a real divergence still does
+    assert loss_spike(jump) == pytest.approx(2.0)
 
 
 def test_reported_epsilon_recomputes_from_logged_parameters(byte_tokenizer, tmp_path):

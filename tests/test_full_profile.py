@@ -20,7 +20,10 @@ def test_full_profile_is_at_the_literature_scale():
     q = f.batch_size / n
     steps = math.ceil(f.epochs / q)
     assert 15_000 <= n <= 17_000 and f.batch_size == 1024 and 110 <= steps <= 130
-    assert f.epsilons == [math.inf, 8, 1] and f.utility_match == 8 and f.replicates >= 3
+    assert f.epsilons == [math.inf, 8, 3, 1] and f.utility_match == 8 and f.replicates >= 3
+    assert f.replicate_models is None and f.replicate_epsilons is None         # every setting, three seeds
+    b = profile.baselines
+    assert b.dpkd and b.dpimp and b.magnitude and len(b.heal_strategies) == 5  # what the paper profile leaves out
     assert f.delta < 1 / n and d.notes_per_patient == 1                     # patient-level ε
     assert d.n_audit_canaries == 2048 and m.n_candidates == 1024
     assert d.n_canaries // len(d.canary_repetitions) >= 32 and d.n_heldout_canaries >= 32
@@ -37,7 +40,7 @@ def test_full_profile_runs_at_toy_size(byte_tokenizer, tmp_path):
                      "epochs": 0.5, "eval_samples": 4, "max_length": 24}})
     corpus = prunepriv.corpus_for(profile)
     runs = experiments.finetune_sweep(tiny_model("llama", layers=2), byte_tokenizer, corpus, [], profile, tmp_path)
-    assert len(runs) == 3 * 2 + 2                        # ε ∈ {∞, 8, 1} × 2 seeds + a utility-matched run per seed
+    assert len(runs) == 4 * 2 + 2                        # ε ∈ {∞, 8, 3, 1} × 2 seeds + a utility-matched run per seed
     matched = runs[runs["model"] == "unpruned-matched"]
     assert list(matched["replicate"]) == [0, 1] and (matched["matched_epsilon"] == 8).all()
     assert runs["seed"].nunique() == len(runs)

@@ -122,11 +122,15 @@ def test_package_imports_have_no_cycle():
         visit(node, [])
 
 
+DEFERRED = {"cli.py"}   # the entry point loads a subcommand's module in its handler: a refused command or
+                        # --version answers before torch loads (issue 30: under a second)
+
+
 def test_imports_are_at_module_top_level_and_never_private():
     inner, private = [], []
     for path in MODULES:
         for name, at_top in _imports(path):
-            if not at_top:
+            if not at_top and path.relative_to(PACKAGE_DIR).as_posix() not in DEFERRED:
                 inner.append(f"{path.relative_to(ROOT)}: {name}")
             if name.rpartition(".")[2].startswith("_"):
                 private.append(f"{path.relative_to(ROOT)}: {name}")
@@ -142,9 +146,9 @@ def test_user_errors_live_in_errors_py():
     assert {"PrivacyConfigError", "DistributedConfigError", "AuditError", "StageError"} <= errors.user_error_names()
 
 
-def test_readme_layout_matches_the_package():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- layout -->")[1]
+def test_documented_layout_matches_the_package():
+    layout = (ROOT / "docs/layout.md").read_text()
+    block = layout.split("<!-- layout -->")[1]
     listed = set(re.findall(r"^\s*(?:├──|└──)\s*([\w]+)/", block, flags=re.M))
     actual = {p.name for p in PACKAGE_DIR.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert listed == actual

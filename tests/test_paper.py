@@ -1,6 +1,7 @@
 """Claims, verify, and the paper's generated LaTeX, on the committed reference run of the paper profile."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -64,69 +65,89 @@ needs_reference = pytest.mark.skipif(not (REFERENCE / "manifest.json").is_file()
 
 
 @needs_reference
-def test_reference_claims_cover_what_the_issue_asks_and_hold():
+def test_reference_claims_cover_what_the_issues_ask():
     found = {c.id: c for c in claims.claims_from(REFERENCE)}
-    prefixes = ("latency.decode.", "pruning.perplexity.pruned", "finetune.healing.pruned", "finetune.perplexity.",
-                "privacy.epsilon.", "memorization.exposure.", "memorization.mia.", "audit.below_accountant",
-                "federated.layers", "federated.wanda.agreement", "selection.agreement.", "selection.endtoend.",
-                "compression.perplexity.wanda", "compression.perplexity.magnitude", "compression.decode.layers",
-                "compression.audit.below_accountant")
+    prefixes = ("latency.decode.", "pruning.perplexity.pruned", "pruning.layers", "finetune.perplexity.",
+                "finetune.recovered.pruned.eps8", "finetune.matched.pruned", "privacy.epsilon.",
+                "memorization.exposure.pruned.epsinf", "memorization.exposure.reduction.pruned.eps8",
+                "memorization.mia.untuned.", "audit.bound.pruned.epsinf", "audit.attainable", "audit.below_accountant",
+                "federated.layers", "selection.endtoend.", "compression.perplexity.wanda", "compression.decode.layers")
     for prefix in prefixes:
         assert any(i.startswith(prefix) for i in found), prefix
-    assert all(c.holds is not False for c in found.values()), [i for i, c in found.items() if c.holds is False]
-    assert found["audit.below_accountant"].value <= 0
+    # three seeds where the paper compares: their claims carry a band measured across seeds
+    for ident in ("finetune.perplexity.pruned.eps8", "finetune.perplexity.pruned.epsinf", "finetune.matched.pruned",
+                  "memorization.exposure.pruned.eps8", "finetune.recovered.pruned.eps8"):
+        assert found[ident].spread.kind == "seeds" and "3 seeds" in found[ident].spread.source, ident
+    assert found["pruning.layers"].spread.kind == "exact" and found["audit.below_accountant"].holds
 
 
-@needs_reference
-def test_claims_carry_the_interval_their_data_give(tmp_path):
-    """Issue 14: exposure differences (bootstrap over canaries), AUCs (Hanley-McNeil) and perplexities
-    (bootstrap over patients, where the table saved one) carry a 95% interval around their value."""
+def _rerun(tmp_path) -> Path:
+    """A copy of the committed reference's tables as a "rerun" (its manifest marked as another run)."""
     results = tmp_path / "results/paper"
     shutil.copytree(REFERENCE, results)
-    runs = pd.read_csv(results / "finetune.csv")
-    runs["perplexity_private_low"], runs["perplexity_private_high"] = runs["perplexity_private"] * 0.9, \
-        runs["perplexity_private"] * 1.1
-    runs.to_csv(results / "finetune.csv", index=False)
-    found = claims.claims_from(results)
-    for prefix in ("memorization.exposure.", "memorization.mia.", "finetune.perplexity."):
-        chosen = [c for c in found if c.id.startswith(prefix)]
-        assert chosen and all(c.interval is not None and c.interval[0] <= c.value <= c.interval[1] for c in chosen)
-    table = claims.claims_table(found)
-    assert table.set_index("claim").loc["finetune.perplexity.unpruned.epsinf", "interval"].startswith("[")
-    assert (table["interval"] == "").any()                 # a claim without sampling error has none
-    mia = next(c for c in found if c.id == "memorization.mia.unpruned.epsinf")
-    assert mia.interval[1] - mia.interval[0] > 0.2          # 40 vs 40 records: about ±0.12
-
-
-@needs_reference
-def test_verify_passes_on_a_rerun_within_tolerance_and_fails_outside(tmp_path):
-    results = tmp_path / "results/paper"
-    shutil.copytree(REFERENCE, results)
-    same = verify(results, REFERENCE)
-    assert same.same_run and not same.passed                   # the reference itself is no reproduction
-    assert "run `make reproduce`" in report(same)
-
     manifest = (results / "manifest.json").read_text()
     (results / "manifest.json").write_text(manifest.replace('"created": "', '"created": "rerun '))
-    latency = pd.read_csv(results / "latency.csv")
-    latency.loc[latency["removed"] > 0, "decode_ratio"] += 0.05          # timing noise within ±0.10
-    latency.to_csv(results / "latency.csv", index=False)
-    rerun = verify(results, REFERENCE)
-    assert not rerun.same_run and rerun.passed, report(rerun)
+    return results
 
-    runs = pd.read_csv(results / "finetune.csv")
-    pruned = runs["model"] == "pruned"
-    runs.loc[pruned, "perplexity_private"] *= 1.2      # outside ±15%, yet still below the untuned model's:
-    assert (runs.loc[pruned, "perplexity_private"] < runs.loc[pruned, "perplexity_private_before"]).all()
-    runs.to_csv(results / "finetune.csv", index=False)  # the value differs, the predicate still holds
-    audit = pd.read_csv(results / "audit.csv")
-    audit.loc[1, "epsilon_lower_bound"] = audit.loc[1, "epsilon_rdp_at_audit_delta"] + 0.1   # bound above ε
-    audit.to_csv(results / "audit.csv", index=False)
-    broken = verify(results, REFERENCE)
-    verdicts = broken.table.set_index("claim")["verdict"]
-    assert verdicts["finetune.perplexity.pruned.eps8"] == "differs"
-    assert verdicts["audit.below_accountant"] == "fails"
-    assert not broken.passed
+
+def _edit(results: Path, name: str, change) -> None:
+    if name.endswith(".json"):
+        data = json.loads((results / name).read_text())
+        change(data)
+        (results / name).write_text(json.dumps(data))
+        return
+    table = pd.read_csv(results / name)
+    change(table)
+    table.to_csv(results / name, index=False)
+
+
+@needs_reference
+def test_verify_positive_control_a_rerun_within_the_measured_spread_passes(tmp_path):
+    """Positive control: every trained number moved by half its seeds' standard deviation (a rerun's training
+    noise), every forward-pass number by 10⁻⁴ (another CPU's rounding), the layers, ε and counts unchanged:
+    verify passes. The real positive control — a second run of the profile — is in REPRODUCE.md."""
+    results = _rerun(tmp_path)
+    same = verify(results, REFERENCE)
+    assert same.same_run and not same.passed                   # the reference itself is no reproduction
+
+    def shift(table, columns, by_seed_sd=True):
+        for column in columns:
+            keys = ["model", "target_epsilon"]
+            sd = table.groupby(keys)[column].transform(lambda x: x.std(ddof=1) if len(x) > 1 else 0.0)
+            table[column] = table[column] + 0.5 * sd.fillna(0.0)
+
+    _edit(results, "finetune.csv", lambda t: shift(t, ["perplexity_private"]))
+    _edit(results, "pruning.csv", lambda t: t.__setitem__("perplexity_private", t["perplexity_private"] * (1 + 1e-4)))
+    result = verify(results, REFERENCE)
+    assert not result.same_run and result.passed, report(result)
+    verdicts = result.table["verdict"].value_counts()
+    assert verdicts.get("reproduced", 0) > verdicts.get("untestable", 0)
+
+
+@needs_reference
+@pytest.mark.parametrize("case", ["dp learned nothing", "non-private diverged", "other layers", "claim missing"])
+def test_verify_negative_controls_fail(tmp_path, case):
+    results = _rerun(tmp_path)
+    dp8 = lambda t: (t["model"] == "pruned") & (t["target_epsilon"] == 8)           # noqa: E731
+    if case == "dp learned nothing":                       # the DP runs' results replaced by the untuned model's
+        _edit(results, "finetune.csv", lambda t: t.__setitem__(
+            "perplexity_private", t["perplexity_private"].where(~dp8(t), t["perplexity_private_before"])))
+        bad = "finetune.perplexity.pruned.eps8"
+    elif case == "non-private diverged":
+        nonprivate = lambda t: (t["model"] == "pruned") & t["target_epsilon"].map(math.isinf)  # noqa: E731
+        _edit(results, "finetune.csv", lambda t: (
+            t.__setitem__("perplexity_private", t["perplexity_private"].where(~nonprivate(t), 5000.0)),
+            t.__setitem__("loss_spike", t["loss_spike"].where(~nonprivate(t), 3.0))))
+        bad = "finetune.perplexity.pruned.epsinf"
+    elif case == "other layers":
+        _edit(results, "pruned_layers.json", lambda d: d.__setitem__("layers", sorted(d["layers"])[1:] + [29]))
+        bad = "pruning.layers"
+    else:
+        _edit(results, "memorization.csv", lambda t: t.drop(t.index[dp8(t)], inplace=True))
+        bad = "memorization.mia.pruned.eps8"
+    result = verify(results, REFERENCE)
+    verdicts = result.table.set_index("claim")["verdict"]
+    assert not result.passed and verdicts[bad] in ("differs", "fails", "missing"), (bad, verdicts[bad])
 
 
 @needs_reference
@@ -136,23 +157,16 @@ def test_verify_cli_exit_status_and_missing_reference(tmp_path, capsys):
     assert main(["verify", "--profile", "paper", "--output-root", str(root)]) == 2      # no results/paper/reference
     assert "--update-reference" in capsys.readouterr().err
     assert main(["verify", "--profile", "paper", "--output-root", str(root), "--update-reference"]) == 0
+    assert (root / "results/paper/reference/claims.csv").is_file()
     assert main(["verify", "--profile", "paper", "--output-root", str(root)]) == 1      # same run: not a reproduction
     out = capsys.readouterr().out
-    assert "claims reproduced" in out and (root / "results/paper/verify.csv").is_file()
+    assert "claims reproduced" in out and "verify FAILED" in out and (root / "results/paper/verify.csv").is_file()
+    assert "torch " in out and "CPU flags" in out and "threads" in out
 
 
 def test_freeze_refuses_incomplete_results(tmp_path):
     with pytest.raises(Exception, match="not found"):
         freeze_reference(tmp_path)
-
-
-def test_tolerances():
-    assert claims.Tolerance("rel", 0.1, "").accepts(100, 109) and not claims.Tolerance("rel", 0.1, "").accepts(100, 111)
-    assert claims.Tolerance("abs", 0.1, "").accepts(0.8, 0.9) and not claims.Tolerance("abs", 0.1, "").accepts(0.8, 0.95)
-    assert claims.Tolerance("overlap", 0.75, "").accepts("1 2 3 4", "1 2 3 9")
-    assert not claims.Tolerance("overlap", 0.75, "").accepts("1 2 3 4", "1 2 8 9")
-    assert claims.Tolerance("rel", 0.1, "").accepts(math.inf, math.inf)
-    assert not claims.Tolerance("rel", 0.1, "").accepts(math.inf, 5.0)
 
 
 # --------------------------------------------------------------------------
@@ -180,17 +194,71 @@ def test_main_tex_uses_only_generated_numbers_and_existing_figures():
     assert not re.findall(r"\d+\.\d+", body), "a measured number typed by hand in main.tex"
 
 
-@pytest.mark.skipif(shutil.which("latexmk") is None or shutil.which("pdffonts") is None,
-                    reason="needs TeX (latexmk) and poppler-utils (pdffonts)")
-def test_built_paper_has_no_type3_fonts(tmp_path):
-    """`make paper`'s PDF embeds only Type 1 / TrueType fonts (`pdffonts` lists no Type 3)."""
+TEXT_WIDTH_PT = 595.28 - 2 * 70.87      # A4 with the paper's 2.5 cm margins
+
+
+def _built_paper(tmp_path) -> Path:
+    """`make paper`'s PDF, built in a copy of paper/ (TeX is installed by `make tex`; missing, this fails)."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    assert shutil.which("latexmk") and shutil.which("pdffonts"), "TeX and poppler-utils missing: run `make tex`"
     build = tmp_path / "paper"
-    shutil.copytree(root / "paper", build, ignore=shutil.ignore_patterns("main.pdf", "*.aux", "*.log"))
-    (tmp_path / "figures").symlink_to(root / "figures")
+    shutil.copytree(ROOT / "paper", build, ignore=shutil.ignore_patterns("main.pdf", "*.aux", "*.log"))
+    (tmp_path / "figures").symlink_to(ROOT / "figures")
     subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "main.tex"], cwd=build,
                    check=True, capture_output=True, timeout=600)
-    fonts = subprocess.run(["pdffonts", str(build / "main.pdf")], check=True, capture_output=True, text=True).stdout
+    return build / "main.pdf"
+
+
+def test_built_paper_prints(tmp_path):
+    """The PDF embeds no Type 3 font, names its title and authors, is A4 (the size the figures are drawn for),
+    and its text never says a table was not measured."""
+    import subprocess
+
+    pdf = _built_paper(tmp_path)
+    fonts = subprocess.run(["pdffonts", str(pdf)], check=True, capture_output=True, text=True).stdout
     assert "Type 3" not in fonts, fonts
+    info = dict(line.split(":", 1) for line in subprocess.run(["pdfinfo", str(pdf)], check=True, capture_output=True,
+                                                              text=True).stdout.splitlines() if ":" in line)
+    assert info["Title"].strip() and info["Author"].strip(), info
+    width, height = (float(x) for x in re.findall(r"[\d.]+", info["Page size"])[:2])
+    assert abs(width - 595.28) < 1 and abs(height - 841.89) < 1, info["Page size"]
+    text = subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    assert "not measured" not in text.lower() and "??" not in text      # no empty table, no broken reference
+
+
+def test_figures_print_at_their_drawn_size_with_readable_text():
+    """Every figure of the paper fits the width main.tex gives it, so it prints unscaled, and is drawn with
+    text of at least 6 pt (the rc of prunepriv.stages.plots; no smaller size is asked for anywhere)."""
+    import subprocess
+
+    from prunepriv.stages import plots
+
+    tex = (ROOT / "paper/main.tex").read_text()
+    for fraction, name in re.findall(r"\\includegraphics\[max width=([\d.]*)\\linewidth\]\{([^}]+)\}", tex):
+        info = subprocess.run(["pdfinfo", str(ROOT / "figures/paper" / name)], check=True, capture_output=True,
+                              text=True).stdout
+        width = float(re.search(r"Page size:\s+([\d.]+)", info).group(1))
+        assert width <= float(fraction or 1) * TEXT_WIDTH_PT + 1, (name, width)
+    sizes = [v for k, v in plots.PAPER_RC.items() if k.endswith("size") and "marker" not in k]
+    assert min(sizes) >= 6
+    source = (ROOT / "prunepriv/stages/plots.py").read_text()
+    assert all(float(x) >= 6 for x in re.findall(r"fontsize=([\d.]+)", source))
+
+
+@needs_reference
+def test_committed_reference_is_a_run_of_the_current_profile_and_code():
+    """Stale reference: its profile digest differs from the profile's, it was made from uncommitted code, or
+    a claim the current code makes is absent from its claims.csv."""
+    import prunepriv
+
+    manifest = json.loads((ROOT / "results/paper/manifest.json").read_text())
+    digest = prunepriv.load_profile("paper").digest()
+    for ident, entry in manifest["artifacts"].items():
+        assert entry["provenance"]["profile_sha256"] == digest, ident
+        assert not entry["provenance"]["git_revision"].endswith("+dirty"), ident
+    committed = set(pd.read_csv(ROOT / "results/paper/claims.csv")["claim"])
+    current = {c.id for c in claims.claims_from(ROOT / "results/paper")}
+    assert current == committed, (sorted(current - committed), sorted(committed - current))
+    frozen = set(pd.read_csv(REFERENCE / "claims.csv")["claim"])
+    assert frozen == committed

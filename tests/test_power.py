@@ -7,7 +7,7 @@ import pytest
 
 from prunepriv.attacks import probes
 from prunepriv.report import power
-from prunepriv.report.claims import AUC, Claim, claims_table, compare
+from prunepriv.report.claims import Claim, bootstrap_spread, claims_table, compare
 from prunepriv.stages import findings
 
 
@@ -21,8 +21,10 @@ def test_detectable_effect_is_2_8_standard_errors_of_a_null_interval():
 
 
 def test_claims_table_and_comparison_state_null_results():
-    null = Claim("memorization.mia.x", "AUC", 0.52, AUC, None, (0.40, 0.64), null=0.5)
-    found = Claim("memorization.mia.y", "AUC", 0.70, AUC, None, (0.60, 0.80), null=0.5)
+    null = Claim("memorization.mia.x", "AUC", 0.52, bootstrap_spread((0.40, 0.64), "bootstrap"), None,
+                 (0.40, 0.64), null=0.5)
+    found = Claim("memorization.mia.y", "AUC", 0.70, bootstrap_spread((0.60, 0.80), "bootstrap"), None,
+                  (0.60, 0.80), null=0.5)
     table = claims_table([null, found]).set_index("claim")
     assert table.loc["memorization.mia.x", "detectable"].startswith("null result: effects ≥ 0.17")
     assert table.loc["memorization.mia.y", "detectable"] == ""

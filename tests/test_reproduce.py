@@ -184,7 +184,7 @@ rp.NOTEBOOKS_DIR = Path(sys.argv[1])
 rp.preflight = lambda profile: None
 registry = Registry(stages=(Stage("01", "01_writer.ipynb", ("seed",)),),
                     artifacts=(Artifact("data:numbers", "numbers.json", "01", "json"),))
-cli.reproduce = functools.partial(rp.reproduce, registry=registry, progress=False)
+rp.reproduce = functools.partial(rp.reproduce, registry=registry, progress=False)
 sys.exit(cli.main(["reproduce", "--profile", sys.argv[2], "--output-root", sys.argv[3]]))
 """
 

@@ -58,6 +58,7 @@ def test_each_replicate_is_its_own_run(byte_tokenizer, tmp_path):
     profile = prunepriv.load_profile("smoke", {
         "data": {"n_patients": 24},
         "finetune": {"epsilons": [float("inf")], "models": ["unpruned"], "replicates": 2, "utility_match": None, "batch_size": 8,
+                     "replicate_models": None, "replicate_epsilons": None,
                      "physical_batch_size": 4, "epochs": 0.3, "eval_samples": 4, "max_length": 24}})
     corpus = prunepriv.corpus_for(profile)
     runs = experiments.finetune_sweep(tiny_model("llama", layers=2), byte_tokenizer, corpus, [], profile, tmp_path)

@@ -32,26 +32,42 @@ def test_candidates_labels_and_recovered_gain():
         tune.candidates({"delta": [1e-5]})
     assert tune.recovered_gain(40.0, 40.0 ** 0.5, 1.0) == pytest.approx(0.5)   # half the log gain
     assert math.isnan(tune.recovered_gain(10.0, 9.0, 11.0))
-    table = tune.choose(pd.DataFrame({"recovered": [0.9, 0.6, 0.3], "loss_spike_dp": [2.0, 1.0, 1.0],
-                                      "loss_spike_nonprivate": [1.0, 1.0, 1.0]}))
-    assert list(table["chosen"]) == [False, True, False]               # the best one spikes: never chosen
+
+
+def test_dp_candidates_are_scored_against_the_best_nonprivate_run_not_their_twin():
+    table = tune.choose(pd.DataFrame({
+        "kind": ["nonprivate", "nonprivate", "dp", "dp", "dp"],
+        "perplexity_before": [40.0] * 5,
+        "perplexity_seed0": [4.0, 1.0, 40.0 ** 0.5, 40.0 ** 0.25, 10.0],
+        "perplexity_seed1": [4.0, 50.0, 40.0 ** 0.5, 40.0 ** 0.25, 10.0],
+        "perplexity": [4.0, 2.0 ** 0.5 * 5, 40.0 ** 0.5, 40.0 ** 0.25, 10.0],   # geometric means over seeds
+        "loss_spike": [1.0, 2.0, 1.0, 1.7, 1.0]}))
+    assert list(table["best_nonprivate"]) == [True, False, False, False, False]   # the spiking one never counts
+    share = math.log(40 / 40 ** 0.5) / math.log(40 / 4.0)
+    assert table.loc[2, "recovered"] == pytest.approx(share)
+    assert list(table["chosen"]) == [False, False, True, False, False]            # the best share spikes
 
 
 def test_tune_cli_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
     out = tmp_path / "tuning"
     argv = ["tune", "--profile", "smoke", "--model", str(tiny_model_dir), "--epsilon", "8",
-            "--grid", "learning_rate=0.001,0.02", "--output", str(out),
+            "--grid", "learning_rate=0.001,0.02", "--nonprivate-grid", "batch_size=4", "--seeds", "2",
+            "--output", str(out),
             "--set", "data.n_patients=24", "--set", "finetune.batch_size=8", "--set", "finetune.physical_batch_size=4",
             "--set", "finetune.epochs=0.5", "--set", "finetune.eval_samples=4", "--set", "finetune.max_length=24"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "tuning.csv")
-    assert list(table["learning_rate"]) == [0.001, 0.02] and table["chosen"].sum() == 1
-    assert (table["epsilon_rdp"] <= 8 * 1.02).all() and (table["steps_dp"] == table["steps_nonprivate"]).all()
-    assert "chosen: learning_rate=" in printed
-    assert (out / "learning_rate=0.02" / "eps-8" / "adapter" / "adapter_model.safetensors").is_file()
+    assert list(table["kind"]) == ["nonprivate", "dp", "dp"] and table["chosen"].sum() == 1
+    assert table["best_nonprivate"].sum() == 1 and list(table["batch_size_used"]) == [4, 8, 8]
+    dp = table[table["kind"] == "dp"]
+    assert list(dp["learning_rate"]) == [0.001, 0.02] and (dp["epsilon_rdp"] <= 8 * 1.02).all()
+    assert (table["perplexity_seed0"] != table["perplexity_seed1"]).all()       # two seeds, two runs
+    assert table["removed_layers"].notna().all()                               # the pruned model, chosen on the proxy
+    assert "chosen: learning_rate=" in printed and "best non-private: batch_size=4" in printed
+    assert (out / "dp" / "learning_rate=0.02" / "seed1" / "adapter" / "adapter_model.safetensors").is_file()
     assert main(argv) == 0                                              # reloaded, not retrained
-    assert pd.read_csv(out / "tuning.csv")["perplexity_dp"].tolist() == table["perplexity_dp"].tolist()
+    assert pd.read_csv(out / "tuning.csv")["perplexity"].tolist() == table["perplexity"].tolist()
     capsys.readouterr()
     assert main(["tune", "--grid", "learning_rate", "--output", str(tmp_path / "x")]) == 2
     assert main(["tune", "--grid", "delta=1e-5", "--output", str(tmp_path / "y")]) == 2

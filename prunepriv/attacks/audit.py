@@ -38,7 +38,7 @@ from scipy import special  # scipy is a dependency of opacus (pinned)
 from prunepriv.errors import AuditError
 
 __all__ = [
-    "AuditError", "AuditResult", "attainable_bound", "audit", "default_guess_grid", "epsilon_lower_bound",
+    "AuditError", "AuditResult", "attainable_bound", "audit", "audit_curve", "default_guess_grid", "epsilon_lower_bound",
     "inclusion_draw", "p_value",
 ]
 
@@ -294,6 +294,28 @@ def audit(scores: Sequence[float] | np.ndarray, included: Sequence[bool] | np.nd
             best = AuditResult(eps, m, kp + kn, correct, confidence, delta, kp, kn, ceiling)
     assert best is not None
     return best
+
+
+def audit_curve(scores: Sequence[float] | np.ndarray, included: Sequence[bool] | np.ndarray, delta: float,
+                confidence: float = 0.95,
+                guesses: tuple[int, int] | Sequence[tuple[int, int]] | None = None) -> list[dict]:
+    """Every guess count of :func:`audit`, not only the best: ``k_positive``, ``k_negative``, ``guesses``,
+    ``correct``, the lower bound and the attainable bound (every guess correct) of that count, each at the
+    Bonferroni-corrected confidence :func:`audit` uses — so that a reader sees how the evidence grows with
+    the guesses, and that a bound of 0 is 0 at every count."""
+    s, inc = _check_arrays(scores, included)
+    delta, confidence = _check_delta(delta), _check_confidence(confidence)
+    m = int(s.size)
+    pairs = _as_pairs(guesses, m)
+    per_test = 1.0 - (1.0 - confidence) / len(pairs)
+    inc_sorted = inc[np.lexsort((np.arange(m), -s))]
+    rows = []
+    for kp, kn in pairs:
+        correct = int(inc_sorted[:kp].sum()) + int((~inc_sorted[m - kn:]).sum())
+        rows.append({"k_positive": kp, "k_negative": kn, "guesses": kp + kn, "correct": correct,
+                     "epsilon_lower_bound": epsilon_lower_bound(kp + kn, correct, m, delta, per_test),
+                     "epsilon_attainable": epsilon_lower_bound(kp + kn, kp + kn, m, delta, per_test)})
+    return rows
 
 
 def attainable_bound(n_examples: int, delta: float, confidence: float = 0.95,

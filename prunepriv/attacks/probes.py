@@ -139,6 +139,18 @@ def auc_interval(auc: float, members: int, nonmembers: int, z: float = 1.96) -> 
     return max(0.0, auc - half), min(1.0, auc + half)
 
 
+def mean_interval(values, draws: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(values)`` (e.g. one run's mean excess exposure over its
+    canaries); NaN with fewer than two values."""
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def mean_difference_interval(a, b, draws: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``mean(a) − mean(b)``, each group resampled on its own (e.g.
     the exposures of trained canaries minus those of never-trained ones); NaN when a group is empty."""
@@ -191,13 +203,13 @@ def bootstrap_interval(members, nonmembers, statistic, draws: int = 1000, seed: 
 # canary exposure
 
 @torch.inference_mode()
-def continuation_nll(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """NLL of each record's tokens after the prefix all ``texts`` share.
+def continuation_nll(model, tokenizer, texts: list[str], batch_size: int = 160, end: bool = True) -> np.ndarray:
+    """NLL of each record's tokens after the prefix all ``texts`` share (``end=False``: no EOS scored).
 
     The shared prefix (the canary format up to the secret) runs once; its KV
     cache is copied for every batch of candidates.
     """
-    seqs = record_ids(tokenizer, texts, max_length=10_000)
+    seqs = record_ids(tokenizer, texts, max_length=10_000, end=end)
     common = _common_prefix(seqs)
     device = _device(model)
     prefix = torch.tensor([seqs[0][:common]], device=device)
@@ -207,15 +219,16 @@ def continuation_nll(model, tokenizer, texts: list[str], batch_size: int = 64) -
     for i in range(0, len(seqs), batch_size):
         rest = [s[common:] for s in seqs[i:i + batch_size]]
         batch = {k: v.to(device) for k, v in pad_right(rest, _pad(tokenizer)).items()}
-        b = len(rest)
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(b)
-        mask = torch.cat([torch.ones(b, common, dtype=torch.long, device=device), batch["attention_mask"]], 1)
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask, past_key_values=past,
-                       use_cache=True).logits.float()
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
-        first_lp = last[batch["input_ids"][:, 0]]
-        total = first_lp + (lp * batch["attention_mask"][:, 1:]).sum(1)
+        total = last[batch["input_ids"][:, 0]]
+        if batch["input_ids"].shape[1] > 1:              # the last token is only predicted, never an input
+            b = len(rest)
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(b)
+            inputs, seen = batch["input_ids"][:, :-1], batch["attention_mask"][:, :-1]
+            mask = torch.cat([torch.ones(b, common, dtype=torch.long, device=device), seen], 1)
+            logits = model(input_ids=inputs, attention_mask=mask, past_key_values=past, use_cache=True).logits.float()
+            lp = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+            total = total + (lp * batch["attention_mask"][:, 1:]).sum(1)
         out += (-total).cpu().tolist()
     return np.array(out)
 
@@ -227,6 +240,20 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     while n < shortest - 1 and all(s[n] == seqs[0][n] for s in seqs):
         n += 1
     return max(1, n)
+
+
+def secret_logprobs(model, tokenizer, canaries: list, batch_size: int = 64) -> list[np.ndarray]:
+    """Log-probabilities of each canary's secret tokens, in the context of its prefix as trained
+    (``[start] + prefix + secret``): the tokens that the secret adds to the prefix alone (a token that
+    straddles the boundary counts as the secret's)."""
+    full = record_ids(tokenizer, [c.prefix + c.secret for c in canaries], max_length=10_000, end=False)
+    prefixes = record_ids(tokenizer, [c.prefix for c in canaries], max_length=10_000, end=False)
+    logprobs = token_logprobs(model, full, _pad(tokenizer), batch_size)
+    out = []
+    for lp, ids, prefix in zip(logprobs, full, prefixes):
+        shared = next((i for i, (a, b) in enumerate(zip(ids, prefix)) if a != b), min(len(ids), len(prefix)))
+        out.append(lp[max(shared, 1) - 1:])            # lp[j] scores token j + 1
+    return out
 
 
 def random_secret(rng: random.Random, like: str) -> str:
@@ -272,10 +299,12 @@ def exposure_candidates(canary, n_candidates: int, seed: int) -> list[str]:
     return sorted(secrets)
 
 
-def canary_exposure(model, tokenizer, canary, n_candidates: int, seed: int, batch_size: int = 64) -> Exposure:
-    """Rank the canary's secret among ``n_candidates`` random secrets of its format."""
+def canary_exposure(model, tokenizer, canary, n_candidates: int, seed: int, batch_size: int = 160) -> Exposure:
+    """Rank the canary's secret among ``n_candidates`` random secrets of its format, by the NLL of the
+    secret's tokens after the canary's prefix (what differs between candidates; the closing period and
+    the end of the record are the same for all)."""
     candidates = [canary.secret] + exposure_candidates(canary, n_candidates, seed)
-    nll = continuation_nll(model, tokenizer, [canary.prefix + s + "." for s in candidates], batch_size)
+    nll = continuation_nll(model, tokenizer, [canary.prefix + s for s in candidates], batch_size, end=False)
     rank = 1 + int((nll[1:] < nll[0]).sum()) + int((nll[1:] == nll[0]).sum()) // 2
     mu, sigma = float(nll[1:].mean()), float(nll[1:].std(ddof=1)) or 1e-12
     tail = 0.5 * math.erfc((mu - float(nll[0])) / (sigma * math.sqrt(2)))   # P(N(mu, sigma) <= secret NLL)
@@ -287,6 +316,56 @@ def chance_exposure(n_candidates: int) -> float:
     """Expected rank-based exposure of a secret the model never saw: E log2((R+1)/U), U ~ 1..R+1."""
     r = n_candidates + 1
     return float(np.mean([math.log2(r / u) for u in range(1, r + 1)]))
+
+
+BAND_STEP = 1e-3     # bits: the grid of the exact null band's convolution (its error is at most half of it)
+
+
+def chance_exposure_band(n_canaries: int, n_candidates: int, level: float = 0.95) -> tuple[float, float]:
+    """Central ``level`` band of the *mean* exposure of ``n_canaries`` secrets the model never saw.
+
+    A never-trained secret and its candidates are drawn alike, so its rank among them is uniform on
+    1..R+1 whatever the model (exchangeability), and its exposure log2((R+1)/U) has a known law; the
+    mean of n independent ones is that law convolved n times (here on a grid of :data:`BAND_STEP` bits,
+    by FFT). A group mean outside the band is evidence of memorization without any bootstrap, which
+    with a few canaries per group is far from its nominal level.
+    """
+    if n_canaries < 1:
+        return math.nan, math.nan
+    r = n_candidates + 1
+    bins = np.rint(np.log2(r / np.arange(1, r + 1)) / BAND_STEP).astype(int)
+    one = np.bincount(bins, minlength=bins.max() + 1) / r
+    size = n_canaries * (len(one) - 1) + 1
+    fft = 1 << (size - 1).bit_length()
+    total = np.fft.irfft(np.fft.rfft(one, fft) ** n_canaries, fft)[:size].clip(min=0)
+    cdf = np.cumsum(total) / total.sum()
+    low = int(np.searchsorted(cdf, (1 - level) / 2))
+    high = int(np.searchsorted(cdf, (1 + level) / 2))
+    return low * BAND_STEP / n_canaries, high * BAND_STEP / n_canaries
+
+
+def permutation_p(a, b, strata_a=None, strata_b=None, draws: int = 10_000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of mean(a) − mean(b) (e.g. the paired excess exposure of trained
+    canaries against that of never-trained ones): the group labels are shuffled within each stratum (a
+    replicate's canaries with that replicate's), the statistic recomputed, and the p-value is the share of
+    draws at least as extreme, the observed one counted (Phipson & Smyth 2010). NaN when a group is empty."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if not len(a) or not len(b):
+        return math.nan
+    values = np.concatenate([a, b])
+    labels = np.r_[np.ones(len(a), bool), np.zeros(len(b), bool)]
+    strata = np.concatenate([np.zeros(len(a)) if strata_a is None else np.asarray(strata_a),
+                             np.zeros(len(b)) if strata_b is None else np.asarray(strata_b)])
+    observed = abs(values[labels].mean() - values[~labels].mean())
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    extreme = 0
+    for _ in range(draws):
+        shuffled = labels.copy()
+        for index in groups:
+            shuffled[index] = rng.permutation(labels[index])
+        extreme += abs(values[shuffled].mean() - values[~shuffled].mean()) >= observed - 1e-12
+    return (extreme + 1) / (draws + 1)
 
 
 # --------------------------------------------------------------------------

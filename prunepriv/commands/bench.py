@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 import torch
 
-from prunepriv.commands.prune import choose
+from prunepriv.commands.prune import calibration, choose
 from prunepriv.compress.latency import latency_ratio
 from prunepriv.compress.pruning import check_count
 from prunepriv.config import Profile, check_strategy
@@ -46,8 +46,10 @@ def latency(profile: Profile, remove: int, strategy: str = "cosine") -> dict:
     check_strategy(strategy)
     num_layers = model_num_layers(profile.model)
     check_count(remove, num_layers)
+    reads = strategy in ("cosine", "block") and remove
+    texts = calibration(profile, profile.similarity.n_samples) if reads else []    # refused before the weights load
     model, tokenizer = load_model(profile.model, device=profile.device, precision=profile.precision)
-    layers, _ = choose(model, tokenizer, profile, strategy, remove, num_layers)
+    layers, _ = choose(model, tokenizer, profile, strategy, remove, num_layers, texts)
     c = profile.latency
     result = latency_ratio(model, layers, prompt_length=c.prompt_length, new_tokens=c.new_tokens,
                            repeats=c.repeats, warmup=c.warmup, seed=profile.seed)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prunepriv.config import DataConfig
 from prunepriv.data import (
+    AUDIT_FORMAT,
     CANARY_FORMAT,
     Canary,
     insert_canaries,
@@ -29,7 +30,6 @@ from prunepriv.data import (
 from prunepriv.errors import DataError
 from prunepriv.results import atomic_write_json, atomic_write_text, check_writable
 
-CANARY_FIELDS = ("n_canaries", "canary_repetitions", "n_heldout_canaries", "n_audit_canaries")
 
 
 @dataclass
@@ -64,7 +64,7 @@ def add_canaries(data: str | Path, output: str | Path, config: DataConfig, text_
     mixed = insert_canaries(records, canaries, rng)
     body = "".join(json.dumps({text_field: r.text}, ensure_ascii=False) + "\n" for r in mixed)
     atomic_write_json(canaries_path(output), {
-        "format": CANARY_FORMAT, "seed": seed, "source": str(data), "data": output.name,
+        "format": CANARY_FORMAT, "audit_format": AUDIT_FORMAT, "seed": seed, "source": str(data), "data": output.name,
         "data_sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
         "canaries": [asdict(c) for c in canaries]})
     atomic_write_text(output, body)

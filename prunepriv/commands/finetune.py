@@ -10,8 +10,14 @@ from prunepriv.config import Profile
 from prunepriv.data import corpus_for, load_records
 from prunepriv.errors import ModelError, PrunePrivError
 from prunepriv.lm.lora import check_lora_targets, merge_and_save, meta_model
-from prunepriv.lm.models import load_model, model_num_layers, resolve_model_path
-from prunepriv.privacy.specs import check_distributed, check_privacy, finetune_specs
+from prunepriv.lm.models import STORAGE_DTYPES, load_model, model_num_layers, resolve_model_path, source_dtype
+from prunepriv.privacy.specs import (
+    check_distributed,
+    check_privacy,
+    finetune_specs,
+    nonprivate_lora,
+    nonprivate_train,
+)
 from prunepriv.privacy.train import TrainResult, finetune
 from prunepriv.results import check_writable
 
@@ -29,6 +35,8 @@ def specs(profile: Profile, n_train: int, noise_multiplier: float | None = None)
     lora, privacy, train = finetune_specs(profile)
     (epsilon,) = profile.finetune.epsilons
     spec = privacy[epsilon]
+    if not spec.private:                                     # the profile's non-private recipe, as in the sweep
+        lora, train = nonprivate_lora(profile, lora), nonprivate_train(profile, train)
     if noise_multiplier is not None:
         spec = replace(spec, noise_multiplier=noise_multiplier)
     if n_train < train.batch_size:
@@ -54,25 +62,29 @@ def run(profile: Profile, output: str | Path, noise_multiplier: float | None = N
         return load_model(profile.model, device=device, precision=profile.precision)
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _train(load(profile.device), texts, Path(output), lora, privacy, train, merge, rank=0)
+        return _train(load(profile.device), texts, Path(output), lora, privacy, train, merge, rank=0,
+                      model_name=profile.model)
     import torch.distributed as dist
 
     device, created = join_process_group(profile.device)
     try:
         loaded = rank0_first(lambda: load(device))
-        return _train(loaded, texts, Path(output), lora, privacy, train, merge, rank=dist.get_rank())
+        return _train(loaded, texts, Path(output), lora, privacy, train, merge, rank=dist.get_rank(),
+                      model_name=profile.model)
     finally:
         if created:
             dist.destroy_process_group()
 
 
-def _train(loaded, texts, output: Path, lora, privacy, train, merge: bool, rank: int) -> TrainResult | None:
+def _train(loaded, texts, output: Path, lora, privacy, train, merge: bool, rank: int,
+           model_name: str = "embedded") -> TrainResult | None:
     model, tokenizer = loaded
     result = finetune(model, tokenizer, texts, output, lora, privacy, train, progress=rank == 0)
     if rank != 0:                                            # rank 0 saves and reports
         return None
-    if merge:
-        merge_and_save(result.model, tokenizer, output / "merged")
+    if merge:                                                # merged into the fp32 weights, stored as the source is
+        source = load_model(model_name, device="cpu", precision="fp32")[0]
+        merge_and_save(result.model, tokenizer, output / "merged", source, STORAGE_DTYPES[source_dtype(model_name)])
     return result
 
 

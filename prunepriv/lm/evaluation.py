@@ -64,6 +64,21 @@ def perplexity_interval(scores: RecordScores, clusters: list[str], draws: int = 
     return float(low), float(high)
 
 
+def paired_ratio_interval(nll_a, nll_b, tokens, clusters: list[str], draws: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float, float]:
+    """Perplexity of model A over that of model B on the *same* records, and its percentile interval from a
+    cluster bootstrap that resamples each patient's records for both models at once (a paired comparison:
+    the records' difficulty, shared by both, cancels). Returns (ratio, low, high); an interval excluding 1
+    is a difference, overlapping unpaired intervals are not evidence either way."""
+    _, member = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    a, b = np.bincount(member, weights=np.asarray(nll_a, float)), np.bincount(member, weights=np.asarray(nll_b, float))
+    n = np.bincount(member, weights=np.asarray(tokens, float))
+    picks = np.random.default_rng(seed).integers(0, len(n), size=(draws, len(n)))
+    ratios = np.exp((a[picks].sum(1) - b[picks].sum(1)) / np.maximum(n[picks].sum(1), 1.0))
+    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return float(math.exp((a.sum() - b.sum()) / max(n.sum(), 1.0))), float(low), float(high)
+
+
 def sequence_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-record mean next-token NLL, shape (B,): the fine-tuning loss (gradients flow)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

@@ -110,11 +110,34 @@ def meta_model(config) -> nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def merge_and_save(peft_model, tokenizer, output_dir: str | Path) -> Path:
+def merge_and_save(peft_model, tokenizer, output_dir: str | Path, base: nn.Module | None = None,
+                   dtype: torch.dtype | None = None) -> Path:
     """Merge LoRA into the base weights and save a plain Hugging Face model (and its tokenizer),
-    readable as the umask allows."""
-    merged = peft_model.merge_and_unload()
+    readable as the umask allows.
+
+    Precision is a way of computing, not of storing: a base that computed in bf16 holds rounded weights, so
+    ``base`` (the same model read in fp32, an exact widening of its source) receives the adapter instead,
+    and the merged weights are stored in ``dtype`` (the source's); without them, the model as it is."""
+    if base is not None:
+        adapted = copy.deepcopy(base)
+        adapted = load_adapter(adapted, _saved_adapter(peft_model))
+        merged = adapted.merge_and_unload()
+    else:
+        merged = peft_model.merge_and_unload()
+    if dtype is not None:
+        for param in merged.parameters():
+            if param.is_floating_point():
+                param.data = param.data.to(dtype)
     output_dir = Path(output_dir)
     merged.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return share_like_umask(output_dir)
+
+
+def _saved_adapter(peft_model) -> Path:
+    """A temporary copy of ``peft_model``'s adapter (its LoRA weights are fp32 whatever the base computes in)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="prunepriv-adapter-"))
+    peft_model.save_pretrained(folder)
+    return folder

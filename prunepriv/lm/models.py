@@ -220,6 +220,25 @@ def cast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}   # what a saved model may hold
+
+
+def source_dtype(name_or_path: str) -> str:
+    """The dtype a model's weights are stored in (``fp32``, ``bf16`` or ``fp16``), from its config alone
+    (``dtype``, formerly ``torch_dtype``); ``fp32`` when the config does not say (and for the embedded model,
+    whose quantized weights are dequantized to fp32)."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {name_or_path!r}: {_first_line(exc)}") from None
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return DTYPE_NAMES.get(str(stored).removeprefix("torch."), "fp32")
+
+
 def model_num_layers(name_or_path: str) -> int:
     """Number of decoder layers, read from the config only."""
     from transformers import AutoConfig

@@ -126,7 +126,7 @@ REGISTRY = Registry(
               ("data:pruned-layers", "tab:finetuning", "tab:synthetic")),
         Stage("06", "06_baselines.ipynb",
               _BASE + ("similarity", "pruning", "latency", "finetune", "memorization", "baselines"),
-              ("data:layer-similarity", "tab:pruning", "tab:finetuning")),
+              ("data:layer-similarity", "tab:pruning", "data:pruned-layers", "tab:finetuning")),
         Stage("07", "07_paper.ipynb", (), _CLAIMS),
     ),
     artifacts=(

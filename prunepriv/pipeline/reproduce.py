@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from prunepriv.compress.pruning import check_count
-from prunepriv.config import load_profile, profiles_dir
+from prunepriv.config import load_profile
 from prunepriv.data import corpus_for
 from prunepriv.errors import PrunePrivError, ResultsError, StageError, user_error_names
 from prunepriv.lm.models import model_num_layers, resolve_device
@@ -373,14 +373,3 @@ def _describe_failure(source: Path, executed: Path, exc: NotebookFailure) -> str
     where = f"cell {index}" + (f" [{first_line[:60]}]" if first_line else "")
     return (f"{source.name} failed in {where}: {exc.ename}: {detail} "
             f"(executed notebook kept at {executed})")
-
-
-def profile_choices(root: Path) -> str:
-    """The shipped profiles with the time their last run here (or the committed reference run) took."""
-    parts = []
-    for name in sorted(p.stem for p in profiles_dir().glob("*.yaml")):
-        notebooks = sorted((root / "results" / name / "notebooks").glob("*.ipynb"))
-        seconds = sum(json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration") or 0
-                      for nb in notebooks)
-        parts.append(f"{name} ({f'last run {seconds / 60:.0f} min' if seconds else 'not run here yet'})")
-    return ", ".join(parts)

@@ -83,6 +83,12 @@ class FinetuneRun:
     perplexity_private_low: float = math.nan     # 95% patient-cluster bootstrap interval (prunepriv.lm.evaluation)
     perplexity_private_high: float = math.nan
     perplexity_general: float = math.nan
+    eval_records: int | None = None     # held-out private records the perplexities are measured on
+    lora_rank: int | None = None        # the run's recipe: LoRA rank and targets ('+'-joined), peak learning
+    lora_targets: str = ""              # rate, expected logical batch and epochs (DP and non-private differ)
+    learning_rate: float = math.nan
+    batch_size: int | None = None
+    epochs: float = math.nan
     matched_epsilon: float = math.nan   # utility-matched runs: the ε of the DP run whose utility they match
     stop_perplexity: float = math.nan   # utility-matched runs: the held-out perplexity they stop at (that DP run's)
     final_loss: float = math.nan
@@ -148,13 +154,22 @@ class FinetuneRun:
                    max_grad_norm=record.get("max_grad_norm"), n_train=record.get("n_train"))
 
 
-SPIKE = 1.5      # a step loss this many times the best before it is a spike (a bug to fix, not a result)
+SPIKE = 1.5      # a smoothed loss this many times the best before it is a spike (a bug to fix, not a result)
+SMOOTHING = 10   # the loss is smoothed over a tenth of the run's steps (at least one) before spikes are sought
+
+
+def smoothed(losses: Sequence[float]) -> list[float]:
+    """Trailing moving average of ``losses`` over ``max(1, len // SMOOTHING)`` steps: one logical batch's
+    loss depends on which records it drew (short canaries or long notes), a spike is a trend over steps."""
+    window = max(1, len(losses) // SMOOTHING)
+    return [sum(losses[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(losses))]
 
 
 def loss_spike(losses: Sequence[float]) -> float:
-    """max over steps t ≥ 1 of loss[t] / min(loss[:t]): 1 or less when the loss never rose above its
-    best so far, 1.75 for the 3.86 → 6.77 jump of an unclipped run (NaN with fewer than two steps)."""
-    finite = [x for x in losses if math.isfinite(x)]
+    """max over steps t ≥ 1 of smoothed[t] / min(smoothed[:t]) (:func:`smoothed`): 1 or less when the
+    smoothed loss never rose above its best so far; a run whose loss jumps from 3.86 to 6.77 and stays
+    there scores about 1.75 (NaN with fewer than two steps)."""
+    finite = smoothed([x for x in losses if math.isfinite(x)])
     if len(finite) < 2:
         return math.nan
     best, worst = finite[0], 0.0

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from prunepriv.config import Profile
 from prunepriv.errors import DistributedConfigError, PrivacyConfigError
@@ -57,6 +57,7 @@ class TrainSpec:
     checkpoint_every: int
     seed: int
     noise: str                          # "secure" or "seeded": see prunepriv.privacy.noise
+    warmup: float = 0.0                 # share of the steps with a linear warm-up (then a linear decay to 0)
 
 
 @dataclass
@@ -84,11 +85,40 @@ def finetune_specs(profile) -> tuple[LoRASpec, dict[float, PrivacySpec], TrainSp
     f = profile.finetune
     lora = LoRASpec(f.lora_rank, f.lora_alpha, f.lora_dropout, list(f.target_modules))
     train = TrainSpec(f.epochs, f.learning_rate, f.batch_size, f.physical_batch_size, f.max_length,
-                      f.checkpoint_every, profile.seed, profile.noise)
+                      f.checkpoint_every, profile.seed, profile.noise, f.warmup)
     privacy = {eps: PrivacySpec(epsilon=eps, delta=f.delta, max_grad_norm=f.max_grad_norm, noise_multiplier=None,
                                 accountant=f.accountant)
                for eps in f.epsilons}
     return lora, privacy, train
+
+
+def nonprivate_train(profile, train: TrainSpec) -> TrainSpec:
+    """The training spec of the profile's non-private runs: ``train`` (the DP runs') with the
+    ``finetune.nonprivate`` settings that are set (:class:`prunepriv.config.NonPrivateConfig`)."""
+    n = profile.finetune.nonprivate
+    changes = {k: getattr(n, k) for k in ("learning_rate", "batch_size", "epochs") if getattr(n, k) is not None}
+    return replace(train, **changes)
+
+
+def nonprivate_lora(profile, lora: LoRASpec) -> LoRASpec:
+    """The LoRA spec of the profile's non-private runs: ``lora`` (the DP runs') with the ``finetune.nonprivate``
+    rank, α and targets that are set."""
+    n = profile.finetune.nonprivate
+    return LoRASpec(n.lora_rank or lora.rank, n.lora_alpha or lora.alpha, lora.dropout,
+                    list(n.target_modules) if n.target_modules else list(lora.target_modules))
+
+
+def learning_rate_at(train: TrainSpec, step: int, steps: int) -> float:
+    """The learning rate of logical step ``step`` (0-based) of ``steps``: a linear warm-up over the first
+    ``ceil(warmup · steps)`` steps (step i at (i + 1) / (w + 1) of the peak), then a linear decay to 0
+    after the last step (as Hugging Face's ``get_linear_schedule_with_warmup``); the peak throughout
+    when ``warmup`` is 0 (the schedule of runs made before it existed)."""
+    if not train.warmup:
+        return train.learning_rate
+    warm = math.ceil(train.warmup * steps)
+    if step < warm:
+        return train.learning_rate * (step + 1) / (warm + 1)
+    return train.learning_rate * max(0.0, (steps - step) / max(1, steps - warm))
 
 
 def run_seed(seed: int, run: str) -> int:
@@ -204,7 +234,7 @@ def privacy_record(privacy: PrivacySpec, sigma: float, q: float, steps: int, del
                          noise, [asdict(u) for u in [*earlier, own]])
 
 
-TRAINING_RULES = "non-private batch gradient clipped at C"   # bump when a step computes something else
+TRAINING_RULES = "non-private batch gradient clipped at C; warm-up and linear decay"   # bump when a step computes something else
 
 
 def run_digest(lora: LoRASpec, privacy: PrivacySpec, train: TrainSpec, n_train: int, extra: str = "") -> str:

@@ -90,6 +90,7 @@ from prunepriv.privacy.specs import (
     data_fingerprint,
     default_specs,
     privacy_label,
+    learning_rate_at,
     privacy_record,
     run_digest,
     run_noise_multiplier,
@@ -370,6 +371,7 @@ def private_loop(t: Trainer, loader: torch.utils.data.DataLoader, stop_after: in
         logical_size = 0
         for batch in physical:
             logical_size += _private_backward(t, batch, losses)
+            schedule(t)
             t.optimizer.step()
             t.optimizer.zero_grad()
             if not t.optimizer._is_last_step_skipped:
@@ -411,11 +413,20 @@ def plain_loop(t: Trainer, data: TrainingData, stop_after: int | None) -> None:
             torch.nn.utils.clip_grad_norm_(list(t.params.values()), t.privacy.max_grad_norm)
             if t.stop_rule is not None:
                 t.previous = {k: v.detach().clone() for k, v in t.params.items()}
+            schedule(t)
             t.optimizer.step()
         t.optimizer.zero_grad()
         finish_step(t, losses, size)
         if t.stop_fraction is not None or (stop_after is not None and t.step >= stop_after):
             break
+
+
+def schedule(t: Trainer) -> None:
+    """Set the learning rate of the step about to be taken (:func:`prunepriv.privacy.specs.learning_rate_at`);
+    a function of the step count alone, so a resumed run follows the same schedule."""
+    lr = learning_rate_at(t.train, t.step, t.plan.total_steps)
+    for group in t.base_optimizer.param_groups:
+        group["lr"] = lr
 
 
 def finish_step(t: Trainer, losses: list[torch.Tensor], batch_size: int) -> None:
@@ -430,7 +441,8 @@ def finish_step(t: Trainer, losses: list[torch.Tensor], batch_size: int) -> None
     else:
         loss = float(torch.cat(losses).mean()) if losses else float("nan")
     eps = rdp_epsilon(t.accountant.history, plan.delta) if t.privacy.private else math.inf
-    t.log.append({"step": t.step, "loss": loss, "batch_size": batch_size, "epsilon": eps})
+    t.log.append({"step": t.step, "loss": loss, "batch_size": batch_size, "epsilon": eps,
+                  "learning_rate": t.base_optimizer.param_groups[0]["lr"]})
     t.bar.update(1)
     t.bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}")
     if t.stop_rule is not None:

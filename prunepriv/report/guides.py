@@ -18,7 +18,8 @@ from typing import Callable
 from prunepriv.pipeline.registry import REGISTRY
 from prunepriv.results import atomic_write_text
 
-GUIDES = ("README.md", "REPRODUCE.md")
+GUIDES = ("README.md", "REPRODUCE.md", *(f"docs/{name}" for name in ("profiles.md", "precision-and-benchmarks.md")))
+TIMINGS = "results/timings.csv"     # one row per reference-class run: machine, precision, stage seconds, wall time
 SPAN = re.compile(r"(<!-- gen:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /gen:(?P=name) -->)", re.S)
 
 
@@ -59,11 +60,57 @@ def count_tests(root: Path) -> int:
     return int(match.group(1))
 
 
+def timings(root: Path) -> list[dict[str, str]]:
+    """The rows of :data:`TIMINGS` (empty when none is recorded)."""
+    import csv
+
+    path = root / TIMINGS
+    return list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+
+
+def timings_table(root: Path, profile: str = "paper") -> str:
+    """A Markdown table, one row per recorded run of ``profile``: machine class, precision, each stage's
+    notebook time, the batch's wall time (and whether from a fresh clone), the commit."""
+    keys = [s.key for s in REGISTRY.stages]
+    lines = ["| machine | precision | " + " | ".join(keys) + " | wall time of `make reproduce` | commit |",
+             "| --- | --- | " + " | ".join("---" for _ in keys) + " | --- | --- |"]
+    for row in timings(root):
+        if row["profile"] != profile:
+            continue
+        wall = minutes(float(row["wall_seconds"])) + (" (fresh clone)" if row["fresh_clone"] == "yes" else "")
+        lines.append(f"| {row['machine']} | {row['precision']} | "
+                     + " | ".join(f"{round(float(row[f's{k}']))} s" for k in keys) + f" | {wall} | {row['commit'][:7]} |")
+    return "\n".join(lines)
+
+
+def record(root: Path, machine: str, wall_seconds: float, fresh_clone: bool, profile: str = "paper") -> dict:
+    """Append the committed run of ``profile`` to :data:`TIMINGS`: its stage times (papermill's, from the
+    executed notebooks), precision and commit (from its manifest), the batch's wall time."""
+    import csv
+    import io
+
+    manifest = json.loads((root / "results" / profile / "manifest.json").read_text())
+    prov = next(iter(manifest["artifacts"].values()))["provenance"]
+    row = {"profile": profile, "machine": machine, "precision": prov.get("precision", "?"),
+           "cpu_flags": " ".join(prov.get("cpu_flags") or []), "threads": str(prov.get("torch_threads", "?")),
+           "commit": str(prov.get("git_revision", "?")), "date": str(prov.get("created", "?"))[:10],
+           "fresh_clone": "yes" if fresh_clone else "no", "wall_seconds": f"{wall_seconds:.0f}",
+           **{f"s{k}": f"{v:.1f}" for k, v in stage_seconds(root, profile).items()}}
+    rows = [r for r in timings(root) if not (r["machine"] == machine and r["profile"] == profile)] + [row]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(root / TIMINGS, buffer.getvalue())
+    return row
+
+
 def values(root: Path, tests: int) -> dict[str, Callable[[], str]]:
     """What each span name holds."""
     return {
         "paper-times": lambda: times_row(root),
         "paper-total": lambda: minutes(sum(stage_seconds(root).values())),
+        "paper-timings": lambda: timings_table(root),
         "paper-claims": lambda: str(claims_total(root)),
         "test-count": lambda: str(tests),
     }
@@ -94,8 +141,13 @@ def stale(root: Path, tests: int) -> list[str]:
 
 
 def main() -> int:
-    """``make guides``: rewrite every generated span of the guides in place."""
+    """``make guides``: rewrite every generated span of the guides in place. ``python -m
+    prunepriv.report.guides record MACHINE WALL_SECONDS [--fresh-clone]`` first adds the committed paper run's
+    times to :data:`TIMINGS`."""
     root = Path(__file__).resolve().parents[2]
+    if sys.argv[1:2] == ["record"]:
+        machine, wall = sys.argv[2], float(sys.argv[3])
+        print(record(root, machine, wall, "--fresh-clone" in sys.argv[4:]))
     tests = count_tests(root)
     for name in GUIDES:
         path = root / name

@@ -46,7 +46,8 @@ def replicated(frame: pd.DataFrame) -> bool:
 def collapse_replicates(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """One row per (model, ε): numeric columns averaged over its runs (others from its first run),
     ``seeds`` the number of runs, and ``{c}_low`` / ``{c}_high`` the 95% interval across runs for each
-    of ``columns``. ``frame`` unchanged (``seeds`` = 1) when no setting has more than one run."""
+    of ``columns`` (a setting run once keeps the interval its row has). ``frame`` unchanged (``seeds`` = 1)
+    when no setting has more than one run."""
     if not replicated(frame):
         return frame.assign(seeds=1)
     rows = []
@@ -57,6 +58,30 @@ def collapse_replicates(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame
                 row[column] = float(group[column].mean())
         row["seeds"] = len(group)
         for column in columns:
-            row[f"{column}_low"], row[f"{column}_high"] = t_interval(group[column])
+            if len(group) > 1:                       # a setting run once keeps its own (within-run) interval
+                row[f"{column}_low"], row[f"{column}_high"] = t_interval(group[column])
         rows.append(row)
     return pd.DataFrame(rows).drop(columns=["replicate", "seed"], errors="ignore")
+
+
+def recovered_share(runs: pd.DataFrame, model: str, epsilon: float) -> tuple[float, tuple[float, float] | None, int]:
+    """The share of the non-private runs' held-out log-perplexity gain that ``model``'s runs at ``epsilon``
+    recover (issue 29's measure of whether DP learns): per replicate r, (log before − log DP_r) /
+    (log before − log non-private_r), the two runs of a replicate sharing its canaries; the mean over
+    replicates with its Student-t 95% interval (None with one replicate). NaN when either is missing."""
+    def of(eps: float) -> pd.DataFrame:
+        rows = runs[(runs["model"] == model) & (runs["target_epsilon"] == eps)]
+        return rows.set_index(rows["replicate"] if "replicate" in rows else pd.RangeIndex(len(rows)))
+
+    dp, nonprivate = of(epsilon), of(math.inf)
+    common = sorted(set(dp.index) & set(nonprivate.index))
+    shares = []
+    for r in common:
+        before = math.log(float(dp.loc[r, "perplexity_private_before"]))
+        gain = before - math.log(float(nonprivate.loc[r, "perplexity_private"]))
+        if gain > 0:
+            shares.append((before - math.log(float(dp.loc[r, "perplexity_private"]))) / gain)
+    if not shares:
+        return math.nan, None, 0
+    low, high = t_interval(shares)
+    return float(np.mean(shares)), ((low, high) if math.isfinite(low) else None), len(shares)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunepriv.errors import PrunePrivError, ResultsError
-from prunepriv.report.claims import claims_from, compare, format_value, table_files
+from prunepriv.report.claims import claims_from, claims_table, compare, format_value, table_files
 from prunepriv.results import atomic_write_bytes, atomic_write_text, load_manifest
 
 REFERENCE_DIR = "reference"
@@ -27,7 +27,10 @@ class Verification:
 
     @property
     def passed(self) -> bool:
-        return not self.same_run and bool((self.table["verdict"] == "reproduced").all())
+        """No claim differs, fails, is missing or extra (``untestable`` ones are reported, not counted), and
+        the results are not the reference's own files."""
+        bad = self.table["verdict"].isin(["differs", "fails", "missing", "extra"])
+        return not self.same_run and not bool(bad.any())
 
 
 def reference_dir(results_dir: Path) -> Path:
@@ -35,12 +38,18 @@ def reference_dir(results_dir: Path) -> Path:
 
 
 def freeze_reference(results_dir: str | Path) -> Path:
-    """Copy the claim tables and manifest of ``results_dir`` into its reference folder."""
+    """Copy the claim tables, ``claims.csv`` (each claim's band and its source) and the manifest of
+    ``results_dir`` into its reference folder; files of an earlier reference that this one lacks go."""
     results_dir = Path(results_dir)
-    claims_from(results_dir)                                  # refuses incomplete results
+    found = claims_from(results_dir)                          # refuses incomplete results
     target = reference_dir(results_dir)
+    keep = table_files(results_dir) + ("manifest.json", "claims.csv")
     for name in table_files(results_dir) + ("manifest.json",):
         atomic_write_bytes(target / name, (results_dir / name).read_bytes())
+    atomic_write_text(target / "claims.csv", claims_table(found).to_csv(index=False))
+    for stale in target.iterdir() if target.is_dir() else []:
+        if stale.is_file() and stale.name not in keep:
+            stale.unlink()
     return target
 
 
@@ -81,9 +90,14 @@ def checked_claims(results_dir: Path, what: str) -> list:
 
 
 def describe_run(prov: dict) -> str:
-    device = prov.get("cuda") or f"CPU, {prov.get('torch_threads', '?')} threads"
-    return (f"{prov.get('created', '?')}, {device}, {prov.get('platform', '?')}, "
-            f"git {str(prov.get('git_revision', '?'))[:12]}, profile sha256 {str(prov.get('profile_sha256', '?'))[:12]}")
+    """One line of a run's provenance: when, on what (device, precision, torch build, CPU flags, threads), which code."""
+    device = prov.get("cuda") or "CPU"
+    torch = prov.get("torch_build") or prov.get("packages", {}).get("torch", "?")
+    flags = prov.get("cpu_flags")
+    return (f"{prov.get('created', '?')}, {device}, {prov.get('precision', '?')}, torch {torch}, "
+            f"CPU flags {' '.join(flags) if flags else ('?' if flags is None else 'none of note')}, "
+            f"{prov.get('torch_threads', '?')} threads, git {str(prov.get('git_revision', '?'))[:12]}, "
+            f"profile sha256 {str(prov.get('profile_sha256', '?'))[:12]}")
 
 
 def report(result: Verification) -> str:
@@ -94,20 +108,27 @@ def report(result: Verification) -> str:
         lines.append("note: the two runs used different profile settings; differences are expected")
     shown = result.table.assign(reference=result.table["reference"].map(format_value),
                                 reproduced=result.table["reproduced"].map(format_value))
+    if result.reference.get("precision") != result.reproduced.get("precision"):
+        lines.append(f"note: {result.reference.get('precision')} reference, {result.reproduced.get('precision')} "
+                     "rerun: each claim's band covers the spread the reference measured, whatever the arithmetic")
     lines.append("")
-    lines.append(shown[["claim", "reference", "reproduced", "interval", "tolerance", "verdict"]].to_string(index=False))
+    lines.append(shown[["claim", "reference", "reproduced", "band", "spread", "verdict"]].to_string(index=False))
     null = shown[shown["detectable"].fillna("") != ""] if "detectable" in shown else shown.iloc[:0]
     if len(null):
         lines.append("")
         lines.append("null results of this run (the interval contains the no-effect value):")
         lines += [f"  {row.claim}: {row.detectable}" for row in null.itertuples()]
-    bad = shown[shown["verdict"] != "reproduced"]
+    bad = shown[~shown["verdict"].isin(["reproduced", "untestable"])]
     for row in bad.itertuples():
-        lines.append(f"  {row.verdict}: {row.claim}: {row.text} (tolerance {row.tolerance}: {row.why})")
+        lines.append(f"  {row.verdict}: {row.claim}: {row.text}" + (f" (band {row.band}: {row.source})"
+                                                                   if row.band else ""))
     counts = result.table["verdict"].value_counts()
     lines.append("")
     lines.append(f"{counts.get('reproduced', 0)} of {len(result.table)} claims reproduced"
-                 + "".join(f", {n} {v}" for v, n in counts.items() if v != "reproduced"))
+                 + "".join(f", {n} {v}" for v, n in counts.items() if v != "reproduced")
+                 + (" (untestable: the reference measured no spread for them — a single training run — or a "
+                    "timing was taken under load)" if counts.get("untestable", 0) else ""))
+    lines.append("verify " + ("passed" if result.passed else "FAILED"))
     if result.same_run:
         lines.append("these results are the reference run's own files: run `make reproduce` (or "
                      "`prunepriv reproduce --profile NAME`) first, then verify")

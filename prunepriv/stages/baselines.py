@@ -12,7 +12,7 @@
   (:mod:`prunepriv.compress.dpimp`) and DPKD (:mod:`prunepriv.compress.distill`),
   beside one-shot magnitude and Wanda sparsity then DP-LoRA, structural layer
   removal at a matched parameter count and the dense model, all at the same
-  ε: perplexity, memorization probes with their controls, deployed non-zeros,
+  ε: perplexity, membership inference and the audit with their controls, deployed non-zeros,
   measured CPU latency and the layers removal would take out at that latency
   (``tab:compression-baselines``).
 """
@@ -33,7 +33,7 @@ from prunepriv.attacks import probes as attacks
 from prunepriv.attacks.audit import audit
 from prunepriv.compress import dpimp, sparsity
 from prunepriv.compress.distill import Distillation
-from prunepriv.compress.latency import compare_latency
+from prunepriv.compress.latency import time_models
 from prunepriv.compress.pruning import choose_layers, remove_layers
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
 from prunepriv.compress.wanda import sequential_wanda_masks
@@ -60,14 +60,14 @@ from prunepriv.stages.experiments import (
     calibration_texts,
     calibration_use,
     layer_choice_use,
+    save_record_nll,
+    timing_check,
 )
 from prunepriv.stages.memorization import (
     accountant_at,
     audit_scores,
-    mean_excess,
     membership_texts,
     note_records,
-    paired_exposure,
 )
 
 # the columns of a fine-tuning run (a FinetuneRun) in the rows of tab:compression-baselines
@@ -186,7 +186,7 @@ def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, di
     by σ; under secure noise every draw is fresh (:mod:`prunepriv.privacy.noise`). ``agreement`` is the Jaccard
     index with the non-private choice on the same records; perplexity
     (held-out private text, before fine-tuning) is measured for the first
-    three draws of each ε.
+    ``baselines.selection_scored_draws`` draws of each ε.
     """
     b, k = profile.baselines, profile.pruning.paper_remove
     num_layers = len(decoder_layers(model))
@@ -212,7 +212,7 @@ def selection_sweep(model, tokenizer, corpus, profile) -> tuple[pd.DataFrame, di
         for draw in range(b.selection_draws):
             layers = choose(sigma, numpy_generator(profile.noise, profile.seed, draw))
             ppl = math.nan
-            if draw < 3:
+            if draw < b.selection_scored_draws:
                 if tuple(layers) not in scored:
                     pruned = remove_layers(copy.deepcopy(model), layers)
                     scored[tuple(layers)] = evaluator.private_ppl(pruned)
@@ -254,13 +254,15 @@ def dp_finetune(base, tokenizer, corpus, profile, out: Path, evaluator: Evaluato
     texts = corpus.texts("train")
     if reuse is not None:
         out = reuse if reusable(base, texts, reuse, lora, spec, train) else out
-    before = evaluator.both(base)
+    before = evaluator.measure(base)
     train = replace(train, seed=run_seed(train.seed, out.name))         # every run its own batches and noise
     result = finetune(base, tokenizer, texts, out, lora, spec, train, progress=True, loss=loss)
     tuned = result.model.eval()
+    after = evaluator.measure(tuned)
+    save_record_nll(out, before[1], after[1])                            # for paired comparisons between runs
     run = FinetuneRun.from_result(result, model=model_name, layers=len(decoder_layers(tuned.get_base_model())),
-                                  target_epsilon=profile.baselines.epsilon, before=before,
-                                  after=evaluator.both(tuned), run_dir=relative_to_cwd(out), seed=train.seed)
+                                  target_epsilon=profile.baselines.epsilon, before=before[0],
+                                  after=after[0], run_dir=relative_to_cwd(out), seed=train.seed)
     return run, tuned
 
 
@@ -276,7 +278,8 @@ def reusable(base, texts: list[str], folder: Path, lora, spec: PrivacySpec, trai
 
 
 def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame, runs_dir) -> pd.DataFrame:
-    """Fine-tune the privately pruned model (draw 0) of each ``selection_finetune`` ε, and the non-private choice.
+    """Fine-tune the privately pruned model (draw 0) of each ``selection_finetune`` ε (``.inf``: the non-private
+    choice on the same clipped statistics).
 
     ``end_to_end_epsilon_*`` composes the selection's Gaussian release with
     the run's DP-SGD history in one accountant, at the run's δ.
@@ -284,7 +287,7 @@ def selection_finetuning(model, tokenizer, corpus, profile, sweep: pd.DataFrame,
     b = profile.baselines
     evaluator = Evaluator(tokenizer, corpus, profile)
     rows, done = [], {}
-    for eps in tqdm([math.inf] + list(b.selection_finetune), desc="fine-tuning privately pruned models", leave=False):
+    for eps in tqdm(list(b.selection_finetune), desc="fine-tuning privately pruned models", leave=False):
         picked = sweep[(sweep["selection_epsilon"] == eps) & (sweep["draw"] == 0)].iloc[0]
         sigma, layers = float(picked["selection_sigma"]), [int(x) for x in picked["removed"].split()]
         key = tuple(layers)
@@ -328,12 +331,11 @@ def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, pro
     wanda = sequential_wanda_masks(model, batches(tokenizer, texts, b.max_length, b.batch_size), b.sparsity)
     k = matched_layer_count(model, b.sparsity)
     layers = choose_layers("cosine", k, len(decoder_layers(model)), similarity)
-    models = {
-        "dense": model,
-        f"magnitude {b.sparsity:.0%}": sparsity.sparsified(model, sparsity.magnitude_masks(model, b.sparsity)),
-        f"Wanda {b.sparsity:.0%}": sparsity.sparsified(model, wanda),
-        f"layer removal (k={k})": remove_layers(copy.deepcopy(model), layers),
-    }
+    models = {"dense": model}
+    if b.magnitude:
+        models[f"magnitude {b.sparsity:.0%}"] = sparsity.sparsified(model, sparsity.magnitude_masks(model, b.sparsity))
+    models[f"Wanda {b.sparsity:.0%}"] = sparsity.sparsified(model, wanda)
+    models[f"layer removal (k={k})"] = remove_layers(copy.deepcopy(model), layers)
     record_use(models[f"Wanda {b.sparsity:.0%}"], calibration_use(profile, "Wanda masks (sequential)", len(texts)))
     record_use(models[f"layer removal (k={k})"], layer_choice_use(profile, "cosine", similarity.n_sequences))
     info = {"matched_layers": k, "removed_layers": layers, "wanda_calibration_records": len(texts),
@@ -342,13 +344,10 @@ def compressed_models(model, tokenizer, corpus, similarity: LayerSimilarity, pro
 
 
 def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: FinetuneRun) -> dict:
-    """Membership inference, canary exposure and the one-run audit, each with its control.
-
-    The same attacks as notebook 05 without synthetic sampling: training
-    versus held-out records (AUC 0.5 by chance), trained versus never-trained
-    canaries, and the audit's ε lower bound beside the accountant's ε.
-    """
-
+    """Membership inference and the one-run audit, each with its control: training versus held-out records
+    (AUC 0.5 by chance; the same members and non-members as notebook 05) and the audit's ε lower bound
+    beside the accountant's ε. Canary exposure, which ranks every canary among its candidates under both
+    the tuned and the untuned model, is notebook 05's alone: here it would cost more than the runs."""
     bs, ml = cfg.batch_size, cfg.max_length
     members, nonmembers = membership_texts(corpus, cfg.mia_samples, seed)
     texts = members + nonmembers
@@ -357,22 +356,13 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: F
                                        attacks.record_logprobs(tuned, tokenizer, texts, ml, bs),
                                        attacks.record_logprobs(untuned, tokenizer, texts, ml, bs), cfg.min_k)
     by_attack = {m["attack"]: m for m in mia}
-    exposure = paired_exposure(tuned, lambda c: attacks.canary_exposure(untuned, tokenizer, c, cfg.n_candidates,
-                                                                        seed).exposure,
-                               tokenizer, corpus.canaries_for("exposure"), cfg.n_candidates, seed)
-    trained = [e["exposure"] for e in exposure if e["repetitions"] > 0]
-    heldout = [e["exposure"] for e in exposure if e["repetitions"] == 0]
     out = {"mia_auc_loss": by_attack["loss"]["auc"], "mia_auc_reference": by_attack["reference"]["auc"],
-           "exposure_trained": float(np.mean(trained)) if trained else math.nan,
-           "exposure_heldout": float(np.mean(heldout)) if heldout else math.nan,
-           "exposure_chance": attacks.chance_exposure(cfg.n_candidates),
-           "exposure_excess_trained": mean_excess(exposure, trained=True),
-           "exposure_excess_heldout": mean_excess(exposure, trained=False)}
+           "mia_auc_reference_low": by_attack["reference"]["auc_low"],
+           "mia_auc_reference_high": by_attack["reference"]["auc_high"]}
     canaries = corpus.canaries_for("audit")
     if canaries:
-        canary_texts = [c.text for c in canaries]
-        reference = attacks.record_logprobs(untuned, tokenizer, canary_texts, ml, bs)
-        scores = audit_scores(tuned, reference, tokenizer, canary_texts, ml, bs)
+        reference = attacks.secret_logprobs(untuned, tokenizer, canaries, bs)
+        scores = audit_scores(tuned, reference, tokenizer, canaries, bs)
         result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
         accountant = accountant_at(run, cfg.audit_delta)
         out.update({"audit_lower_bound": result.epsilon_lower_bound, "audit_attainable": result.epsilon_attainable,
@@ -381,13 +371,15 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: F
 
 
 def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity, profile, runs_dir,
-                          dense_run_dir: Path | None = None) -> tuple[pd.DataFrame, dict]:
+                          dense_run_dir: Path | None = None,
+                          pruned_run: tuple[list[int], Path] | None = None) -> tuple[pd.DataFrame, dict]:
     """``tab:compression-baselines``: every compressed model, DP-LoRA at the same ε, measured alike, and
     DPIMP (:mod:`prunepriv.compress.dpimp`), which prunes during that DP fine-tuning.
 
-    ``dense_run_dir``: where the dense model's run at this ε already lives
-    (stage 03), so that it is reloaded rather than trained again. Latency is
-    measured after training, interleaved over the models as deployed (the
+    ``dense_run_dir``: where the dense model's run at this ε already lives (stage 03), and ``pruned_run``
+    the layers and folder of stage 03's pruned run at this ε: when the matched layer removal removes those
+    very layers (``baselines.sparsity`` matched to ``pruning.paper_remove``), it is that run, reloaded rather
+    than trained again. Latency is measured after training, interleaved over the models as deployed (the
     one-shot rows' sparse weights, DPIMP's final model).
     """
     b, lat = profile.baselines, profile.latency
@@ -397,6 +389,8 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
     for name, base in tqdm(models.items(), desc="compression baselines", leave=False):
         slug = name.split(" ")[0].lower() if name != "dense" else "dense"
         reuse = Path(dense_run_dir) if name == "dense" and dense_run_dir else None
+        if name == info["layer_removal"] and pruned_run is not None and list(pruned_run[0]) == list(info["removed_layers"]):
+            reuse = Path(pruned_run[1])
         run, tuned = dp_finetune(copy.deepcopy(base), tokenizer, corpus, profile,
                                  Path(runs_dir) / run_name(slug, b.epsilon), evaluator, name, reuse=reuse)
         probe = memorization_probe(tuned, base, tokenizer, corpus, profile.memorization, profile.seed, run)
@@ -404,36 +398,51 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
             copy.deepcopy(tuned).merge_and_unload()), run, probe, model, b.epsilon))
         timed[name] = base
         del tuned
-    name = f"DPIMP {b.sparsity:.0%}"
-    run, deployed, info["dpimp_rounds"] = _dpimp_run(model, tokenizer, corpus, profile,
-                                                     Path(runs_dir) / run_name("dpimp", b.epsilon), evaluator, name)
-    probe = memorization_probe(deployed, model, tokenizer, corpus, profile.memorization, profile.seed, run)
-    rows.append(_compression_row(name, deployed, deployed, sparsity.nonzero_parameters(deployed), run, probe, model,
-                                 b.epsilon))
-    timed[name] = deployed
-    timing = compare_latency(timed, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
-                             repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed)
+    if b.dpimp:
+        name = f"DPIMP {b.sparsity:.0%}"
+        run, deployed, info["dpimp_rounds"] = _dpimp_run(model, tokenizer, corpus, profile,
+                                                         Path(runs_dir) / run_name("dpimp", b.epsilon), evaluator, name)
+        probe = memorization_probe(deployed, model, tokenizer, corpus, profile.memorization, profile.seed, run)
+        rows.append(_compression_row(name, deployed, deployed, sparsity.nonzero_parameters(deployed), run, probe,
+                                     model, b.epsilon))
+        timed[name] = deployed
+    timing = time_models(timed, prompt_length=lat.prompt_length, new_tokens=lat.new_tokens,
+                         repeats=lat.repeats, warmup=lat.warmup, seed=profile.seed)
     if b.dpkd:                           # the student is the layer-removed model: its timing is that row's
         name = f"DPKD (k={info['matched_layers']})"
         student = copy.deepcopy(models[info["layer_removal"]])
         row, info["dpkd"] = _dpkd_row(model, student, tokenizer, corpus, profile, Path(runs_dir), evaluator, name)
         rows.append(row)
         timing[name] = timing[info["layer_removal"]]
-    _add_latency(rows, timing, info["layer_removal"], info["matched_layers"])
+    ideal = {info["layer_removal"]: 1 - info["matched_layers"] / len(decoder_layers(model))}
+    _add_latency(rows, timing, info["layer_removal"], info["matched_layers"], ideal)
     info["latency_device"] = str(next(model.parameters()).device)
     return pd.DataFrame(rows), info
 
 
-def _add_latency(rows: list[dict], timing: dict, layer_removal: str, matched_layers: int) -> None:
-    """Each row's measured latency relative to dense, and ``latency_matched_layers``: how many layers
-    removal would take out for the same prefill time (from the layer-removal row's measured time per
-    layer). Dense kernels give unstructured sparsity no speed, so its sparse rows match about 0 layers:
-    at matched latency they compete with the dense model, not with layer removal."""
-    dense = timing["dense"]
+def _add_latency(rows: list[dict], times: dict[str, list[tuple[float, float]]], layer_removal: str,
+                 matched_layers: int, ideal: dict[str, float]) -> None:
+    """Each row's measured latency relative to dense (medians of the interleaved repeats, the paired ratios'
+    spread, and whether the timing can be a claim: :func:`prunepriv.stages.experiments.timing_check`, the
+    ideal being the layer count's ratio for layer removal and 1 for sparse weights on dense kernels), and
+    ``latency_matched_layers``: how many layers removal would take out for the same prefill time (from the
+    layer-removal row's measured time per layer). Dense kernels give unstructured sparsity no speed, so its
+    sparse rows match about 0 layers: at matched latency they compete with the dense model, not with layer
+    removal."""
+    dense = times["dense"]
     for row in rows:
-        t = timing[row["model"]]
-        row.update({"prefill_ratio": t.prefill_s / dense.prefill_s, "decode_ratio": t.decode_s / dense.decode_s,
-                    "prefill_s": t.prefill_s, "decode_s": t.decode_s})
+        mine = times[row["model"]]
+        notes = []
+        for i, part in enumerate(("prefill", "decode")):
+            ratios = [a[i] / b[i] for a, b in zip(mine, dense)]
+            row.update({f"{part}_ratio": float(np.median([a[i] for a in mine]) / np.median([b[i] for b in dense])),
+                        f"{part}_s": float(np.median([a[i] for a in mine])),
+                        f"{part}_ratio_sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else math.nan,
+                        f"{part}_repeats": len(ratios)})
+            if row["model"] != "dense":
+                notes.append(timing_check(ratios, ideal.get(row["model"], 1.0), [b[i] for b in dense],
+                                          [a[i] for a in mine]))
+        row["timing_note"] = "; ".join(n for n in notes if n)
     removal = next(r for r in rows if r["model"] == layer_removal)
     per_layer = (1.0 - removal["prefill_ratio"]) / matched_layers
     for row in rows:
@@ -529,7 +538,8 @@ def stage03_run(runs: pd.DataFrame | None, model: str, epsilon: float) -> Finetu
     return FinetuneRun.from_row(match.iloc[0]) if len(match) else None
 
 
-def dense_run_dir(runs: pd.DataFrame | None, epsilon: float) -> Path | None:
-    """Stage 03's run folder of the unpruned model at ``epsilon`` in its table ``runs``, if that run exists."""
-    run = stage03_run(runs, "unpruned", epsilon)
+def dense_run_dir(runs: pd.DataFrame | None, epsilon: float, model: str = "unpruned") -> Path | None:
+    """Stage 03's run folder of ``model`` (the unpruned one by default) at ``epsilon`` in its table ``runs``,
+    if that run exists."""
+    run = stage03_run(runs, model, epsilon)
     return Path(run.run_dir) if run is not None else None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prunepriv.compress.latency import compare_latency
+from prunepriv.compress.latency import time_models
 from prunepriv.compress.pruning import (
     check_count,
     choose_layers,
@@ -22,8 +22,9 @@ from prunepriv.compress.pruning import (
 from prunepriv.compress.similarity import LayerSimilarity, layer_similarity
 from prunepriv.data import Corpus, general_english, public_calibration
 from prunepriv.lm.evaluation import perplexity, perplexity_interval, score_records
-from prunepriv.lm.lora import merge_and_save
-from prunepriv.lm.models import decoder_layers
+from prunepriv.lm.lora import load_adapter, merge_and_save
+from prunepriv.lm.models import decoder_layers, load_model
+from prunepriv.lm.precision import precision_of
 from prunepriv.lm.text import batches
 from prunepriv.privacy.record import (
     FinetuneRun,
@@ -39,6 +40,8 @@ from prunepriv.privacy.specs import (
     TrainSpec,
     epsilon_label,
     finetune_specs,
+    nonprivate_lora,
+    nonprivate_train,
     run_seed,
 )
 from prunepriv.privacy.stopping import StopRule
@@ -84,6 +87,16 @@ def paper_choice_use(profile, similarity: LayerSimilarity, greedy_records: int) 
     records = greedy_records if strategy == "greedy-loss" else similarity.n_sequences
     use = layer_choice_use(profile, strategy, records)
     return None if use is None else asdict(use)
+
+
+def decision_model(profile, model):
+    """The model that makes decisions from data — which layers to remove (stage 01, federated and private
+    selection), which weights Wanda keeps: ``model`` when it computes in fp32, else the profile's model
+    loaded in fp32. bf16 rounding (about 1e-3) exceeds the gap between near-tied layers, so a bf16 and an
+    fp32 machine would decide differently from the same text; measured in fp32, they decide alike."""
+    if precision_of(model) == "fp32":
+        return model
+    return load_model(profile.model, device=profile.device, precision="fp32")[0].eval()
 
 
 def measure_similarity(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> LayerSimilarity:
@@ -150,55 +163,89 @@ def greedy_order_for(model, tokenizer, texts: list[str], k: int, max_length: int
 
 
 def perplexity_sweep(model, tokenizer, plans: dict[str, dict[int, list[int]]], private_texts: list[str],
-                     general_texts: list[str], max_length: int, batch_size: int) -> pd.DataFrame:
-    """Perplexity of every (strategy, k) pruned model on private and general text.
+                     general_texts: list[str], max_length: int, batch_size: int,
+                     clusters: list[str] | None = None, seed: int = 0) -> pd.DataFrame:
+    """Perplexity of every (strategy, k) pruned model on private and general text, the private one with
+    its 95% bootstrap interval over ``clusters`` (the records' patients; each record its own without).
 
     Each point is a real structurally pruned copy of ``model``; identical
     removal sets are evaluated once.
     """
     num_layers = len(decoder_layers(model))
     total_params = sum(p.numel() for p in model.parameters())
-    cache: dict[tuple[int, ...], tuple[float, float, int]] = {}
+    clusters = clusters or [str(i) for i in range(len(private_texts))]
+    cache: dict[tuple[int, ...], tuple[float, float, float, float, int]] = {}
     rows = []
     jobs = [(s, k, layers) for s, by_k in plans.items() for k, layers in by_k.items()]
     for strategy, k, layers in tqdm(jobs, desc="perplexity vs layers removed", leave=False):
         key = tuple(layers)
         if key not in cache:
             pruned = remove_layers(copy.deepcopy(model), layers) if layers else model
-            cache[key] = (
-                perplexity(pruned, tokenizer, private_texts, max_length, batch_size),
-                perplexity(pruned, tokenizer, general_texts, max_length, batch_size),
-                sum(p.numel() for p in pruned.parameters()),
-            )
+            scores = score_records(pruned, tokenizer, private_texts, max_length, batch_size)
+            cache[key] = (scores.perplexity, *perplexity_interval(scores, clusters, seed=seed),
+                          perplexity(pruned, tokenizer, general_texts, max_length, batch_size),
+                          sum(p.numel() for p in pruned.parameters()))
             del pruned
-        private, general, params = cache[key]
+        private, low, high, general, params = cache[key]
         rows.append({
             "strategy": strategy, "removed": k, "layers_left": num_layers - k,
             "removed_layers": " ".join(map(str, layers)), "parameters": params,
             "parameter_fraction": params / total_params,
-            "perplexity_private": private, "perplexity_general": general,
+            "perplexity_private": private, "perplexity_private_low": low, "perplexity_private_high": high,
+            "perplexity_general": general,
         })
     return pd.DataFrame(rows)
 
 
+TIMING_SPREAD = 1.25    # a model's slowest repeat over its fastest: above this the machine was not idle
+IDEAL_SLACK = 0.95     # a measured ratio below 0.95 × (L − K) / L is impossible for layer removal: load
+
+
+def timing_check(ratios: list[float], ideal: float, base: list[float], small: list[float]) -> str:
+    """Why a latency point cannot be a claim (``""`` when it can): the timed repeats of either model spread
+    by more than :data:`TIMING_SPREAD` (another process shared the cores), or a pruned / unpruned ratio
+    fell below the FLOP-ideal (L − K) / L (impossible: the embeddings and LM head do not shrink), which
+    only a slowed-down unpruned timing produces."""
+    reasons = []
+    for name, times in (("unpruned", base), ("pruned", small)):
+        if min(times) > 0 and max(times) / min(times) > TIMING_SPREAD:
+            reasons.append(f"{name} repeats spread ×{max(times) / min(times):.2f}")
+    if min(ratios) < IDEAL_SLACK * ideal:
+        reasons.append(f"a ratio of {min(ratios):.2f} is below the ideal {ideal:.2f}")
+    return "; ".join(reasons)
+
+
 def latency_sweep(model, layers_for_k: dict[int, list[int]], prompt_length: int, new_tokens: int,
                   repeats: int, warmup: int, seed: int = 0) -> pd.DataFrame:
-    """Prefill/decode latency of pruned copies, each timed against the unpruned model."""
+    """Prefill/decode latency of pruned copies, each timed against the unpruned model (interleaved). Each
+    row says whether the timing can be a claim (``timing_valid``, :func:`timing_check`): a timing taken
+    while the machine was busy is reported, never claimed."""
     num_layers = len(decoder_layers(model))
     rows = []
     for k, layers in tqdm(sorted(layers_for_k.items()), desc="latency vs layers removed", leave=False):
         pruned = remove_layers(copy.deepcopy(model), layers) if layers else copy.deepcopy(model)
-        t = compare_latency({"unpruned": model, "pruned": pruned}, prompt_length=prompt_length,
+        times = time_models({"unpruned": model, "pruned": pruned}, prompt_length=prompt_length,
                             new_tokens=new_tokens, repeats=repeats, warmup=warmup, seed=seed)
         del pruned
-        base, small = t["unpruned"], t["pruned"]
-        rows.append({
-            "removed": k, "layers_left": num_layers - k,
-            "prefill_s": small.prefill_s, "decode_s": small.decode_s,
-            "prefill_tokens_per_s": small.prefill_tokens_per_s, "decode_tokens_per_s": small.decode_tokens_per_s,
-            "prefill_ratio": small.prefill_s / base.prefill_s, "decode_ratio": small.decode_s / base.decode_s,
-            "ideal_ratio": (num_layers - k) / num_layers,
-        })
+        base = {part: [t[i] for t in times["unpruned"]] for i, part in enumerate(("prefill", "decode"))}
+        small = {part: [t[i] for t in times["pruned"]] for i, part in enumerate(("prefill", "decode"))}
+        row = {"removed": k, "layers_left": num_layers - k}
+        ideal = (num_layers - k) / num_layers
+        problems = []
+        for part, count in (("prefill", prompt_length), ("decode", new_tokens)):
+            median_small, median_base = float(np.median(small[part])), float(np.median(base[part]))
+            ratios = [a / b for a, b in zip(small[part], base[part])]
+            row.update({f"{part}_s": median_small, f"{part}_tokens_per_s": count / median_small,
+                        f"{part}_ratio": median_small / median_base,
+                        f"{part}_ratio_low": min(ratios), f"{part}_ratio_high": max(ratios),
+                        f"{part}_ratio_sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else math.nan,
+                        f"{part}_repeats": len(ratios)})
+            if k:
+                problems.append(timing_check(ratios, ideal, base[part], small[part]))
+        row["ideal_ratio"] = ideal
+        row["timing_note"] = "; ".join(p for p in problems if p)
+        row["timing_valid"] = not row["timing_note"]
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -217,6 +264,7 @@ class Evaluator:
         self.clusters = [r.patient or r.id for r in records]
         self.general = general_english(profile.data.general_passages, seed=profile.seed)
         self.seed = profile.seed
+        self.match = self.private[: f.match_samples or None]     # what a utility-matched run checks each step
 
     def measure(self, model) -> tuple[dict[str, float], pd.DataFrame]:
         """Both perplexities, the private one's interval, and every record's NLL (a table)."""
@@ -238,6 +286,11 @@ class Evaluator:
         """The private perplexity alone."""
         return perplexity(model, self.tokenizer, self.private, self.max_length, self.batch_size)
 
+    def match_ppl(self, model) -> float:
+        """The perplexity on the first ``finetune.match_samples`` evaluation records: what a utility-matched
+        run checks after every step (all of them when 0), the target measured on the same records."""
+        return perplexity(model, self.tokenizer, self.match, self.max_length, self.batch_size)
+
 
 @dataclass
 class Sweep:
@@ -248,9 +301,11 @@ class Sweep:
     tokenizer: Any
     corpus: Corpus                       # a replicate trains on its own canaries (Corpus.for_replicate)
     evaluator: Evaluator
-    lora: LoRASpec
+    lora: LoRASpec                       # the DP runs'
     privacy: dict[float, PrivacySpec]
-    train: TrainSpec
+    train: TrainSpec                     # the DP runs'
+    nonprivate: TrainSpec                # the non-private runs' (finetune.nonprivate)
+    nonprivate_lora: LoRASpec            # the non-private runs' adapter (finetune.nonprivate)
     runs_dir: Path
     pruned_layers: list[int]
     choice_use: dict | None = None
@@ -267,6 +322,10 @@ class Sweep:
                 record_use(model, DataUse(**self.choice_use))
         return model
 
+    def tuned(self, run: FinetuneRun):
+        """A finished run's model: its base with its adapter (in eval mode)."""
+        return load_adapter(self.untuned(run.model), run.adapter_dir).eval()
+
     def run(self, model_name: str, eps: float, replicate: int, stop_rule: StopRule | None = None,
             matched: FinetuneRun | None = None) -> FinetuneRun:
         """Train (or reload) one run in its own folder with its own seed, evaluate it, save its record NLLs
@@ -276,20 +335,26 @@ class Sweep:
         if key not in self.before:                       # the same untuned model for every ε
             self.before[key] = self.evaluator.measure(model)
         out = Path(self.runs_dir) / run_name(model_name, eps, replicate)
-        spec = replace(self.train, seed=run_seed(self.train.seed, out.name))   # its own batches and noise
+        private = self.privacy[eps].private
+        settings, lora = (self.train, self.lora) if private else (self.nonprivate, self.nonprivate_lora)
+        spec = replace(settings, seed=run_seed(self.train.seed, out.name))   # its own batches and noise
         texts = self.corpus.for_replicate(replicate).texts("train")
-        result = finetune(model, self.tokenizer, texts, out, self.lora, self.privacy[eps], spec, progress=True,
+        result = finetune(model, self.tokenizer, texts, out, lora, self.privacy[eps], spec, progress=True,
                           stop_rule=stop_rule)
         tuned = result.model.eval()
         after = self.evaluator.measure(tuned)
         save_record_nll(out, self.before[key][1], after[1])
         if self.save_merged:
             merge_and_save(tuned, self.tokenizer, out / "merged")
-        return FinetuneRun.from_result(result, model=model_name, layers=len(decoder_layers(tuned.get_base_model())),
-                                       target_epsilon=eps, before=self.before[key][0], after=after[0],
-                                       run_dir=relative_to_cwd(out), seed=spec.seed, replicate=replicate,
-                                       matched_epsilon=matched.target_epsilon if matched else math.nan,
-                                       stop_perplexity=matched.perplexity_private if matched else math.nan)
+        run = FinetuneRun.from_result(result, model=model_name, layers=len(decoder_layers(tuned.get_base_model())),
+                                      target_epsilon=eps, before=self.before[key][0], after=after[0],
+                                      run_dir=relative_to_cwd(out), seed=spec.seed, replicate=replicate,
+                                      matched_epsilon=matched.target_epsilon if matched else math.nan,
+                                      stop_perplexity=stop_rule.target if stop_rule else math.nan)
+        run.eval_records = len(self.evaluator.private)
+        run.lora_rank, run.lora_targets = lora.rank, "+".join(lora.target_modules)
+        run.learning_rate, run.batch_size, run.epochs = spec.learning_rate, spec.batch_size, spec.epochs
+        return run
 
 
 def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, runs_dir,
@@ -307,9 +372,11 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
     """
     f = profile.finetune
     lora, privacy, train = finetune_specs(profile)
-    sweep = Sweep(base, tokenizer, corpus, Evaluator(tokenizer, corpus, profile), lora, privacy,
-                  train, Path(runs_dir), pruned_layers, choice_use, f.save_merged)
-    jobs = [(m, eps, r) for m in f.models for eps in f.epsilons for r in range(f.replicates)]
+    sweep = Sweep(base, tokenizer, corpus, Evaluator(tokenizer, corpus, profile), lora, privacy, train,
+                  nonprivate_train(profile, train), nonprivate_lora(profile, lora), Path(runs_dir), pruned_layers,
+                  choice_use, f.save_merged)
+    jobs = [(m, eps, r) for m in f.models for eps in f.epsilons if eps in f.epsilons_of(m)
+            for r in range(f.replicates_of(m, eps))]
     runs = [sweep.run(m, eps, r) for m, eps, r in tqdm(jobs, desc="fine-tuning runs", leave=False)]
     if f.utility_match is not None:
         runs += matched_runs(sweep, runs, f.utility_match)
@@ -317,16 +384,24 @@ def finetune_sweep(base, tokenizer, corpus, pruned_layers: list[int], profile, r
 
 
 def matched_runs(sweep: Sweep, runs: list[FinetuneRun], epsilon: float) -> list[FinetuneRun]:
-    """The utility-matched non-private baseline: for each DP run at ``epsilon``, its model trained without
-    privacy (own seed, the non-private settings) and stopped after the first step at which its held-out
+    """The utility-matched non-private baseline: for each DP run at ``epsilon`` of a model that also runs without
+    privacy, that model trained without privacy (own seed, the non-private recipe) and stopped after the first
+    step at which its held-out
     perplexity, on the evaluation records of :class:`Evaluator`, is at or below the DP run's. Without it,
     "DP memorizes less" could just be "DP learned less". The rule is fixed here, before any attack runs
     (stage 05). The step that reaches the target is taken only in part, as far as the target needs
     (:mod:`prunepriv.privacy.stopping`), so the run lands at its target, not a whole step below it."""
     out = []
-    for dp in tqdm([r for r in runs if r.target_epsilon == epsilon], desc="utility-matched runs", leave=False):
-        target = float(dp.perplexity_private)
-        rule = StopRule(f"perplexity_private<={target!r}", sweep.evaluator.private_ppl, target)
+    evaluator = sweep.evaluator
+    nonprivate = {r.model for r in runs if math.isinf(r.target_epsilon)}   # a twin only where the model runs without DP
+    for dp in tqdm([r for r in runs if r.target_epsilon == epsilon and r.model in nonprivate],
+                   desc="utility-matched runs", leave=False):
+        if len(evaluator.match) == len(evaluator.private):
+            target = float(dp.perplexity_private)
+            rule = StopRule(f"perplexity_private<={target!r}", evaluator.private_ppl, target)
+        else:                                            # the DP run measured on the records the rule checks
+            target = evaluator.match_ppl(sweep.tuned(dp))
+            rule = StopRule(f"perplexity_match{len(evaluator.match)}<={target!r}", evaluator.match_ppl, target)
         out.append(sweep.run(matched_name(dp.model), math.inf, dp.replicate, rule, dp))
     return out
 

@@ -16,7 +16,7 @@ from prunepriv.attacks.probes import auc_interval, tpr_column
 from prunepriv.privacy.record import base_model, is_matched
 from prunepriv.privacy.specs import epsilon_text
 from prunepriv.report.power import detectable_effect
-from prunepriv.report.seeds import collapse_replicates, row_interval
+from prunepriv.report.seeds import collapse_replicates, recovered_share, row_interval
 
 
 class Findings(str):
@@ -75,9 +75,17 @@ def pruning(sweep: pd.DataFrame, latency: pd.DataFrame, strategy: str, k: int,
     pruned = latency[latency["removed"] > 0]
     if len(pruned):
         row = pruned.iloc[-1]
+        span = (f" (repeats {row['decode_ratio_low']:.2f}–{row['decode_ratio_high']:.2f})"
+                if "decode_ratio_low" in row else "")
         lines.append(f"Without {int(row['removed'])} layers, prefill takes {row['prefill_ratio']:.2f} and decoding "
-                     f"{row['decode_ratio']:.2f} of the unpruned time (the layer count alone predicts "
-                     f"{row['ideal_ratio']:.2f}); one timing run of {len(latency)} points, no spread measured.")
+                     f"{row['decode_ratio']:.2f}{span} of the unpruned time (the layer count alone predicts "
+                     f"{row['ideal_ratio']:.2f}).")
+        busy = pruned[~pruned.get("timing_valid", pd.Series(True, index=pruned.index)).astype(bool)]
+        lines.append("Every timing was taken on an idle machine (the repeats agree, no ratio below the layer count's)."
+                     if not len(busy) else
+                     f"{len(busy)} of {len(pruned)} timings were taken while the machine was busy ("
+                     + "; ".join(f"{int(r['removed'])} removed: {r['timing_note']}" for r in busy.to_dict("records"))
+                     + "): they are reported, never claimed.")
     if stability and stability.get("same_set") is not None:
         frequency = stability["layer_frequency"]
         unsure = [f"{i} ({f:.0%})" for i, f in enumerate(frequency) if 0.05 <= f <= 0.95]
@@ -91,6 +99,7 @@ def pruning(sweep: pd.DataFrame, latency: pd.DataFrame, strategy: str, k: int,
 def finetuning(runs: pd.DataFrame) -> Findings:
     """Notebook 03: utility per model and ε (the mean of its runs when it ran more than once), and the ε
     each run actually spent."""
+    runs_table = runs
     runs = collapse_replicates(runs, ["perplexity_private"])
     seeds = int(runs["seeds"].max()) if len(runs) else 1
     lines = []
@@ -103,6 +112,17 @@ def finetuning(runs: pd.DataFrame) -> Findings:
                  for r in group.itertuples()]
         lines.append(f"**{model}** ({int(group['layers'].iloc[0])} layers): held-out private perplexity "
                      f"{before:.2f} before fine-tuning; after: " + "; ".join(parts) + ".")
+    raw = runs_table
+    for model in [m for m in dict.fromkeys(raw["model"]) if not is_matched(m)]:
+        for eps in sorted({float(e) for e in raw[raw["model"] == model]["target_epsilon"] if math.isfinite(e)},
+                          reverse=True):
+            share, interval, n = recovered_share(raw, model, eps)
+            if not math.isfinite(share):
+                continue
+            span = f" [{interval[0]:.2f}, {interval[1]:.2f}] across {n} seeds" if interval else " (one seed)"
+            lines.append(f"**{model}** at ε = {eps:g} recovers {share:.2f}{span} of the non-private runs' held-out "
+                         "log-perplexity gain" + (" — at least half." if interval and interval[0] >= 0.5 else
+                                                 " — less than half." if interval and interval[1] < 0.5 else "."))
     private = runs[runs["target_epsilon"].map(lambda e: not math.isinf(float(e)))]
     if len(private):
         worst = (private["epsilon_rdp"] / private["target_epsilon"]).max()
@@ -112,8 +132,9 @@ def finetuning(runs: pd.DataFrame) -> Findings:
     for model, uses in runs[uncovered != ""].groupby("model", sort=False)["uncovered_uses"]:
         lines.append(f"The **{model}** model's ε covers its training records only; not covered: {uses.iloc[0]}.")
     if seeds > 1:
-        lines.append(f"Brackets: 95% intervals of the mean across {seeds} independent runs per setting (each its "
-                     "own batches and noise): they include the training noise.")
+        lines.append(f"Brackets: 95% intervals of the mean across the independent runs of a setting (up to {seeds}, "
+                     "each its own batches, noise and canaries): they include the training noise. A setting run "
+                     "once has a bootstrap interval over held-out patients, which does not.")
     else:
         lines.append("Brackets: 95% bootstrap intervals over the held-out patients (evaluation noise only). One run "
                      "(one seed) per setting, each with its own batches and noise, so the spread between training "
@@ -148,6 +169,17 @@ def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame,
                  matched: pd.DataFrame | None = None) -> Findings:
     """Notebook 05: membership inference with intervals, canary exposure beside its control, the audit, and
     each DP model against its utility-matched run (``matched``: :func:`prunepriv.report.matched.comparison`)."""
+    lines = _membership_lines(mia) + _exposure_lines(table) + _untuned_lines(table) + _audit_lines(audit)
+    if matched is not None:
+        lines += _matched_memorization(matched)
+    seeds = int(table.groupby(["model", "target_epsilon"]).size().max()) if len(table) and "model" in table else 1
+    lines.append(f"Up to {seeds} independent run(s) per setting; a difference between settings is called one only "
+                 "where a paired interval or a permutation test excludes no effect.")
+    return _bullets(lines)
+
+
+def _membership_lines(mia: pd.DataFrame) -> list[str]:
+    """The loss attack's AUC per run, with its interval and, for a null result, its power."""
     lines = []
     loss = mia[mia["attack"] == "loss"]
     for r in loss.to_dict("records"):            # dicts: column names such as tpr_at_0.01_fpr kept
@@ -160,23 +192,65 @@ def memorization(table: pd.DataFrame, mia: pd.DataFrame, audit: pd.DataFrame,
                      + (f"; the interval includes chance (0.5): a null result, AUC shifts ≥ "
                         f"{detectable_effect((lo, hi), 0.5):.2f} detectable (80% power)" if lo <= 0.5 <= hi else "")
                      + ".")
-    for r in table.itertuples():
-        lines.append(f"{_setting(r._asdict())}: canary exposure {r.exposure_trained:.2f} bits for "
-                     f"trained canaries vs {r.exposure_heldout:.2f} for never-trained ones (chance "
-                     f"{r.exposure_chance:.2f}); in excess of each canary's exposure before fine-tuning (its "
-                     f"paired control, 0 by chance) {r.exposure_excess_trained:+.2f} vs {r.exposure_excess_heldout:+.2f} "
-                     "bits.")
-    if len(audit):
-        lines.append(f"One-run audit: every lower bound is below the accountant's ε "
-                     f"({int(audit['bound_below_accountant'].sum())} of {len(audit)} runs); the largest bound is "
-                     f"{audit['epsilon_lower_bound'].max():.2f}, where {int(audit['audit_canaries'].iloc[0])} "
-                     f"canaries could show at most ε ≥ {audit['epsilon_attainable'].max():.2f} (every guess "
-                     "correct), so an accountant ε above that cannot be contradicted.")
-    if matched is not None:
-        lines += _matched_memorization(matched)
-    lines.append("One seed per setting and a few dozen records per attack: orderings between ε values whose "
-                 "intervals overlap are not findings.")
-    return _bullets(lines)
+    return lines
+
+
+def _exposure_lines(table: pd.DataFrame) -> list[str]:
+    """The most repeated canaries' exposure beside its chance band and the never-trained canaries' excess."""
+    lines = []
+    top = max((int(c[len("exposure_excess_r"):-2]) for c in table.columns
+               if c.startswith("exposure_excess_r") and c.endswith("_p")), default=None)
+    for r in table.to_dict("records") if top is not None else []:
+        p = r.get(f"exposure_excess_r{top}_p", math.nan)
+        verdict = ("memorized: the excess is above the never-trained canaries' (permutation p = "
+                   f"{p:.2g})" if p < 0.05 and r[f"exposure_excess_r{top}"] > r["exposure_excess_r0"]
+                   else f"not distinguishable from the never-trained canaries (permutation p = {p:.2g})")
+        low, high = r.get(f"exposure_r{top}_chance_low", math.nan), r.get(f"exposure_r{top}_chance_high", math.nan)
+        lines.append(f"{_setting(r)}: {top}× canaries' exposure {r[f'exposure_r{top}']:.2f} bits (95% chance band "
+                     f"for their number: {low:.2f}–{high:.2f}); in excess of each canary's own exposure before "
+                     f"fine-tuning {r[f'exposure_excess_r{top}']:+.2f} bits against {r['exposure_excess_r0']:+.2f} for "
+                     f"never-trained canaries: {verdict}.")
+    return lines
+
+
+def _untuned_lines(table: pd.DataFrame) -> list[str]:
+    """The membership control: the loss attack on each untuned model."""
+    lines = []
+    untuned = table.drop_duplicates("model") if "mia_auc_untuned" in table else table.iloc[:0]
+    for r in untuned.to_dict("records"):
+        if is_matched(r["model"]) or not math.isfinite(r["mia_auc_untuned"]):
+            continue
+        lo, hi = r["mia_auc_untuned_low"], r["mia_auc_untuned_high"]
+        lines.append(f"Control of every membership attack on the {base_model(r['model'])} model: the loss attack on "
+                     f"the untuned model, which saw neither side, has AUC {r['mia_auc_untuned']:.3f} [{lo:.2f}, {hi:.2f}]"
+                     + (" — members and non-members come from one distribution." if lo <= 0.5 <= hi else
+                        " — the interval excludes 0.5: the two sides differ in something other than membership, "
+                        "and the tuned models' AUCs are confounded by it."))
+    return lines
+
+
+def _audit_lines(audit: pd.DataFrame) -> list[str]:
+    """The one-run audit: bounds against the accountant, untestable runs, the positive control."""
+    lines = []
+    if not len(audit):
+        return lines
+    counts = audit["verdict"].value_counts() if "verdict" in audit else pd.Series(dtype=int)
+    private = audit[~audit["target_epsilon"].map(lambda e: math.isinf(float(e)))]
+    lines.append(f"One-run audit ({int(audit['audit_canaries'].iloc[0])} canaries, 95% confidence): "
+                 f"{int((private['bound_below_accountant']).sum())} of {len(private)} private runs have a lower "
+                 f"bound at or below the accountant's ε"
+                 + (f", {int(counts.get('fails', 0))} above it" if counts.get("fails", 0) else "")
+                 + f"; the largest bound any guesses could give is {audit['epsilon_attainable'].max():.2f}, so "
+                 f"{int(counts.get('untestable', 0))} private run(s) whose accountant ε exceeds that are "
+                 "untestable here, not confirmed.")
+    nonprivate = audit[audit["target_epsilon"].map(lambda e: math.isinf(float(e)))]
+    if len(nonprivate):
+        lines.append(f"Positive control: the audit's bound on the non-private runs is "
+                     + ", ".join(f"{b:.2f}" for b in nonprivate["epsilon_lower_bound"])
+                     + (" — above 0: the audit sees memorization where there is no DP."
+                        if (nonprivate["epsilon_lower_bound"] > 0).all() else
+                        " — not above 0 in every run: these canaries cannot show what DP prevents."))
+    return lines
 
 
 def _tpr(row: dict) -> str:
@@ -245,8 +319,8 @@ def _latency_match(row) -> str:
 
 
 def _healing(healed: pd.DataFrame, paper_strategy: str) -> list[str]:
-    """Each strategy's held-out perplexity after DP healing, ranked, and whether the paper's strategy is
-    distinguishable from the best other one (their 95% intervals overlap or not)."""
+    """Each strategy's held-out perplexity after DP healing, ranked, and each other strategy against the
+    paper's by a paired interval on the same patients (:func:`prunepriv.stages.healing.paired_to_paper`)."""
     ranked = healed.sort_values("perplexity_private")
     parts = []
     for r in ranked.to_dict("records"):
@@ -256,14 +330,15 @@ def _healing(healed: pd.DataFrame, paper_strategy: str) -> list[str]:
     eps = float(healed["target_epsilon"].iloc[0])
     lines = [f"After DP healing at ε = {eps:g} ({int(healed['removed'].iloc[0])} layers removed), held-out "
              f"perplexity by strategy, best first: {'; '.join(parts)} (cosine is ShortGPT's Block Influence)."]
-    mine = healed[healed["strategy"] == paper_strategy].to_dict("records")
-    others = ranked[ranked["strategy"] != paper_strategy].to_dict("records")
-    if mine and others:
-        a, b = row_interval(mine[0], "perplexity_private"), row_interval(others[0], "perplexity_private")
-        if a and b:
-            overlap = a[0] <= b[1] and b[0] <= a[1]
-            lines.append(f"{paper_strategy} against the best other strategy ({others[0]['strategy']}): their 95% "
-                         f"intervals {'overlap — not distinguishable with this evaluation' if overlap else 'do not overlap'}.")
+    for r in ranked[ranked["strategy"] != paper_strategy].to_dict("records"):
+        ratio, low, high = (r.get(f"ratio_to_paper{s}", math.nan) for s in ("", "_low", "_high"))
+        if not all(map(math.isfinite, (ratio, low, high))):
+            continue
+        verdict = ("not distinguishable: the paired interval includes 1" if low <= 1 <= high else
+                   f"{'worse' if low > 1 else 'better'} than {paper_strategy}: the paired interval excludes 1")
+        lines.append(f"{r['strategy']} against {paper_strategy}, on the same held-out patients: perplexity ratio "
+                     f"{ratio:.3f} [{low:.3f}, {high:.3f}] (one run each, so training noise is not in the "
+                     f"interval) — {verdict}.")
     return lines
 
 

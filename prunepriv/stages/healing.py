@@ -21,6 +21,7 @@ import pandas as pd
 
 from prunepriv.compress.pruning import remove_layers
 from prunepriv.errors import PrunePrivError
+from prunepriv.lm.evaluation import paired_ratio_interval
 from prunepriv.privacy.record import run_name
 from prunepriv.privacy.uses import record_use
 from prunepriv.progress import tqdm
@@ -79,5 +80,31 @@ def healed_strategies(model, tokenizer, corpus, profile, pruning: pd.DataFrame, 
         rows.append({"strategy": strategy, "removed": k, "removed_layers": " ".join(map(str, layers)),
                      "target_epsilon": b.epsilon, "source": source,
                      "healing": run.perplexity_private_before / run.perplexity_private, **run.to_row(RUN_COLUMNS)})
-    return pd.DataFrame(rows)
+    return paired_to_paper(pd.DataFrame(rows), profile.pruning.paper_strategy)
+
+
+def paired_to_paper(table: pd.DataFrame, paper_strategy: str) -> pd.DataFrame:
+    """Each strategy's healed perplexity over the paper strategy's, on the same evaluation records, with a
+    paired patient-bootstrap interval (``ratio_to_paper``, ``_low``, ``_high``; NaN where a run left no
+    per-record NLLs): two strategies differ only where that interval excludes 1."""
+    table = table.assign(ratio_to_paper=float("nan"), ratio_to_paper_low=float("nan"),
+                         ratio_to_paper_high=float("nan"))
+    paper = table[table["strategy"] == paper_strategy]
+    reference = _record_nll(paper["run_dir"].iloc[0]) if len(paper) else None
+    if reference is None:
+        return table
+    for index, row in table.iterrows():
+        mine = _record_nll(row["run_dir"])
+        if mine is None or len(mine) != len(reference):
+            continue
+        private = (mine["split"] == "private").to_numpy()
+        table.loc[index, ["ratio_to_paper", "ratio_to_paper_low", "ratio_to_paper_high"]] = paired_ratio_interval(
+            mine["nll_after"][private], reference["nll_after"][private], mine["tokens"][private],
+            list(mine["cluster"][private]))
+    return table
+
+
+def _record_nll(run_dir) -> pd.DataFrame | None:
+    path = Path(run_dir) / "eval_nll.csv"
+    return pd.read_csv(path) if path.is_file() else None
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from prunepriv.attacks import probes as attacks
-from prunepriv.attacks.audit import audit
+from prunepriv.attacks.audit import audit, audit_curve
 from prunepriv.attacks.bertscore import f1, pairwise_f1
 from prunepriv.compress.pruning import remove_layers
 from prunepriv.data import corpus_for
@@ -41,7 +41,7 @@ from prunepriv.results import (
     sha256_file,
 )
 
-ATTACKS_VERSION = 4   # bump when an attack's computation changes, so saved per-run results are redone
+ATTACKS_VERSION = 5   # bump when an attack's computation changes, so saved per-run results are redone
 
 
 def tuned_model(bases: dict, run: FinetuneRun):
@@ -146,21 +146,24 @@ def size_matched(records: list, n: int, seed: int) -> list:
 
 
 def kind_matched(members: list, nonmembers: list, seed: int) -> tuple[list, list]:
-    """Members and non-members with the same mix of note types: for each kind among ``nonmembers``, as many
-    seeded random ``members`` of that kind (fewer non-members where the members run short), so that a
-    membership attack cannot score the note type instead of membership. Records without a kind count as
-    one kind."""
+    """Members and non-members drawn from one distribution: for each non-member, the member of the same note
+    type whose text is closest in length (ties broken in a seeded random order; fewer non-members where
+    the members of a type run short), so that a membership attack can score neither the note type nor the
+    length instead of membership. Records without a kind count as one kind."""
     rng = random.Random(seed)
-    by_kind: dict[str, list] = {}
+    pool: dict[str, list] = {}
     for record in members:
-        by_kind.setdefault(getattr(record, "kind", ""), []).append(record)
+        pool.setdefault(getattr(record, "kind", ""), []).append(record)
+    for records in pool.values():
+        rng.shuffle(records)                                  # the tie-break order
     chosen_members, chosen_nonmembers = [], []
-    for kind in dict.fromkeys(getattr(r, "kind", "") for r in nonmembers):
-        outside = [r for r in nonmembers if getattr(r, "kind", "") == kind]
-        inside = by_kind.get(kind, [])
-        n = min(len(outside), len(inside))
-        chosen_members += rng.sample(inside, n)
-        chosen_nonmembers += outside[:n]
+    for record in nonmembers:
+        inside = pool.get(getattr(record, "kind", ""), [])
+        if not inside:
+            continue
+        best = min(range(len(inside)), key=lambda i: abs(len(inside[i].text) - len(record.text)))
+        chosen_members.append(inside.pop(best))
+        chosen_nonmembers.append(record)
     return chosen_members, chosen_nonmembers
 
 
@@ -177,7 +180,7 @@ class References:
     def __init__(self, bases: dict, tokenizer, max_length: int, batch_size: int) -> None:
         self.bases, self.tokenizer = bases, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
-        self._cache: dict[tuple[str, tuple[str, ...], bool], list[np.ndarray]] = {}
+        self._cache: dict[tuple, list[np.ndarray]] = {}   # (model, texts, end or 'secrets')
         self._exposure: dict[tuple[str, str, int, int], float] = {}    # (model, canary text, candidates, seed)
 
     def logprobs(self, model_name: str, texts: list[str], end: bool = True) -> list[np.ndarray]:
@@ -185,6 +188,13 @@ class References:
         if key not in self._cache:
             self._cache[key] = attacks.record_logprobs(self.bases[model_name], self.tokenizer, texts,
                                                        self.max_length, self.batch_size, end=end)
+        return self._cache[key]
+
+    def secrets(self, model_name: str, canaries: list) -> list[np.ndarray]:
+        """Untuned log-probabilities of the canaries' secret tokens (:func:`prunepriv.attacks.probes.secret_logprobs`)."""
+        key = (model_name, tuple(c.prefix + c.secret for c in canaries), "secrets")
+        if key not in self._cache:
+            self._cache[key] = attacks.secret_logprobs(self.bases[model_name], self.tokenizer, canaries, self.batch_size)
         return self._cache[key]
 
     def exposure(self, model_name: str, canary, n_candidates: int, seed: int) -> float:
@@ -215,11 +225,11 @@ def mean_excess(exposure: list[dict], trained: bool) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def audit_scores(model, reference_lp: list[np.ndarray], tokenizer, texts: list[str], max_length: int,
-                 batch_size: int) -> np.ndarray:
-    """Membership score of each audit canary: untuned minus tuned NLL of its record."""
-    target = attacks.record_logprobs(model, tokenizer, texts, max_length, batch_size)
-    return np.array([ref.sum() - lp.sum() for lp, ref in zip(target, reference_lp)])
+def audit_scores(model, reference_lp: list[np.ndarray], tokenizer, canaries: list, batch_size: int) -> np.ndarray:
+    """Membership score of each audit canary: untuned minus tuned NLL of its secret's tokens
+    (:func:`prunepriv.attacks.probes.secret_logprobs`; the name before it is not what is memorized)."""
+    target = attacks.secret_logprobs(model, tokenizer, canaries, batch_size)
+    return np.array([lp.sum() - ref.sum() for lp, ref in zip(target, reference_lp)])
 
 
 def accountant_at(run: FinetuneRun, delta: float) -> dict[str, float]:
@@ -243,6 +253,7 @@ def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, sam
     base = base_model(run.model)
     train_notes, heldout_notes = note_records(corpus, "train"), note_records(corpus, "heldout")
     out["mia"] = membership_attacks(model, base, tokenizer, refs, train_notes, heldout_notes, cfg, seed)
+    out["mia_untuned"] = untuned_membership(base, tokenizer, refs, train_notes, heldout_notes, cfg, seed)
 
     # canary exposure: trained canaries and never-trained ones (the control), each beside its untuned exposure
     out["exposure"] = paired_exposure(model, lambda c: refs.exposure(base, c, cfg.n_candidates, seed),
@@ -282,13 +293,29 @@ def membership_attacks(model, base_name: str, tokenizer, refs: References, train
                                         refs.logprobs(base_name, texts), cfg.min_k)
 
 
+def untuned_membership(base_name: str, tokenizer, refs: References, train_notes: list, heldout_notes: list,
+                       cfg, seed: int) -> dict:
+    """The control of every membership attack: the loss attack on the *untuned* model, which saw neither
+    side, on the same members and non-members. Its AUC is 0.5 up to sampling noise when the two sides come
+    from one distribution (:func:`kind_matched`); an interval excluding 0.5 means the sides differ in
+    something other than membership, and every AUC of the tuned models would be confounded by it."""
+    members, nonmembers = kind_matched(train_notes, heldout_notes[: cfg.mia_samples], seed)
+    texts = [r.text for r in members + nonmembers]
+    loss = np.array([lp.mean() for lp in refs.logprobs(base_name, texts)])
+    n = len(members)
+    low, high = attacks.bootstrap_interval(loss[:n], loss[n:], attacks.roc_auc)
+    return {"auc": attacks.roc_auc(loss[:n], loss[n:]), "auc_low": low, "auc_high": high,
+            "members": n, "nonmembers": len(nonmembers)}
+
+
 def canary_audit(model, run: FinetuneRun, tokenizer, refs: References, canaries: list, cfg) -> dict:
     """The one-run audit's ε lower bound beside the run's accountant ε at the audit's δ."""
-    canary_texts = [c.text for c in canaries]
-    reference = refs.logprobs(base_model(run.model), canary_texts)
-    scores = audit_scores(model, reference, tokenizer, canary_texts, cfg.max_length, cfg.batch_size)
-    result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
-    return {**asdict(result), **accountant_at(run, cfg.audit_delta)}
+    reference = refs.secrets(base_model(run.model), canaries)
+    scores = audit_scores(model, reference, tokenizer, canaries, cfg.batch_size)
+    included = [c.in_train for c in canaries]
+    result = audit(scores, included, cfg.audit_delta, cfg.audit_confidence)
+    curve = audit_curve(scores, included, cfg.audit_delta, cfg.audit_confidence)
+    return {**asdict(result), "curve": curve, **accountant_at(run, cfg.audit_delta)}
 
 
 def extraction_attacks(model, base_name: str, tokenizer, refs: References, samples: list[str], train_notes: list,
@@ -368,11 +395,27 @@ def memorization_sweep(runs: pd.DataFrame, bases: dict, tokenizer, corpus, cfg, 
 # --------------------------------------------------------------------------
 # tables
 
-def _exposure_by_reps(result: dict) -> dict[str, float]:
+def _exposure_by_reps(result: dict, n_candidates: int) -> dict[str, float]:
+    """Per repetition group r: mean exposure (``exposure_rR``), its exact chance band for a group of that
+    size (``exposure_rR_chance_low/high``, :func:`prunepriv.attacks.probes.chance_exposure_band`), mean
+    paired excess over each canary's untuned exposure (``exposure_excess_rR``, with a bootstrap interval
+    over the canaries, ``_low``/``_high``) and, for trained groups, the
+    permutation p-value of that excess against the never-trained canaries' (``exposure_excess_rR_p``)."""
     frame = pd.DataFrame(result["exposure"])
     if frame.empty:
         return {}
-    return {f"exposure_r{int(r)}": float(g["exposure"].mean()) for r, g in frame.groupby("repetitions")}
+    out: dict[str, float] = {}
+    control = frame[frame["repetitions"] == 0]["excess"]
+    for r, g in frame.groupby("repetitions"):
+        tag = f"r{int(r)}"
+        out[f"exposure_{tag}"] = float(g["exposure"].mean())
+        out[f"exposure_{tag}_chance_low"], out[f"exposure_{tag}_chance_high"] = attacks.chance_exposure_band(
+            len(g), n_candidates)
+        out[f"exposure_excess_{tag}"] = float(g["excess"].mean())
+        out[f"exposure_excess_{tag}_low"], out[f"exposure_excess_{tag}_high"] = attacks.mean_interval(g["excess"])
+        if r > 0:
+            out[f"exposure_excess_{tag}_p"] = attacks.permutation_p(g["excess"], control)
+    return out
 
 
 def memorization_table(results: list[dict]) -> pd.DataFrame:
@@ -381,7 +424,7 @@ def memorization_table(results: list[dict]) -> pd.DataFrame:
     for r in results:
         mia = {m["attack"]: m for m in r["mia"]}
         ex, pre, pii = r["extraction"], r["prefix"], r["pii"]
-        exposure = _exposure_by_reps(r)
+        exposure = _exposure_by_reps(r, int(r["exposure"][0]["candidates"]) if r["exposure"] else 0)
         trained = [e["exposure"] for e in r["exposure"] if e["repetitions"] > 0]
         row = {
             "model": r["model"], "target_epsilon": r["target_epsilon"], "replicate": r.get("replicate", 0),
@@ -398,6 +441,10 @@ def memorization_table(results: list[dict]) -> pd.DataFrame:
             "exposure_excess_heldout": mean_excess(r["exposure"], trained=False),
             **{k: v for k, v in exposure.items() if k != "exposure_r0"},
             **{f"mia_auc_{a}": mia[a]["auc"] for a in attacks.MIA_ATTACKS},
+            **{f"mia_auc_{a}_{side}": mia[a].get(f"auc_{side}", math.nan) for a in attacks.MIA_ATTACKS
+               for side in ("low", "high")},
+            **{f"mia_auc_untuned{suffix}": r.get("mia_untuned", {}).get(f"auc{suffix}", math.nan)
+               for suffix in ("", "_low", "_high")},
             "mia_tpr_at_1pct_fpr_loss": mia["loss"][attacks.tpr_column(0.01)],
             "mia_tpr_at_1pct_fpr_loss_low": mia["loss"].get(attacks.tpr_column(0.01) + "_low", math.nan),
             "mia_tpr_at_1pct_fpr_loss_high": mia["loss"].get(attacks.tpr_column(0.01) + "_high", math.nan),
@@ -418,20 +465,40 @@ def exposure_table(results: list[dict]) -> pd.DataFrame:
                           "replicate": r.get("replicate", 0), **e} for r in results for e in r["exposure"]])
 
 
+def audit_verdict(bound: float, attainable: float, accountant: float) -> str:
+    """What one audit says about its run's accountant: ``fails`` (the lower bound exceeds the accountant's ε:
+    a broken accountant or trainer), ``untestable`` (even every guess correct could not exceed it: these
+    canaries cannot test this ε), ``holds`` (it could have failed and did not); for a non-private run
+    (accountant ε = ∞), the positive control: ``detects`` when the bound is above 0, else ``blind``."""
+    if math.isinf(accountant):
+        return "detects" if bound > 0 else "blind"
+    if bound > accountant + 1e-9:
+        return "fails"
+    return "untestable" if attainable <= accountant else "holds"
+
+
 def audit_table(results: list[dict]) -> pd.DataFrame:
-    """``tab:audit``: the audit's ε lower bound beside the accountant's ε."""
+    """``tab:audit``: the audit's ε lower bound beside the accountant's ε, its verdict
+    (:func:`audit_verdict`), and the correct guesses and bound at every guess count (``correct_rN``,
+    ``bound_rN`` for N guesses)."""
     rows = []
     for r in results:
         if "audit" not in r:
             continue
         a = r["audit"]
-        rows.append({"model": r["model"], "target_epsilon": r["target_epsilon"], "replicate": r.get("replicate", 0),
-                     "epsilon_rdp_at_audit_delta": a["epsilon_rdp"], "epsilon_prv_at_audit_delta": a["epsilon_prv"],
-                     "audit_delta": a["delta"],
-                     "epsilon_lower_bound": a["epsilon_lower_bound"], "epsilon_attainable": a["epsilon_attainable"],
-                     "confidence": a["confidence"],
-                     "audit_canaries": a["n_examples"], "guesses": a["n_guesses"], "correct": a["n_correct"],
-                     "bound_below_accountant": a["epsilon_lower_bound"] <= min(a["epsilon_rdp"], a["epsilon_prv"])})
+        accountant = min(a["epsilon_rdp"], a["epsilon_prv"])
+        row = {"model": r["model"], "target_epsilon": r["target_epsilon"], "replicate": r.get("replicate", 0),
+               "epsilon_rdp_at_audit_delta": a["epsilon_rdp"], "epsilon_prv_at_audit_delta": a["epsilon_prv"],
+               "audit_delta": a["delta"],
+               "epsilon_lower_bound": a["epsilon_lower_bound"], "epsilon_attainable": a["epsilon_attainable"],
+               "confidence": a["confidence"],
+               "audit_canaries": a["n_examples"], "guesses": a["n_guesses"], "correct": a["n_correct"],
+               "bound_below_accountant": a["epsilon_lower_bound"] <= accountant,
+               "verdict": audit_verdict(a["epsilon_lower_bound"], a["epsilon_attainable"], accountant)}
+        for point in a.get("curve", []):
+            row[f"correct_r{point['guesses']}"] = point["correct"]
+            row[f"bound_r{point['guesses']}"] = point["epsilon_lower_bound"]
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -17,6 +17,7 @@ from prunepriv.report.seeds import collapse_replicates
 # width 6.3 in (A4, 2.5 cm margins), text at 7-8 pt, fonts embedded as TrueType (Type 42, never
 # Type 3 bitmaps).
 TEXT_WIDTH = 6.3
+FIGURE_WIDTH = TEXT_WIDTH - 0.3      # a full-width figure: its tight bounding box (labels, legends) stays inside
 PAPER_RC = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
             "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 8, "lines.markersize": 4,
             "pdf.fonttype": 42, "ps.fonttype": 42}
@@ -25,7 +26,7 @@ sns.set_theme(style="whitegrid", context="paper", rc=PAPER_RC)
 
 def similarity_heatmap(sim: LayerSimilarity, title: str = "") -> plt.Figure:
     """L+1 × L+1 mean token cosine similarity of layer representations."""
-    fig, ax = plt.subplots(figsize=(3.0, 2.6))
+    fig, ax = plt.subplots(figsize=(2.8, 2.5))          # beside the latency figure: half the text width each
     size = sim.matrix.shape[0]
     step = max(1, size // 10)
     sns.heatmap(sim.matrix, ax=ax, cmap="viridis", vmin=min(0.0, float(sim.matrix.min())), vmax=1.0,
@@ -37,18 +38,30 @@ def similarity_heatmap(sim: LayerSimilarity, title: str = "") -> plt.Figure:
     return fig
 
 
-def adjacent_similarity(sim: LayerSimilarity, chosen: list[int], strategy: str = "cosine") -> plt.Figure:
-    """Per-layer input/output cosine similarity, removed layers marked."""
-    fig, ax = plt.subplots(figsize=(TEXT_WIDTH, 2.3))
+def adjacent_similarity(sim: LayerSimilarity, chosen: list[int], strategy: str = "cosine",
+                        frequency: list[float] | None = None) -> plt.Figure:
+    """Per-layer input/output cosine similarity, removed layers marked; with ``frequency`` (how often each
+    layer is chosen when the calibration sequences are resampled, stage 02's choice stability) a lower
+    panel shows how firmly the data choose each layer."""
+    rows = 2 if frequency is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(FIGURE_WIDTH, 2.2 * rows), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [2, 1][:rows]})
+    ax = axes[0, 0]
     layers = np.arange(sim.num_layers)
     ax.plot(layers, sim.adjacent, marker="o", ms=4, color="tab:blue", label="cos(input, output)")
     if chosen:
         ax.scatter(chosen, sim.adjacent[chosen], s=40, facecolors="none", edgecolors="tab:red", linewidths=1.5,
                    label=f"removed by '{strategy}' (k={len(chosen)})", zorder=3)
-    ax.set_xlabel("decoder layer")
     ax.set_ylabel("adjacent cosine similarity")
     ax.set_title("How much each layer changes its input (high = redundant)")
     ax.legend(loc="lower right")
+    if frequency is not None:
+        low = axes[1, 0]
+        low.bar(layers, frequency, color=["tab:red" if i in chosen else "tab:gray" for i in layers])
+        low.set_ylim(0, 1.05)
+        low.set_ylabel("chosen in\nbootstrap draws")
+    axes[-1, 0].set_xlabel("decoder layer")
+    fig.tight_layout()
     return fig
 
 
@@ -67,7 +80,7 @@ def latency_vs_layers(frame: pd.DataFrame, device: str = "") -> plt.Figure:
 
 def perplexity_vs_layers(frame: pd.DataFrame) -> plt.Figure:
     """Perplexity versus layers removed, one line per strategy, two domains."""
-    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 2.4), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 2.4), sharex=True)
     for ax, column, title in zip(axes, ["perplexity_private", "perplexity_general"],
                                  ["held-out private text (clinical notes)", "general English text"]):
         sns.lineplot(data=frame, x="removed", y=column, hue="strategy", style="strategy", markers=True,
@@ -126,8 +139,10 @@ def utility_vs_epsilon(frame: pd.DataFrame) -> plt.Figure:
     ax.set_xlabel("ε spent (RDP accountant of the run)")
     ax.set_ylabel("perplexity on held-out records")
     seeds = int(frame["seeds"].max())
-    ax.set_title("Utility versus privacy (95% intervals " + (f"across {seeds} seeds)" if seeds > 1 else
-                                                               "over held-out patients)"), fontsize=8)
+    mixed = seeds > 1 and int(frame["seeds"].min()) == 1
+    ax.set_title("Utility versus privacy (95% intervals " + (
+        f"across up to {seeds} seeds;\na setting run once: over held-out patients)" if mixed else
+        f"across {seeds} seeds)" if seeds > 1 else "over held-out patients)"), fontsize=8)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)   # never over a point
     return fig
 
@@ -156,7 +171,7 @@ def _matched_points(ax, matched: pd.DataFrame, metric: str, x: float, colors: di
 def training_curves(curves: pd.DataFrame) -> plt.Figure:
     """Training loss per step for every (model, ε) run."""
     models = sorted(curves["model"].unique(), reverse=True)
-    fig, axes = plt.subplots(1, len(models), figsize=(TEXT_WIDTH, 2.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(FIGURE_WIDTH, 2.4), sharey=True, squeeze=False)
     for ax, model in zip(axes[0], models):
         sns.lineplot(data=curves[curves["model"] == model], x="step", y="loss", hue="target_epsilon", ax=ax)
         ax.set_title(f"{model} model")
@@ -175,63 +190,105 @@ def _epsilon_positions(frame: pd.DataFrame) -> tuple[pd.Series, float, list[floa
     return x, x_inf, sorted(finite.unique())
 
 
-MEMORIZATION_PANELS = (
-    ("extraction_excess", None, "extraction: F1(train) − F1(held-out)", 0.0),
-    ("prefix_pii_train", "prefix_pii_heldout", "PII completed by prefix attack", None),
-    ("exposure_trained", "exposure_heldout", "canary exposure (bits)", "exposure_chance"),
-    ("mia_auc_reference", None, "membership inference AUC (reference ratio)", 0.5),
-)
+def top_group(table: pd.DataFrame) -> int | None:
+    """The largest canary repetition count with paired-excess columns (``exposure_excess_rN``)."""
+    counts = [int(c[len("exposure_excess_r"):]) for c in table.columns
+              if c.startswith("exposure_excess_r") and c[len("exposure_excess_r"):].isdigit()]
+    counts = [c for c in counts if c > 0]
+    return max(counts) if counts else None
+
+
+def memorization_panels(table: pd.DataFrame) -> list[tuple[str, str | None, str, float | None]]:
+    """(metric, control, title, no-effect line) of each panel of :func:`epsilon_vs_memorization`."""
+    top = top_group(table)
+    exposure = [(f"exposure_excess_r{top}", "exposure_excess_r0",
+                 f"{top}× canaries: exposure minus untuned (bits)", 0.0)] if top else []
+    return exposure + [
+        ("mia_auc_reference", None, "membership AUC (reference-calibrated)", 0.5),
+        ("prefix_pii_train", "prefix_pii_heldout", "PII completed by the prefix attack", None),
+        ("extraction_excess", None, "extraction: F1(train) − F1(held-out)", 0.0),
+    ]
 
 
 def epsilon_vs_memorization(table: pd.DataFrame) -> plt.Figure:
-    """One panel per memorization metric versus ε: pruned and unpruned lines,
-    non-private runs as stars, controls dashed (held-out) or dotted (chance)."""
-    frame = collapse_replicates(table, [metric for metric, *_ in MEMORIZATION_PANELS])   # across seeds, if several
+    """One panel per memorization metric versus ε: pruned and unpruned, non-private runs as stars at ∞,
+    means across seeds with their 95% intervals, each beside its control (dashed: never-trained canaries or
+    held-out records; dotted: no effect)."""
+    panels = memorization_panels(table)
+    frame = collapse_replicates(table, [metric for metric, *_ in panels])   # across seeds, where several
     frame, matched = _without_matched(frame)
     frame["x"], x_inf, ticks = _epsilon_positions(frame)
-    colors = dict(zip(sorted(frame["model"].unique(), reverse=True), ["tab:blue", "tab:orange"]))
-    fig, axes = plt.subplots(2, 2, figsize=(TEXT_WIDTH, 4.4))
+    models = sorted(frame["model"].unique(), reverse=True)
+    colors = dict(zip(models, ["tab:blue", "tab:orange"]))
+    dodge = dict(zip(models, [0.93, 1.07]))              # one model's points never hide the other's
+    fig, axes = plt.subplots(2, 2, figsize=(FIGURE_WIDTH, 4.6))
     axes = axes.ravel()
-    for ax, (metric, control, label, chance) in zip(axes, MEMORIZATION_PANELS):
-        for model, group in frame.groupby("model"):
-            g = group.sort_values("x")
-            color = colors[model]
-            ax.errorbar(g["x"], g[metric], yerr=_interval(g, metric), marker="o", color=color, capsize=2,
-                        label=f"{model}: trained data")
-            private = g[~np.isfinite(g["target_epsilon"])]
-            ax.scatter(private["x"], private[metric], marker="*", s=80, color=color, edgecolors="black",
-                       linewidths=0.5, zorder=3)
+    for ax, (metric, control, label, null) in zip(axes, panels):
+        for model in models:
+            g = frame[frame["model"] == model].sort_values("x")
+            color, x = colors[model], g["x"] * dodge[model]
+            ax.errorbar(x, g[metric], yerr=_interval(g, metric), marker="o", mfc="none", color=color, capsize=2,
+                        label=f"{model}: trained")
+            nonprivate = ~np.isfinite(g["target_epsilon"])
+            ax.scatter(x[nonprivate], g.loc[nonprivate, metric], marker="*", s=70, color=color,
+                       edgecolors="black", linewidths=0.5, zorder=3)
             if control:
-                ax.plot(g["x"], g[control], ls="--", marker="x", color=color, alpha=0.7,
-                        label=f"{model}: held-out control")
-        _matched_points(ax, matched, metric, x_inf * 1.25, colors)
-        if isinstance(chance, str):
-            ax.axhline(float(frame[chance].iloc[0]), ls=":", color="gray", label="chance")
-        elif chance is not None:
-            ax.axhline(chance, ls=":", color="gray", label="chance")
+                ax.plot(x, g[control], ls="--", marker="x", color=color, alpha=0.7, label=f"{model}: control")
+        _matched_points(ax, matched, metric, x_inf * 1.3, colors)
+        if null is not None:
+            ax.axhline(null, ls=":", color="gray", label="no effect")
         ax.set_xscale("log")
         ax.set_xticks(list(ticks) + [x_inf])
         ax.set_xticklabels([f"{t:.2g}" for t in ticks] + ["∞"])
         ax.minorticks_off()
         ax.set_xlabel("ε (RDP accountant; ∞ = non-private)")
         ax.set_title(label)
-    axes[0].legend(fontsize=7, loc="best")
-    axes[2].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=min(3, len(unique)), frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    seeds = int(frame["seeds"].max())
+    fig.suptitle("Memorization versus ε" + (f" (means and 95% intervals across up to {seeds} seeds)" if seeds > 1
+                                             else " (one seed per setting)"))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
 def audit_vs_accountant(audit: pd.DataFrame) -> plt.Figure:
-    """The one-run audit's ε lower bound against the accountant's ε (private runs)."""
-    frame = audit[np.isfinite(audit["target_epsilon"])]
-    fig, ax = plt.subplots(figsize=(3.2, 2.6))
-    for model, group in frame.groupby("model"):
-        ax.scatter(group["epsilon_rdp_at_audit_delta"], group["epsilon_lower_bound"], s=25, label=model)
-    top = float(max(frame["epsilon_rdp_at_audit_delta"].max(), 1.0)) if len(frame) else 1.0
-    ax.plot([0, top], [0, top], ls="--", color="gray", label="lower bound = accountant ε")
-    ax.set_xlabel(f"accountant ε (RDP) at δ = {audit['audit_delta'].iloc[0]:.0e}")
-    ax.set_ylabel(f"audit lower bound on ε ({int(round(100 * audit['confidence'].iloc[0]))}% conf.)")
-    ax.legend(fontsize=7)
+    """The one-run audit's ε lower bound of every run against its accountant's ε; non-private runs at ∞
+    (the positive control: their bound should be above 0), the largest bound the canaries can give
+    (dashed), and each run's verdict by marker: an accountant ε above that ceiling cannot be tested."""
+    frame = audit.copy()
+    finite = frame["epsilon_rdp_at_audit_delta"].map(math.isfinite)
+    x_inf = float(frame.loc[finite, "epsilon_rdp_at_audit_delta"].max()) * 2 if finite.any() else 1.0
+    frame["x"] = frame["epsilon_rdp_at_audit_delta"].where(finite, x_inf)
+    models = sorted(frame["model"].unique(), reverse=True)
+    colors = dict(zip(models, ["tab:blue", "tab:orange", "tab:green", "tab:red"]))
+    offsets = dict(zip(models, np.linspace(0.9, 1.1, max(1, len(models)))))
+    fig, ax = plt.subplots(figsize=(3.4, 2.7))
+    for model in models:
+        g = frame[frame["model"] == model]
+        ax.scatter(g["x"] * offsets[model], g["epsilon_lower_bound"], s=22, facecolors="none",
+                   edgecolors=colors[model], linewidths=1.2, label=model, zorder=3)
+    ticks = sorted(frame.loc[finite, "epsilon_rdp_at_audit_delta"].unique())
+    low = (min(ticks) if ticks else x_inf) / 1.6
+    ceiling = float(frame["epsilon_attainable"].max())
+    top = max(ceiling, float(frame["epsilon_lower_bound"].max())) * 1.15 + 0.1
+    if ticks:
+        ax.plot([low, max(ticks)], [low, max(ticks)], ls="--", color="gray", lw=0.8, label="bound = accountant ε")
+    ax.axhline(ceiling, ls=":", color="black", lw=0.8, label=f"largest attainable bound ({ceiling:.2f})")
+    ax.set_xscale("log")
+    ax.set_xticks(ticks + [x_inf])
+    ax.set_xticklabels([f"{t:.2g}" for t in ticks] + ["∞"])
+    ax.minorticks_off()
+    ax.set_xlim(low, x_inf * 1.4)
+    ax.set_ylim(-0.05 * top, top)
+    ax.set_xlabel(f"accountant ε at δ = {audit['audit_delta'].iloc[0]:.0e} (∞ = non-private)")
+    ax.set_ylabel(f"audit lower bound ({int(round(100 * audit['confidence'].iloc[0]))}% conf.)")
+    ax.legend(fontsize=6.5, loc="best", frameon=False)
+    fig.tight_layout()
     return fig
 
 
@@ -242,7 +299,7 @@ def federated_agreement(table: pd.DataFrame, layer_choice: dict[str, list[int]],
     """FedPrLLM: which layers each source removes, and perplexity of every choice."""
     sources = ["centralized", "federated"] + sorted((s for s in layer_choice if s.startswith("client")),
                                                      key=lambda s: int(s.split()[-1]))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 0.22 * len(sources) + 1.6),
+    fig, (left, right) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 0.22 * len(sources) + 1.6),
                                       gridspec_kw={"width_ratios": [1.6, 1]})
     grid = np.zeros((len(sources), num_layers))
     for i, source in enumerate(sources):
@@ -281,7 +338,7 @@ def private_selection(sweep: pd.DataFrame, frequencies: pd.DataFrame, finetuned:
     """
     eps = frequencies["selection_epsilon"].tolist()
     labels = ["∞" if np.isinf(e) else f"{e:g}" for e in eps]
-    fig, axes = plt.subplots(1, 3, figsize=(TEXT_WIDTH, 2.4), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(FIGURE_WIDTH, 2.4), gridspec_kw={"width_ratios": [1.6, 1, 1]})
     freq = frequencies.drop(columns="selection_epsilon").to_numpy()
     sns.heatmap(freq, ax=axes[0], cmap="Reds", vmin=0, vmax=1, yticklabels=labels,
                 xticklabels=max(1, freq.shape[1] // 8), cbar=False)
@@ -321,7 +378,7 @@ def private_selection(sweep: pd.DataFrame, frequencies: pd.DataFrame, finetuned:
 
 def compression_baselines(table: pd.DataFrame) -> plt.Figure:
     """Compressed models at one DP ε: perplexity, measured latency and membership AUC side by side."""
-    fig, axes = plt.subplots(1, 3, figsize=(TEXT_WIDTH, 0.3 * len(table) + 1.6))
+    fig, axes = plt.subplots(1, 3, figsize=(FIGURE_WIDTH, 0.3 * len(table) + 1.6))
     names = table["model"].tolist()
     y = np.arange(len(names))
     axes[0].barh(y - 0.2, table["perplexity_private_before"], height=0.4, label="before fine-tuning", color="tab:gray")
@@ -350,7 +407,7 @@ def compression_baselines(table: pd.DataFrame) -> plt.Figure:
 def pruning_healed(table: pd.DataFrame) -> plt.Figure:
     """Each layer-removal strategy at the paper's depth: held-out perplexity before and after DP healing
     (log scale), the healed value with its 95% interval."""
-    fig, ax = plt.subplots(figsize=(TEXT_WIDTH / 2, 0.35 * len(table) + 1.3))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH / 2, 0.35 * len(table) + 1.3))
     y = np.arange(len(table))
     ax.scatter(table["perplexity_private_before"], y, marker="o", facecolors="none", edgecolors="tab:gray",
                label="before healing", zorder=3)
