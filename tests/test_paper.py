@@ -106,9 +106,9 @@ def test_verify_positive_control_a_rerun_within_the_measured_spread_passes(tmp_p
     """Positive control: every trained number moved by half its seeds' standard deviation (a rerun's training
     noise), every forward-pass number by 10⁻⁴ (another CPU's rounding), the layers, ε and counts unchanged:
     verify passes. The real positive control — a second run of the profile — is in REPRODUCE.md."""
-    results = _rerun(tmp_path)
-    same = verify(results, REFERENCE)
+    same = verify(REFERENCE, REFERENCE)
     assert same.same_run and not same.passed                   # the reference itself is no reproduction
+    results = _rerun(tmp_path)
 
     def shift(table, columns, by_seed_sd=True):
         for column in columns:

@@ -333,6 +333,8 @@ def _healing(healed: pd.DataFrame, paper_strategy: str) -> list[str]:
     for r in ranked[ranked["strategy"] != paper_strategy].to_dict("records"):
         ratio, low, high = (r.get(f"ratio_to_paper{s}", math.nan) for s in ("", "_low", "_high"))
         if not all(map(math.isfinite, (ratio, low, high))):
+            lines.append(f"{r['strategy']} against {paper_strategy}: no paired ratio (a run kept no per-record "
+                         "losses); the unpaired intervals above hold only the evaluation noise.")
             continue
         verdict = ("not distinguishable: the paired interval includes 1" if low <= 1 <= high else
                    f"{'worse' if low > 1 else 'better'} than {paper_strategy}: the paired interval excludes 1")
