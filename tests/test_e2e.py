@@ -150,7 +150,11 @@ def _check_baselines(root, profile) -> None:
         assert rows.loc[name, "seed"] == same["seed"]
         assert rows.loc[name, "perplexity_private"] == pytest.approx(same["perplexity_private"])
     assert comp["uncovered_uses"].fillna("").str.contains("Wanda masks").any()   # smoke calibrates on private text
-    assert comp["latency_matched_layers"].notna().all() and "timing_note" in comp   # empty note: clean timing
+    assert "timing_note" in comp                                     # empty note: a clean timing
+    removal = comp.set_index("model").loc[f"layer removal (k={profile.pruning.paper_remove})"]
+    # layers matched by prefill time: defined wherever removing layers measured faster than dense (a busy
+    # machine, e.g. two test workers on two cores, can time it slower: then there is nothing to match)
+    assert comp["latency_matched_layers"].notna().all() or removal["prefill_ratio"] >= 1
     healed = pd.read_csv(root / "results/smoke/pruning_healed.csv").set_index("strategy")
     assert list(healed.index) == profile.baselines.heal_strategies
     pruned = pd.read_csv(root / "results/smoke/finetune.csv")
