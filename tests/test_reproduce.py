@@ -282,3 +282,32 @@ def test_kill_9_leaves_no_process_running_and_the_next_run_cleans_up(toy, tmp_pa
     assert run(stages=["1"]) == {"01": False}
     assert json.loads((root / "results/toy/numbers.json").read_text())["value"] == 5
     assert not list((root / "results/toy").glob(".tmp-*"))
+
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_stop_ends_the_child_and_what_it_started():
+    """`stop` ends the notebook process and its own children (its kernel), orphaned or not."""
+    import subprocess
+    import time
+
+    from prunepriv.pipeline.execute import descendants, stop
+
+    child = subprocess.Popen(["bash", "-c", "sleep 60 & wait"], start_new_session=True)
+    deadline = time.time() + 10
+    while not descendants(child.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    family = descendants(child.pid)
+    assert family, "the child started nothing"
+    stop(child)
+    deadline = time.time() + 10
+    while any(map(_running, family)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert child.poll() is not None and not any(map(_running, family))

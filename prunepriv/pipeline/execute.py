@@ -70,15 +70,40 @@ def wait(child: subprocess.Popen) -> int:
 
 
 def stop(child: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if the child has not ended within :data:`GRACE_SECONDS`."""
+    """SIGTERM, then SIGKILL if the child has not ended within :data:`GRACE_SECONDS`; then SIGTERM to
+    what the child started (its kernel), which would otherwise notice its orphaning only by polling and,
+    on a busy machine or under a subreaper, run on holding the terminal's pipes."""
     if child.poll() is not None:
         return
+    family = descendants(child.pid)
     child.send_signal(signal.SIGTERM)
     try:
         child.wait(timeout=GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children, …) from ``/proc``; empty where there is none."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
 
 
 def _failure(path: Path, code: int) -> NotebookFailure:
