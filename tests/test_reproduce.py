@@ -219,8 +219,11 @@ def test_ctrl_c_stops_a_stage_within_seconds_and_commits_nothing(toy, tmp_path):
     run()
     before = (root / "results/toy/numbers.json").read_text()
     _notebook(notebooks / "01_writer.ipynb", WRITER.replace("VALUE", "5") + "\nimport time\ntime.sleep(120)\n")
+    # as from a terminal: SIGINT at its default disposition (a shell's background job, e.g. `make test &`,
+    # starts with SIGINT ignored, and Python then leaves it ignored)
     child = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(notebooks), str(profile), str(root)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(2)
     deadline = time.time() + 60                                  # wait until the notebook writes its output
     while time.time() < deadline and not list((root / "results/toy").glob(".tmp-stage-*/tree/results/toy/*.json")):
