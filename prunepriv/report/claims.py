@@ -44,7 +44,7 @@ from prunepriv.pipeline.registry import claim_files
 from prunepriv.privacy.record import SPIKE, base_model, is_matched
 from prunepriv.privacy.specs import epsilon_label, epsilon_text
 from prunepriv.report import matched, power
-from prunepriv.report.seeds import collapse_replicates, recovered_share, row_interval, t_interval
+from prunepriv.report.seeds import collapse_replicates, log_t_interval, recovered_share, row_interval, t_interval
 
 TABLES = claim_files()   # what stage 07 reads, from the registry
 KINDS = ("seeds", "bootstrap", "timing", "exact", "untestable", "predicate")
@@ -226,8 +226,7 @@ def _seeded(values: list[float], log: bool, single_interval=None) -> tuple[float
     else:
         mean = float(np.mean(finite))
     if len(finite) > 1:
-        low, high = t_interval(np.log(finite) if log else finite)
-        interval = (math.exp(low), math.exp(high)) if log else (low, high)
+        interval = log_t_interval(finite) if log else t_interval(finite)
         return mean, seed_spread(finite, log), interval
     return mean, untestable(), single_interval
 
@@ -260,6 +259,7 @@ def _pruning_claims(t) -> list[Claim]:
         Claim("pruning.parameters", f"parameter fraction left after removing {k} layers",
               float(row["parameter_fraction"]), exact("parameter counting")),
     ]
+    claims += _choice_support_claims(chosen)
     if len(last):
         worse = last.iloc[0]
         claims.append(Claim("pruning.last.perplexity", f"perplexity after removing the last {k} layers instead "
@@ -268,6 +268,24 @@ def _pruning_claims(t) -> list[Claim]:
                             bool(worse["perplexity_private"] > row["perplexity_private"]),
                             row_interval(worse, "perplexity_private")))
     return claims
+
+
+def _choice_support_claims(chosen: dict) -> list[Claim]:
+    """Issue 29, item 7: the bootstrap of the calibration sequences supports the chosen set when each
+    chosen layer is chosen in most draws and no unchosen layer more often than a chosen one (the set is
+    the draws' majority vote). Value: the smallest frequency among the chosen layers."""
+    stability = chosen.get("choice_stability") or {}
+    frequency = stability.get("layer_frequency")
+    if not frequency:
+        return []
+    layers = set(chosen["layers"])
+    inside = [f for i, f in enumerate(frequency) if i in layers]
+    outside = [f for i, f in enumerate(frequency) if i not in layers] or [0.0]
+    holds = min(inside) > 0.5 and min(inside) >= max(outside)
+    return [Claim("pruning.layers.supported", f"smallest share of {stability['draws']} bootstrap draws of the "
+                  "calibration sequences that choose a removed layer (supported: each above ½, none unchosen "
+                  f"above it; the exact set recurs in {float(stability['same_set']):.0%})", float(min(inside)),
+                  predicate("the bootstrap's majority vote"), holds)]
 
 
 def _latency_claims(t) -> list[Claim]:

@@ -7,7 +7,10 @@ tables and the figures read them through :func:`collapse_replicates`: one row
 per setting, numbers averaged over its runs, and for the columns named the
 Student-t interval of the mean across runs, which then replaces any
 within-run interval (it includes the training noise that a within-run
-bootstrap over evaluation records cannot see).
+bootstrap over evaluation records cannot see). Perplexities are averaged on
+the log scale (geometric mean, interval of the mean log-perplexity mapped
+back), as the claims average them (:func:`prunepriv.report.claims._seeded`):
+one value per quantity, and an interval that cannot fall below zero.
 """
 from __future__ import annotations
 
@@ -38,15 +41,36 @@ def row_interval(row, column: str) -> tuple[float, float] | None:
     return (float(low), float(high)) if math.isfinite(low) and math.isfinite(high) else None
 
 
+def on_log_scale(column: str) -> bool:
+    """Whether ``column`` is averaged geometrically: perplexities (and their interval bounds)."""
+    return column.startswith("perplexity")
+
+
+def log_t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """:func:`t_interval` of the logs of ``values`` mapped back: the interval of their geometric mean."""
+    x = np.asarray(values, dtype=float)
+    low, high = t_interval(np.log(x[x > 0]), level)
+    return math.exp(low), math.exp(high)      # exp(NaN) is NaN: fewer than two positive values
+
+
+def mean_of(values: pd.Series, column: str) -> float:
+    """The mean of one column over a setting's runs: geometric for perplexities, arithmetic otherwise."""
+    if on_log_scale(column):
+        x = values.to_numpy(dtype=float)
+        return float(np.exp(np.mean(np.log(x)))) if (x > 0).all() else float(np.mean(x))
+    return float(values.mean())
+
+
 def replicated(frame: pd.DataFrame) -> bool:
     """Whether any (model, ε) of ``frame`` has more than one run."""
     return "replicate" in frame and len(frame) > 0 and int(frame.groupby(list(KEYS)).size().max()) > 1
 
 
 def collapse_replicates(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """One row per (model, ε): numeric columns averaged over its runs (others from its first run),
-    ``seeds`` the number of runs, and ``{c}_low`` / ``{c}_high`` the 95% interval across runs for each
-    of ``columns`` (a setting run once keeps the interval its row has). ``frame`` unchanged (``seeds`` = 1)
+    """One row per (model, ε): numeric columns averaged over its runs (:func:`mean_of`; others from its
+    first run), ``seeds`` the number of runs, and ``{c}_low`` / ``{c}_high`` the 95% interval across
+    runs for each of ``columns`` (on the log scale for perplexities; a setting run once keeps the
+    interval its row has). ``frame`` unchanged (``seeds`` = 1)
     when no setting has more than one run."""
     if not replicated(frame):
         return frame.assign(seeds=1)
@@ -55,11 +79,12 @@ def collapse_replicates(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame
         row = group.iloc[0].to_dict()
         for column in group.columns:
             if column not in KEYS and pd.api.types.is_numeric_dtype(group[column]):
-                row[column] = float(group[column].mean())
+                row[column] = mean_of(group[column], column)
         row["seeds"] = len(group)
         for column in columns:
             if len(group) > 1:                       # a setting run once keeps its own (within-run) interval
-                row[f"{column}_low"], row[f"{column}_high"] = t_interval(group[column])
+                interval = log_t_interval if on_log_scale(column) else t_interval
+                row[f"{column}_low"], row[f"{column}_high"] = interval(group[column])
         rows.append(row)
     return pd.DataFrame(rows).drop(columns=["replicate", "seed"], errors="ignore")
 
