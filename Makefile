@@ -35,7 +35,7 @@ lock:
 	.lockenv/bin/pip-compile --quiet --generate-hashes --extra dev --strip-extras --allow-unsafe \
 	  --no-emit-index-url --no-emit-find-links $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
 	  -o requirements.lock pyproject.toml
-	$(BIN)/python -m prunepriv.report.environment > environment.yml
+	$(PYTHON) prunepriv/report/environment.py > environment.yml.tmp && mv environment.yml.tmp environment.yml
 
 # two workers (pytest-xdist): subprocesses, kernels and file work overlap the model arithmetic on two
 # cores; the longest test is scheduled first (tests/conftest.py). TEST_WORKERS=0 runs in one process.

@@ -142,6 +142,8 @@ def _finetune(args) -> int:
     if not args.epsilon > 0:                                 # named as typed, before it becomes a profile key
         raise UsageError(f"argument --epsilon: must be > 0 (inf for a non-private run), got {args.epsilon:g}")
     _with_data(args)
+    if math.isinf(args.epsilon):
+        _nonprivate_as_given(args)
     args.settings = [f"finetune.epsilons=[{'.inf' if math.isinf(args.epsilon) else args.epsilon!r}]",
                      "finetune.utility_match=null", "finetune.model_epsilons=null", "finetune.replicates=1",
                      "finetune.replicate_epsilons=null", *args.settings, f"noise={args.noise}"]   # one run, no sweep
@@ -154,6 +156,22 @@ def _finetune(args) -> int:
     print(f"{r.steps} steps on {r.n_train} records{procs}, σ = {r.noise_multiplier:.4g}, q = {r.sample_rate:.4g}: "
           f"{eps}; adapter in {result.adapter_dir}")
     return 0
+
+
+NONPRIVATE_KEYS = ("learning_rate", "batch_size", "epochs", "lora_rank", "lora_alpha", "target_modules")
+
+
+def _nonprivate_as_given(args) -> None:
+    """A non-private ``finetune`` trains with the profile's non-private recipe (``finetune.nonprivate``,
+    as in the sweep) except where the user gave a setting, by flag or ``--set finetune.KEY``: that wins."""
+    from prunepriv.arguments import parse_settings
+
+    given = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("finetune.")}
+    given.update({k.split(".", 1)[1]: v for k, v in parse_settings(args.settings).items()
+                  if k.startswith("finetune.")})
+    for key in NONPRIVATE_KEYS:
+        if key in given:
+            setattr(args, f"finetune.nonprivate.{key}", given[key])
 
 
 def _tune(args) -> int:

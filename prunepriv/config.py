@@ -21,6 +21,7 @@ import yaml
 from prunepriv.errors import ConfigError
 
 PUBLIC_EVAL_PASSAGES = 96     # general English passages kept for evaluation when calibration is public
+SECRET_DIGITS = 4                       # short secrets: four tokens to memorize, four to rank among the candidates
 
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
 PRECISIONS = ("auto", "fp32", "bf16")   # see prunepriv.lm.precision
@@ -252,6 +253,9 @@ class MemorizationConfig:
                   "n_candidates", "mia_samples", "prefix_records", "prefix_tokens", "suffix_tokens", "rank_top_k")
         if not self.temperature > 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("memorization sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1]")
+        if self.n_candidates >= 10 ** SECRET_DIGITS - 1:          # distinct secrets besides the canary's own
+            raise ConfigError(f"memorization.n_candidates must be below {10 ** SECRET_DIGITS - 1} (secrets have "
+                              f"{SECRET_DIGITS} digits), got {self.n_candidates}")
         if not 0 <= self.audit_delta < 1:
             raise ConfigError(f"memorization.audit_delta must be in [0, 1), got {self.audit_delta}")
         for key in ("min_k", "near_copy_f1", "audit_confidence"):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from prunepriv.config import PUBLIC_EVAL_PASSAGES, DataConfig
+from prunepriv.config import PUBLIC_EVAL_PASSAGES, SECRET_DIGITS, DataConfig
 from prunepriv.errors import DataError
 from prunepriv.loaders import read_texts
 from prunepriv.results import atomic_write_text
@@ -25,7 +25,6 @@ from prunepriv.results import atomic_write_text
 SPLITS = ("train", "heldout", "calibration")
 CANARY_FORMAT = "{name}'s recovery code is {secret}."
 AUDIT_FORMAT = "{name}: {secret}."      # audit canaries: short, so that hundreds of them cost few training tokens
-SECRET_DIGITS = 4                       # short secrets: four tokens to memorize, four to rank among the candidates
 
 
 @dataclass

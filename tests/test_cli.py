@@ -407,3 +407,19 @@ def test_version_answers_without_loading_torch():
     assert proc.returncode == 0 and proc.stdout.startswith("prunepriv ")
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "pandas" not in imported
+
+
+def test_a_nonprivate_finetune_trains_with_the_flags_given_and_the_profiles_recipe_elsewhere():
+    from prunepriv import cli, load_profile
+    from prunepriv.arguments import profile_from_args
+    from prunepriv.parser import build_parser
+
+    args = build_parser().parse_args(["finetune", "--epsilon", "inf", "--output", "out", "--data", "synthetic",
+                                      "--learning-rate", "0.1", "--set", "finetune.lora_rank=2"])
+    cli._nonprivate_as_given(args)
+    args.settings = ["finetune.epsilons=[.inf]", "finetune.model_epsilons=null", "finetune.utility_match=null",
+                     "finetune.replicate_epsilons=null", *args.settings]
+    nonprivate = profile_from_args(args).finetune.nonprivate
+    paper = load_profile("paper").finetune.nonprivate
+    assert (nonprivate.learning_rate, nonprivate.lora_rank) == (0.1, 2)                    # what the user gave
+    assert (nonprivate.batch_size, nonprivate.lora_alpha) == (paper.batch_size, paper.lora_alpha)   # the recipe

@@ -46,3 +46,8 @@ def test_overrides_merge_into_sections():
     profile = load_profile("smoke", {"similarity": {"n_samples": 3}})
     assert profile.similarity.n_samples == 3
     assert profile.similarity.max_length == load_profile("smoke").similarity.max_length
+
+
+def test_more_exposure_candidates_than_secrets_exist_is_refused():
+    with pytest.raises(ConfigError, match="memorization.n_candidates must be below 9999"):
+        load_profile("smoke", {"memorization": {"n_candidates": 10000}})

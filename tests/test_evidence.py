@@ -155,3 +155,12 @@ def test_verdicts_fail_what_a_broken_rerun_would_change():
     assert missing["finetune.perplexity.pruned.eps8"] == "missing"
     extra = claims.compare(ref, ref + [_claim("new.claim", 1.0, claims.untestable())]).set_index("claim")["verdict"]
     assert extra["new.claim"] == "extra"
+
+
+def test_a_rerun_timed_under_load_is_untestable_whatever_its_ratio():
+    spread = claims.timing_spread(0.8, 0.01, 5)
+    ref = claims.Claim("latency.decode.k8", "t", 0.8, spread, True, claims.timing_interval(0.8, 0.01, 5))
+    busy = claims.Claim("latency.decode.k8", "t", 1.1, claims.timing_spread(1.1, 0.3, 5, "repeats spread ×1.4"), None)
+    assert claims.verdict(ref, busy) == "untestable"
+    low, high = ref.interval                                   # one median's interval: half the spread's width
+    assert low < 0.8 < high and (high - low) == pytest.approx((spread.high - spread.low) / math.sqrt(2))

@@ -100,7 +100,8 @@ def test_sweep_adds_a_matched_run_that_stops_at_its_dp_twins_perplexity(byte_tok
     fig = plots.utility_vs_epsilon(runs)
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "unpruned, non-private, utility-matched" in labels and not any("unpruned-matched" in x for x in labels)
-    assert "non-private, stopped at the held-out perplexity of its ε = 8" in findings.finetuning(runs)
+    assert "non-private, stopped once its perplexity on the few held-out records it checks after each step " \
+           "reached its ε = 8 run's" in findings.finetuning(runs)
 
 
 def test_model_keys_of_matched_runs():
@@ -118,8 +119,10 @@ def _tables(seeds: int = 1, shift: float = -1.0):
             reps = 4 if c < 8 else 0
             prior = rng.normal(2, 1)
             for model, eps, extra in (("unpruned", 8.0, shift if reps else 0.0), ("unpruned-matched", math.inf, 0.0)):
+                value = prior + extra + rng.normal(0, 0.1)
                 exposure.append({"model": model, "target_epsilon": eps, "replicate": r, "canary_id": f"c{c}",
-                                 "repetitions": reps, "exposure": prior + extra + rng.normal(0, 0.1)})
+                                 "repetitions": reps, "exposure": value, "exposure_untuned": prior,
+                                 "excess": value - prior})
         for model, eps, auc in (("unpruned", 8.0, 0.55), ("unpruned-matched", math.inf, 0.65 + 0.01 * r)):
             mia.append({"model": model, "target_epsilon": eps, "replicate": r, "attack": "reference", "auc": auc,
                         "members": 64, "nonmembers": 64})

@@ -151,6 +151,21 @@ def test_verify_negative_controls_fail(tmp_path, case):
 
 
 @needs_reference
+def test_verify_fails_when_a_stage_left_the_references_own_tables(tmp_path):
+    """A rerun that stopped part-way keeps the committed tables of the stages it never reached: they agree
+    with the reference claim by claim, so verify names them and fails."""
+    results = _rerun(tmp_path)
+    manifest = json.loads((results / "manifest.json").read_text())
+    for entry in manifest["artifacts"].values():
+        if entry.get("notebook", "") >= "05":              # stages 05 on did not run again
+            entry["provenance"]["created"] = entry["provenance"]["created"].removeprefix("rerun ")
+    (results / "manifest.json").write_text(json.dumps(manifest))
+    result = verify(results, REFERENCE)
+    assert not result.same_run and not result.passed and "tab:memorization" in result.stale
+    assert "tab:finetuning" not in result.stale and "not made by this run" in report(result)
+
+
+@needs_reference
 def test_verify_cli_exit_status_and_missing_reference(tmp_path, capsys):
     root = tmp_path / "root"
     shutil.copytree(REFERENCE, root / "results/paper")

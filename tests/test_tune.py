@@ -74,3 +74,16 @@ def test_tune_cli_on_a_tiny_model(capsys, tmp_path, tiny_model_dir):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "argument --grid: wants KEY=V1,V2" in err[0] and "cannot tune delta" in err[1]
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_candidate_at_another_epsilon_drops_the_profiles_per_model_epsilons():
+    profile = prunepriv.load_profile("paper")                  # lists the unpruned model at ε = 8 only
+    assert tune.with_candidate(profile, {"learning_rate": 0.01}, 3.0).finetune.epsilons == [math.inf, 3.0]
+
+
+def test_a_diverged_candidate_is_neither_stable_nor_chosen():
+    table = pd.DataFrame({"kind": ["nonprivate", "nonprivate", "dp"], "loss_spike": [math.nan, 0.1, 0.1],
+                          "perplexity": [math.nan, 40.0, 60.0], "perplexity_seed0": [math.nan, 40.0, 60.0],
+                          "perplexity_before": [100.0] * 3})
+    out = tune.choose(table)
+    assert list(out["stable"]) == [False, True, True] and list(out["best_nonprivate"]) == [False, True, False]

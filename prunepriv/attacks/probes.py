@@ -151,19 +151,6 @@ def mean_interval(values, draws: int = 2000, seed: int = 0, level: float = 0.95)
     return float(low), float(high)
 
 
-def mean_difference_interval(a, b, draws: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``mean(a) − mean(b)``, each group resampled on its own (e.g.
-    the exposures of trained canaries minus those of never-trained ones); NaN when a group is empty."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if not len(a) or not len(b):
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    diffs = (a[rng.integers(0, len(a), (draws, len(a)))].mean(1)
-             - b[rng.integers(0, len(b), (draws, len(b)))].mean(1))
-    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
 def membership_inference(member_texts: list[str], nonmember_texts: list[str], target_lp, reference_lp,
                          min_k: float = 0.2, fprs: tuple[float, ...] = (0.01, 0.001)) -> list[dict]:
     """One row per attack: AUC and TPR at each FPR, members versus non-members (texts: the scored

@@ -88,7 +88,7 @@ def with_candidate(profile: Profile, candidate: dict[str, Any], epsilon: float, 
     nonprivate = profile.finetune.nonprivate if private else replace(
         profile.finetune.nonprivate, **{k: v for k, v in candidate.items() if k in NONPRIVATE})
     f: FinetuneConfig = replace(profile.finetune, **own, nonprivate=nonprivate, epsilons=[math.inf, epsilon],
-                                utility_match=None, replicates=1, replicate_models=None, replicate_epsilons=None)
+                                model_epsilons=None, utility_match=None, replicates=1, replicate_models=None, replicate_epsilons=None)
     f.validate()
     return replace(profile, finetune=f)
 
@@ -209,7 +209,8 @@ def choose(table: pd.DataFrame) -> pd.DataFrame:
     mean over seeds of each seed's recovered share), ``recovered_min`` / ``recovered_max``; ``chosen`` is the
     stable DP candidate with the largest mean share. Without a stable non-private candidate nothing is
     chosen."""
-    stable = table["loss_spike"].fillna(0) < SPIKE
+    stable = table["loss_spike"] < SPIKE                 # NaN (a run whose every loss diverged) is not stable
+    stable &= table["perplexity"].map(lambda p: math.isfinite(float(p)))
     table = table.assign(stable=stable, best_nonprivate=False, chosen=False, recovered=math.nan,
                          recovered_min=math.nan, recovered_max=math.nan)
     nonprivate = table[(table["kind"] == "nonprivate") & stable]

@@ -3,6 +3,7 @@ one only onto the model it was made for, and merging it into the base weights.""
 from __future__ import annotations
 
 import copy
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -118,10 +119,10 @@ def merge_and_save(peft_model, tokenizer, output_dir: str | Path, base: nn.Modul
     Precision is a way of computing, not of storing: a base that computed in bf16 holds rounded weights, so
     ``base`` (the same model read in fp32, an exact widening of its source) receives the adapter instead,
     and the merged weights are stored in ``dtype`` (the source's); without them, the model as it is."""
-    if base is not None:
-        adapted = copy.deepcopy(base)
-        adapted = load_adapter(adapted, _saved_adapter(peft_model))
-        merged = adapted.merge_and_unload()
+    if base is not None:                 # ``base`` is this merge's own copy: the adapter goes onto it
+        with tempfile.TemporaryDirectory(prefix="prunepriv-adapter-") as folder:
+            peft_model.save_pretrained(folder)      # its LoRA weights are fp32 whatever the base computes in
+            merged = load_adapter(base, Path(folder)).merge_and_unload()
     else:
         merged = peft_model.merge_and_unload()
     if dtype is not None:
@@ -132,12 +133,3 @@ def merge_and_save(peft_model, tokenizer, output_dir: str | Path, base: nn.Modul
     merged.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return share_like_umask(output_dir)
-
-
-def _saved_adapter(peft_model) -> Path:
-    """A temporary copy of ``peft_model``'s adapter (its LoRA weights are fp32 whatever the base computes in)."""
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="prunepriv-adapter-"))
-    peft_model.save_pretrained(folder)
-    return folder

@@ -76,13 +76,22 @@ def stop(child: subprocess.Popen) -> None:
     if child.poll() is not None:
         return
     family = descendants(child.pid)
-    child.send_signal(signal.SIGTERM)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})   # a second Ctrl-C waits for the cleanup
     try:
-        child.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-    for pid in family:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    finally:
+        terminate(family)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def terminate(pids: list[int]) -> None:
+    """SIGTERM to each of ``pids`` that still exists."""
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
@@ -117,13 +126,15 @@ def _failure(path: Path, code: int) -> NotebookFailure:
 
 
 def follow_parent(parent: int) -> None:
-    """End this process (SIGTERM, as :func:`stop` would) once ``parent`` is no longer its parent.
+    """End this process and what it started (SIGTERM, as :func:`stop` would) once ``parent`` is no longer
+    its parent.
 
     An orphan is re-parented to init or a subreaper, so a changed ``getppid()`` means the parent
     ended, however it ended; polled, because ``prctl(PR_SET_PDEATHSIG)`` exists on Linux only.
     """
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_SECONDS)
+    terminate(descendants(os.getpid()))          # the kernel first: papermill, killed, could not stop it
     os.kill(os.getpid(), signal.SIGTERM)
 
 

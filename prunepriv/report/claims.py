@@ -142,6 +142,15 @@ def timing_spread(ratio: float, sd: float, repeats: int, note: str = "") -> Spre
     return Spread("timing", ratio - half, ratio + half, f"{repeats} repeats: median ± t({repeats - 1})·s·√(π/{repeats})")
 
 
+def timing_interval(ratio: float, sd: float, repeats: int) -> tuple[float, float] | None:
+    """95% interval of one median of ``repeats`` paired ratios: ratio ± t(n−1)·s·√(π/(2n)) (the median's
+    asymptotic variance πσ²/(2n); :func:`timing_spread` doubles it for the difference of two medians)."""
+    if not (math.isfinite(sd) and repeats >= 2):
+        return None
+    half = float(stats.t.ppf(0.975, repeats - 1) * sd * math.sqrt(math.pi / (2 * repeats)))
+    return ratio - half, ratio + half
+
+
 @dataclass(frozen=True)
 class Claim:
     id: str
@@ -300,9 +309,9 @@ def _latency_claims(t) -> list[Claim]:
                                    int(row.get(f"{phase}_repeats", 0) or 0), note)
             claims.append(Claim(f"latency.{phase}.k{int(row['removed'])}",
                                 f"{phase} time with {int(row['removed'])} layers removed, relative to the unpruned model",
-                                ratio, spread, ratio < 1.0,
-                                (float(row[f"{phase}_ratio_low"]), float(row[f"{phase}_ratio_high"]))
-                                if f"{phase}_ratio_low" in row else None))
+                                ratio, spread, ratio < 1.0 if spread.kind != "untestable" else None,
+                                timing_interval(ratio, float(row.get(f"{phase}_ratio_sd", math.nan)),
+                                                int(row.get(f"{phase}_repeats", 0) or 0))))
     return claims
 
 
@@ -452,10 +461,10 @@ def _matched_claims(t) -> list[Claim]:
         twin = mine.set_index("replicate")["perplexity_private"]
         ratios = [float(twin[r] / dp[r]) for r in sorted(set(dp.index) & set(twin.index))]
         value, spread, interval = _seeded(ratios, True)
-        holds = None if interval is None else bool(interval[0] <= 1 <= interval[1])
         claims.append(Claim(f"finetune.matched.{base}", f"{base} model, non-private, stopped at the held-out "
                             f"perplexity of its run at ε = {eps:g}: its perplexity over the DP run's (1: equal "
-                            "utility)", value, spread, holds, interval, null=1.0))
+                            "utility; a measurement, since an interval that covers 1 does not show equality)",
+                            value, spread, None, interval, null=1.0))
         value, interval = matched.exposure_difference(t["canary_exposure.csv"], base, model, eps, top)
         claims.append(Claim(f"memorization.matched.{base}.exposure", f"{base}, ε = {eps:g} minus its utility-matched "
                             f"non-private run: excess exposure of {top}× canaries (bits; < 0: DP memorizes less at "
@@ -690,10 +699,10 @@ def verdict(ref: Claim | None, rep: Claim | None) -> str:
         return "missing"
     if ref is None:
         return "extra"
+    if rep.spread.kind == "untestable" and ref.spread.kind == "timing":
+        return "untestable"                          # a rerun timed under load says nothing, either way
     if ref.holds is not None and rep.holds is not None and ref.holds != rep.holds:
         return "fails" if ref.holds else "differs"
-    if rep.spread.kind == "untestable" and ref.spread.kind == "timing":
-        return "untestable"
     accepted = ref.spread.accepts(ref.value, rep.value)
     if accepted is None:
         return "untestable"

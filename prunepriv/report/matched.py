@@ -19,7 +19,7 @@ import pandas as pd
 
 from prunepriv.attacks import probes as attacks
 from prunepriv.privacy.record import base_model, is_matched
-from prunepriv.report.seeds import t_interval
+from prunepriv.report.seeds import mean_of, t_interval
 
 
 def matched_pairs(runs: pd.DataFrame, epsilon: float) -> list[tuple[str, str]]:
@@ -35,15 +35,16 @@ def _runs(table: pd.DataFrame, model: str, epsilon: float) -> pd.DataFrame:
 
 
 def excess_top(exposure: pd.DataFrame, top: int) -> float:
-    """Mean exposure of ``top``× canaries minus that of never-trained canaries (one run's rows)."""
-    return float(exposure[exposure["repetitions"] == top]["exposure"].mean()
-                 - exposure[exposure["repetitions"] == 0]["exposure"].mean())
+    """Mean excess of ``top``× canaries over each one's untuned exposure (one run's rows): the quantity of
+    the exposure claims (``exposure_excess_rR``, :func:`prunepriv.stages.memorization._exposure_by_reps`)."""
+    return float(exposure[exposure["repetitions"] == top]["excess"].mean())
 
 
 def exposure_difference(exposure: pd.DataFrame, dp: str, matched: str, epsilon: float,
                         top: int) -> tuple[float, tuple[float, float] | None]:
-    """Excess exposure of ``top``× canaries (over never-trained ones), DP run minus matched run, and its
-    95% interval (across seeds, or a bootstrap of per-canary paired differences with one seed)."""
+    """Excess exposure of ``top``× canaries (over their untuned exposure), DP run minus matched run, and its
+    95% interval (across seeds, or a bootstrap of per-canary paired differences with one seed: the two
+    runs of a replicate share its canaries)."""
     a, b = _runs(exposure, dp, epsilon), _runs(exposure, matched, math.inf)
     seeds = sorted(set(a["replicate"]) & set(b["replicate"]))
     diffs = [excess_top(a[a["replicate"] == r], top) - excess_top(b[b["replicate"] == r], top) for r in seeds]
@@ -52,10 +53,10 @@ def exposure_difference(exposure: pd.DataFrame, dp: str, matched: str, epsilon: 
     if len(diffs) > 1:
         low, high = t_interval(diffs)
         return float(np.mean(diffs)), (low, high)
-    paired = (a[a["replicate"] == seeds[0]].set_index("canary_id")["exposure"]
-              - b[b["replicate"] == seeds[0]].set_index("canary_id")["exposure"]).dropna()
+    paired = (a[a["replicate"] == seeds[0]].set_index("canary_id")["excess"]
+              - b[b["replicate"] == seeds[0]].set_index("canary_id")["excess"]).dropna()
     reps = a[a["replicate"] == seeds[0]].set_index("canary_id")["repetitions"].reindex(paired.index)
-    low, high = attacks.mean_difference_interval(paired[reps == top], paired[reps == 0])
+    low, high = attacks.mean_interval(paired[reps == top])
     return diffs[0], ((low, high) if math.isfinite(low) else None)
 
 
@@ -95,8 +96,8 @@ def comparison(runs: pd.DataFrame, exposure: pd.DataFrame, mia: pd.DataFrame) ->
         auc, auc_ci = auc_difference(mia, dp, twin, eps)
         a, b = _runs(runs, dp, eps), _runs(runs, twin, math.inf)
         rows.append({"model": dp, "epsilon": eps, "seeds": len(b),
-                     "perplexity_dp": float(a["perplexity_private"].mean()),
-                     "perplexity_matched": float(b["perplexity_private"].mean()),
+                     "perplexity_dp": mean_of(a["perplexity_private"], "perplexity_private"),
+                     "perplexity_matched": mean_of(b["perplexity_private"], "perplexity_private"),
                      "matched_steps": float(b["steps"].mean()), "canary_repetitions": top,
                      "exposure_difference": value, "exposure_difference_low": (interval or (math.nan,))[0],
                      "exposure_difference_high": (interval or (math.nan, math.nan))[1],

@@ -108,7 +108,8 @@ def numbers(t: dict[str, object]) -> dict[str, str]:
                                             // max(1, len(memo)))),
         "setup.candidates": str(int(t["canary_exposure.csv"]["candidates"].iloc[0])),
         "setup.eval.records": str(int(runs["eval_records"].iloc[0])) if "eval_records" in runs else "--",
-        "setup.choice.same": f"{100 * float(stability.get('same_set') or 0):.0f}",
+        "setup.choice.same": ("--" if stability.get("same_set") is None
+                              else f"{100 * float(stability['same_set']):.0f}"),
         "setup.choice.draws": str(stability.get("draws", "--")),
         "memorization.chance": number(float(memo["exposure_chance"].iloc[0]), 2),
         "memorization.extraction.max": number(float(memo["extraction_excess"].max()), 2),
@@ -199,6 +200,10 @@ def _exposure_findings(found: list[Claim]) -> dict[str, str]:
             if c.holds:
                 text = (f"DP at $\\varepsilon = {_eps_of(c.id)}$ lowers the {model} model's excess exposure by "
                         f"{number(float(c.value), 2)}{_ci(c)} bits, an interval that excludes 0")
+            elif c.interval and c.interval[1] < 0:
+                text = (f"the {model} model's excess exposure without DP minus at $\\varepsilon = {_eps_of(c.id)}$ is "
+                        f"{number(float(c.value), 2)}{_ci(c)} bits: the DP runs expose their canaries more, an "
+                        "interval that excludes 0")
             else:
                 text = (f"the {model} model's excess exposure without DP minus at $\\varepsilon = {_eps_of(c.id)}$ is "
                         f"{number(float(c.value), 2)}{_ci(c)} bits: not a difference this experiment can "
@@ -224,11 +229,12 @@ def _audit_findings(t: dict[str, object], found: list[Claim]) -> dict[str, str]:
             model = c.id.split(".")[2]
             out[f"finding.audit.control.{model}"] = (
                 f"on the non-private {model} model the audit's lower bound is {number(float(c.value), 2)}"
-                + (" in every run, above 0: the audit sees memorization" if c.holds else
-                   ", not above 0 in every run: these canaries cannot show what DP prevents"))
+                + (" (mean over runs), above 0 in every run: the audit sees memorization" if c.holds else
+                   " (mean over runs), not above 0 in every run: these canaries cannot show what DP prevents"))
     verdicts = {c.id.split("audit.verdict.")[1]: c.value for c in _pick(found, "audit.verdict.")}
-    testable = sorted({_eps_of(k) for k, v in verdicts.items() if "untestable" not in str(v)})
-    untestable_eps = sorted({_eps_of(k) for k, v in verdicts.items() if "untestable" in str(v)})
+    by_value = lambda e: math.inf if e == r"\infty" else float(e)            # noqa: E731  (8 before 10)
+    testable = sorted({_eps_of(k) for k, v in verdicts.items() if "untestable" not in str(v)}, key=by_value)
+    untestable_eps = sorted({_eps_of(k) for k, v in verdicts.items() if "untestable" in str(v)}, key=by_value)
     attainable = by_id.get("audit.attainable")
     if attainable is not None:
         text = (f"with {t['audit.csv']['audit_canaries'].iloc[0]} audit canaries no lower bound can exceed "
@@ -260,14 +266,16 @@ def _control_findings(found: list[Claim]) -> dict[str, str]:
         out[f"finding.mia.control.{model}"] = (
             f"the loss attack on the untuned {model} model, which saw neither side, has AUC "
             f"{number(float(c.value), 2)}{_ci(c)}" + (", so members and non-members come from one distribution"
-                                                      if c.holds else ", so the two sides differ in something "
-                                                      "other than membership"))
+                                                      if c.holds else ", without an interval to judge it by"
+                                                      if c.holds is None else ", so the two sides differ in "
+                                                      "something other than membership"))
     for c in _pick(found, "healing."):
         if ".over." not in c.id:
             continue
         strategy = c.id.split(".")[1]
         lo, hi = c.interval if c.interval else (math.nan, math.nan)
-        verdict = ("no difference this evaluation can show" if lo <= 1 <= hi else "worse than the paper's strategy"
+        verdict = ("no interval, so no comparison" if not (math.isfinite(lo) and math.isfinite(hi)) else
+                   "no difference this evaluation can show" if lo <= 1 <= hi else "worse than the paper's strategy"
                    if lo > 1 else "better than the paper's strategy")
         out[f"finding.healing.{strategy}"] = (f"after the same DP healing, {escape(strategy)} has {number(float(c.value), 3)}"
                                               f"{_ci(c, 3)} times the paper strategy's held-out perplexity on the "
@@ -309,7 +317,7 @@ def _latency_table(frame: pd.DataFrame) -> str:
             for r in frame.itertuples()]
     return tabular(["removed", "layers", "prefill", "decode", "layers ratio", "idle"], rows, "rrrrrr",
                    "Prefill and decode time relative to the unpruned model: the median of interleaved repeats "
-                   "(their range in brackets). A timing is a claim only when the machine was idle: the repeats "
+                   "(their range in parentheses). A timing is a claim only when the machine was idle: the repeats "
                    "agree and no ratio falls below the layer count's.", "tab:gen-latency")
 
 
@@ -424,7 +432,8 @@ def _compression_table(frame: pd.DataFrame) -> str:
                    f"Compression baselines, each fine-tuned once with DP-LoRA at $\\varepsilon = {eps:g}$: non-zero "
                    "parameters relative to dense before fine-tuning and as deployed (LoRA merged), held-out "
                    "perplexity, prefill and decode time relative to dense (measured on CPU), membership AUC and "
-                   "the one-run audit's lower bound on $\\varepsilon$.", "tab:gen-compression")
+                   "the one-run audit's lower bound on $\\varepsilon$. The layer-removal row is the first seed's run "
+                   "of Table~\\ref{tab:gen-finetune} (which averages its seeds).", "tab:gen-compression")
 
 
 def _healing_table(frame: pd.DataFrame | None, chosen: dict) -> str:

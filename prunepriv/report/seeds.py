@@ -49,16 +49,18 @@ def on_log_scale(column: str) -> bool:
 def log_t_interval(values, level: float = 0.95) -> tuple[float, float]:
     """:func:`t_interval` of the logs of ``values`` mapped back: the interval of their geometric mean."""
     x = np.asarray(values, dtype=float)
-    low, high = t_interval(np.log(x[x > 0]), level)
+    low, high = t_interval(np.log(x[np.isfinite(x) & (x > 0)]), level)
     return math.exp(low), math.exp(high)      # exp(NaN) is NaN: fewer than two positive values
 
 
 def mean_of(values: pd.Series, column: str) -> float:
-    """The mean of one column over a setting's runs: geometric for perplexities, arithmetic otherwise."""
-    if on_log_scale(column):
-        x = values.to_numpy(dtype=float)
-        return float(np.exp(np.mean(np.log(x)))) if (x > 0).all() else float(np.mean(x))
-    return float(values.mean())
+    """The mean of one column over a setting's runs, of its finite values (as the claims,
+    :func:`prunepriv.report.claims._seeded`): geometric for perplexities, arithmetic otherwise."""
+    x = values.to_numpy(dtype=float)
+    x = x[np.isfinite(x) & (x > 0)] if on_log_scale(column) else x[np.isfinite(x)]
+    if not len(x):
+        return math.nan
+    return float(np.exp(np.mean(np.log(x)))) if on_log_scale(column) else float(np.mean(x))
 
 
 def replicated(frame: pd.DataFrame) -> bool:
@@ -93,7 +95,9 @@ def recovered_share(runs: pd.DataFrame, model: str, epsilon: float) -> tuple[flo
     """The share of the non-private runs' held-out log-perplexity gain that ``model``'s runs at ``epsilon``
     recover (issue 29's measure of whether DP learns): per replicate r, (log before − log DP_r) /
     (log before − log non-private_r), the two runs of a replicate sharing its canaries; the mean over
-    replicates with its Student-t 95% interval (None with one replicate). NaN when either is missing."""
+    replicates with its Student-t 95% interval (None with one replicate). NaN when either is missing.
+    A replicate whose non-private run gained nothing has no share (division by a gain ≤ 0): it is left
+    out, and the count returned (which the claim prints) is that of the replicates kept."""
     def of(eps: float) -> pd.DataFrame:
         rows = runs[(runs["model"] == model) & (runs["target_epsilon"] == eps)]
         return rows.set_index(rows["replicate"] if "replicate" in rows else pd.RangeIndex(len(rows)))

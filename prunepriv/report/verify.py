@@ -6,7 +6,7 @@ so a rerun that overwrites ``results/NAME/`` can still be compared with it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -24,13 +24,15 @@ class Verification:
     reference: dict        # provenance of the reference run
     reproduced: dict       # provenance of the run checked
     same_run: bool         # the results are the reference's own files (nothing was rerun)
+    stale: list[str] = field(default_factory=list)   # artifacts left from the reference (not made by this run)
 
     @property
     def passed(self) -> bool:
         """No claim differs, fails, is missing or extra (``untestable`` ones are reported, not counted), and
-        the results are not the reference's own files."""
+        every table was made by this run: none is the reference's own file, which would agree with itself
+        (a rerun that stopped part-way leaves the committed tables of the stages it never reached)."""
         bad = self.table["verdict"].isin(["differs", "fails", "missing", "extra"])
-        return not self.same_run and not bool(bad.any())
+        return not self.same_run and not self.stale and not bool(bad.any())
 
 
 def reference_dir(results_dir: Path) -> Path:
@@ -73,7 +75,16 @@ def verify(results_dir: str | Path, reference: str | Path | None = None) -> Veri
     same = names == table_files(results_dir) and \
         all((ref_dir / n).read_bytes() == (results_dir / n).read_bytes() for n in names) and \
         ref_prov.get("created") == rep_prov.get("created")
-    return Verification(table, ref_prov, rep_prov, same)
+    return Verification(table, ref_prov, rep_prov, same, [] if same else not_rerun(ref_dir, results_dir))
+
+
+def not_rerun(ref_dir: Path, results_dir: Path) -> list[str]:
+    """The artifacts of ``results_dir`` whose recorded creation time is the reference's: its own files,
+    left in place because the stage that writes them did not run (or failed) this time."""
+    ref = load_manifest(Path(ref_dir) / "manifest.json")["artifacts"]
+    mine = load_manifest(Path(results_dir) / "manifest.json")["artifacts"]
+    created = lambda entry: (entry.get("provenance") or {}).get("created")      # noqa: E731
+    return sorted(k for k in ref.keys() & mine.keys() if created(ref[k]) and created(ref[k]) == created(mine[k]))
 
 
 def checked_claims(results_dir: Path, what: str) -> list:
@@ -132,6 +143,9 @@ def report(result: Verification) -> str:
     if result.same_run:
         lines.append("these results are the reference run's own files: run `make reproduce` (or "
                      "`prunepriv reproduce --profile NAME`) first, then verify")
+    elif result.stale:
+        lines.append(f"not made by this run (the reference's own, left in place): {', '.join(result.stale)}; "
+                     "rerun the stages that write them (`prunepriv reproduce --profile NAME`), then verify")
     return "\n".join(lines)
 
 

@@ -415,6 +415,8 @@ def compression_baselines(model, tokenizer, corpus, similarity: LayerSimilarity,
         rows.append(row)
         timing[name] = timing[info["layer_removal"]]
     ideal = {info["layer_removal"]: 1 - info["matched_layers"] / len(decoder_layers(model))}
+    if b.dpkd:                           # the same timings, so the same FLOP-ideal
+        ideal[name] = ideal[info["layer_removal"]]
     _add_latency(rows, timing, info["layer_removal"], info["matched_layers"], ideal)
     info["latency_device"] = str(next(model.parameters()).device)
     return pd.DataFrame(rows), info

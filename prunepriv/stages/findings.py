@@ -123,7 +123,7 @@ def finetuning(runs: pd.DataFrame) -> Findings:
             lines.append(f"**{model}** at ε = {eps:g} recovers {share:.2f}{span} of the non-private runs' held-out "
                          "log-perplexity gain" + (" — at least half." if interval and interval[0] >= 0.5 else
                                                  " — less than half." if interval and interval[1] < 0.5 else "."))
-    private = runs[runs["target_epsilon"].map(lambda e: not math.isinf(float(e)))]
+    private = runs_table[runs_table["target_epsilon"].map(lambda e: not math.isinf(float(e)))]   # every run
     if len(private):
         worst = (private["epsilon_rdp"] / private["target_epsilon"]).max()
         lines.append(f"Every private run's accountant ε (RDP) is at most {worst:.3f}× its target; δ = "
@@ -145,10 +145,10 @@ def finetuning(runs: pd.DataFrame) -> Findings:
 
 def _matched_run(r) -> str:
     """The utility-matched run of a model: where it stopped against its target."""
-    return (f"**{base_model(r.model)}**, non-private, stopped at the held-out perplexity of its ε = "
-            f"{r.matched_epsilon:g} run ({r.stop_perplexity:.2f}): reached {r.perplexity_private:.2f}"
-            + _ci(r, "perplexity_private") + f" after {int(r.steps)} step(s) (the utility-matched baseline of "
-            "notebook 05).")
+    return (f"**{base_model(r.model)}**, non-private, stopped once its perplexity on the few held-out records "
+            f"it checks after each step reached its ε = {r.matched_epsilon:g} run's ({r.stop_perplexity:.2f} there); "
+            f"on all held-out patients it reached {r.perplexity_private:.2f}" + _ci(r, "perplexity_private")
+            + f" after {float(r.steps):.0f} step(s) (the utility-matched baseline of notebook 05).")
 
 
 def _ci(row, column: str) -> str:
@@ -221,6 +221,10 @@ def _untuned_lines(table: pd.DataFrame) -> list[str]:
         if is_matched(r["model"]) or not math.isfinite(r["mia_auc_untuned"]):
             continue
         lo, hi = r["mia_auc_untuned_low"], r["mia_auc_untuned_high"]
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            lines.append(f"Control of every membership attack on the {base_model(r['model'])} model: the loss attack "
+                         f"on the untuned model has AUC {r['mia_auc_untuned']:.3f}, without an interval to judge it by.")
+            continue
         lines.append(f"Control of every membership attack on the {base_model(r['model'])} model: the loss attack on "
                      f"the untuned model, which saw neither side, has AUC {r['mia_auc_untuned']:.3f} [{lo:.2f}, {hi:.2f}]"
                      + (" — members and non-members come from one distribution." if lo <= 0.5 <= hi else
