@@ -110,3 +110,13 @@ def test_time_per_stage_per_machine_is_rendered_from_the_recorded_runs(tmp_path)
     (tmp_path / guides.TIMINGS).write_text(header + "\n" + row + "\n")
     table = guides.timings_table(tmp_path)
     assert "| 2-core CPU without AVX-512 | fp32 | 60 s |" in table and "100 min 0 s (fresh clone) | abc1234 |" in table
+
+
+def test_the_measured_test_time_is_recorded_per_machine_class(tmp_path):
+    """README's "Tests" section says how long `make test` took from a clean checkout, from results/test_timings.csv."""
+    assert guides.test_time(tmp_path) == "not yet recorded"
+    (tmp_path / "results").mkdir()
+    guides.record_tests(tmp_path, "2-core CPU", 700, 600, 500, "abc1234def", "2026-12-05")
+    guides.record_tests(tmp_path, "2-core CPU", 580, 477, 528, "def5678abc", "2026-12-06")     # replaces its class
+    assert guides.test_time(tmp_path) == ("9 min 40 s from a clean checkout (528 tests, pytest 7 min 57 s) on a "
+                                          "2-core CPU, commit def5678, 2026-12-06")

@@ -20,6 +20,7 @@ from prunepriv.results import atomic_write_text
 
 GUIDES = ("README.md", "REPRODUCE.md", *(f"docs/{name}" for name in ("profiles.md", "precision-and-benchmarks.md")))
 TIMINGS = "results/timings.csv"     # one row per reference-class run: machine, precision, stage seconds, wall time
+TEST_TIMINGS = "results/test_timings.csv"   # one row per machine class: the wall time of `make test` from a clean checkout
 SPAN = re.compile(r"(<!-- gen:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /gen:(?P=name) -->)", re.S)
 
 
@@ -105,6 +106,38 @@ def record(root: Path, machine: str, wall_seconds: float, fresh_clone: bool, pro
     return row
 
 
+def test_time(root: Path) -> str:
+    """One sentence per recorded ``make test`` (:data:`TEST_TIMINGS`): its wall time, where and at which commit."""
+    import csv
+
+    path = root / TEST_TIMINGS
+    rows = list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+    if not rows:
+        return "not yet recorded"
+    return "; ".join(f"{minutes(float(r['make_test_seconds']))} from a clean checkout ({r['tests']} tests, pytest "
+                     f"{minutes(float(r['pytest_seconds']))}) on a {r['machine']}, commit {r['commit'][:7]}, {r['date']}"
+                     for r in rows)
+
+
+def record_tests(root: Path, machine: str, make_test_seconds: float, pytest_seconds: float, tests: int,
+                 commit: str, date: str) -> dict:
+    """Add (or replace, for its machine class) one measured ``make test`` to :data:`TEST_TIMINGS`."""
+    import csv
+    import io
+
+    row = {"machine": machine, "date": date, "commit": commit, "tests": str(tests),
+           "pytest_seconds": f"{pytest_seconds:.0f}", "make_test_seconds": f"{make_test_seconds:.0f}"}
+    path = root / TEST_TIMINGS
+    rows = [r for r in (csv.DictReader(path.read_text().splitlines()) if path.is_file() else [])
+            if r["machine"] != machine] + [row]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+    return row
+
+
 def values(root: Path, tests: int) -> dict[str, Callable[[], str]]:
     """What each span name holds."""
     return {
@@ -113,6 +146,7 @@ def values(root: Path, tests: int) -> dict[str, Callable[[], str]]:
         "paper-timings": lambda: timings_table(root),
         "paper-claims": lambda: str(claims_total(root)),
         "test-count": lambda: str(tests),
+        "test-time": lambda: test_time(root),
     }
 
 
@@ -143,11 +177,15 @@ def stale(root: Path, tests: int) -> list[str]:
 def main() -> int:
     """``make guides``: rewrite every generated span of the guides in place. ``python -m
     prunepriv.report.guides record MACHINE WALL_SECONDS [--fresh-clone]`` first adds the committed paper run's
-    times to :data:`TIMINGS`."""
+    times to :data:`TIMINGS`; ``… record-tests MACHINE MAKE_TEST_SECONDS PYTEST_SECONDS TESTS COMMIT DATE`` a
+    measured ``make test`` (``.ci/run`` prints its wall time) to :data:`TEST_TIMINGS`."""
     root = Path(__file__).resolve().parents[2]
     if sys.argv[1:2] == ["record"]:
         machine, wall = sys.argv[2], float(sys.argv[3])
         print(record(root, machine, wall, "--fresh-clone" in sys.argv[4:]))
+    if sys.argv[1:2] == ["record-tests"]:
+        machine, make_test, pytest_seconds, n, commit, date = sys.argv[2:8]
+        print(record_tests(root, machine, float(make_test), float(pytest_seconds), int(n), commit, date))
     tests = count_tests(root)
     for name in GUIDES:
         path = root / name
