@@ -38,13 +38,15 @@ def test_t_interval_and_collapse():
 def test_perplexities_collapse_on_the_log_scale_as_the_claims_do():
     ppl = [12.7, 67.0, 60.9]                        # a seed-dependent setting: the raw-scale interval goes below 0
     frame = pd.DataFrame({"model": ["pruned"] * 3, "target_epsilon": [math.inf] * 3, "replicate": [0, 1, 2],
-                          "perplexity_private": ppl, "final_loss": [1.0, 2.0, 3.0]})
+                          "perplexity_private": ppl, "final_loss": [1.0, 2.0, 3.0], "epsilon_rdp": [math.inf] * 3,
+                          "perplexity_general": [100.0, math.nan, 400.0]})
     row = collapse_replicates(frame, ["perplexity_private", "final_loss"]).iloc[0]
     assert row["perplexity_private"] == pytest.approx(math.exp(np.mean(np.log(ppl))))
     assert 0 < row["perplexity_private_low"] < row["perplexity_private"] < row["perplexity_private_high"]
     low, high = t_interval(np.log(ppl))
     assert (row["perplexity_private_low"], row["perplexity_private_high"]) == pytest.approx((math.exp(low), math.exp(high)))
     assert row["final_loss"] == 2.0 and (row["final_loss_low"], row["final_loss_high"]) == t_interval([1.0, 2.0, 3.0])
+    assert row["epsilon_rdp"] == math.inf and row["perplexity_general"] == pytest.approx(200.0)   # ∞ kept, NaN left out
     mean, _, interval = claims._seeded(ppl, log=True)            # the claim states the same value and interval
     assert mean == pytest.approx(row["perplexity_private"])
     assert interval == pytest.approx((row["perplexity_private_low"], row["perplexity_private_high"]))

@@ -54,10 +54,13 @@ def log_t_interval(values, level: float = 0.95) -> tuple[float, float]:
 
 
 def mean_of(values: pd.Series, column: str) -> float:
-    """The mean of one column over a setting's runs, of its finite values (as the claims,
-    :func:`prunepriv.report.claims._seeded`): geometric for perplexities, arithmetic otherwise."""
+    """The mean of one column over a setting's runs, without its missing values (as the claims,
+    :func:`prunepriv.report.claims._seeded`): geometric for perplexities, arithmetic otherwise; the
+    non-private runs' ε (∞) stays ∞."""
     x = values.to_numpy(dtype=float)
-    x = x[np.isfinite(x) & (x > 0)] if on_log_scale(column) else x[np.isfinite(x)]
+    x = x[~np.isnan(x)]                   # a missing value is left out; ∞ (a non-private run's ε) is a value
+    if on_log_scale(column):
+        x = x[x > 0]
     if not len(x):
         return math.nan
     return float(np.exp(np.mean(np.log(x)))) if on_log_scale(column) else float(np.mean(x))
