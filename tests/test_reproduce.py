@@ -287,7 +287,6 @@ def test_kill_9_leaves_no_process_running_and_the_next_run_cleans_up(toy, tmp_pa
     assert not list((root / "results/toy").glob(".tmp-*"))
 
 
-
 def _running(pid: int) -> bool:
     """Whether ``pid`` is alive and not a zombie."""
     try:

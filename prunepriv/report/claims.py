@@ -44,7 +44,8 @@ from prunepriv.pipeline.registry import claim_files
 from prunepriv.privacy.record import SPIKE, base_model, is_matched
 from prunepriv.privacy.specs import epsilon_label, epsilon_text
 from prunepriv.report import matched, power
-from prunepriv.report.seeds import collapse_replicates, log_t_interval, recovered_share, row_interval, t_interval
+from prunepriv.report.seeds import (collapse_replicates, log_t_interval, mean_over, recovered_share, row_interval,
+                                    t_interval)
 
 TABLES = claim_files()   # what stage 07 reads, from the registry
 KINDS = ("seeds", "bootstrap", "timing", "exact", "untestable", "predicate")
@@ -230,14 +231,11 @@ def _seeded(values: list[float], log: bool, single_interval=None) -> tuple[float
     finite = [float(v) for v in values if math.isfinite(float(v))]
     if not finite:
         return math.nan, untestable("no value"), None
-    if log:
-        mean = float(math.exp(np.mean(np.log(finite))))
-    else:
-        mean = float(np.mean(finite))
+    value = mean_over(finite, log)
     if len(finite) > 1:
         interval = log_t_interval(finite) if log else t_interval(finite)
-        return mean, seed_spread(finite, log), interval
-    return mean, untestable(), single_interval
+        return value, seed_spread(finite, log), interval
+    return value, untestable(), single_interval
 
 
 def _is_inf(eps) -> bool:

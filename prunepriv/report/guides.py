@@ -61,12 +61,28 @@ def count_tests(root: Path) -> int:
     return int(match.group(1))
 
 
-def timings(root: Path) -> list[dict[str, str]]:
-    """The rows of :data:`TIMINGS` (empty when none is recorded)."""
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file of recorded times (empty when none is recorded)."""
     import csv
 
-    path = root / TIMINGS
     return list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write ``rows`` (the last one's keys as the header) atomically as CSV."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[-1]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def timings(root: Path) -> list[dict[str, str]]:
+    """The rows of :data:`TIMINGS` (empty when none is recorded)."""
+    return read_rows(root / TIMINGS)
 
 
 def timings_table(root: Path, profile: str = "paper") -> str:
@@ -87,9 +103,6 @@ def timings_table(root: Path, profile: str = "paper") -> str:
 def record(root: Path, machine: str, wall_seconds: float, fresh_clone: bool, profile: str = "paper") -> dict:
     """Append the committed run of ``profile`` to :data:`TIMINGS`: its stage times (papermill's, from the
     executed notebooks), precision and commit (from its manifest), the batch's wall time."""
-    import csv
-    import io
-
     manifest = json.loads((root / "results" / profile / "manifest.json").read_text())
     prov = next(iter(manifest["artifacts"].values()))["provenance"]
     row = {"profile": profile, "machine": machine, "precision": prov.get("precision", "?"),
@@ -97,21 +110,14 @@ def record(root: Path, machine: str, wall_seconds: float, fresh_clone: bool, pro
            "commit": str(prov.get("git_revision", "?")), "date": str(prov.get("created", "?"))[:10],
            "fresh_clone": "yes" if fresh_clone else "no", "wall_seconds": f"{wall_seconds:.0f}",
            **{f"s{k}": f"{v:.1f}" for k, v in stage_seconds(root, profile).items()}}
-    rows = [r for r in timings(root) if not (r["machine"] == machine and r["profile"] == profile)] + [row]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(root / TIMINGS, buffer.getvalue())
+    write_rows(root / TIMINGS, [r for r in timings(root)
+                                if not (r["machine"] == machine and r["profile"] == profile)] + [row])
     return row
 
 
 def test_time(root: Path) -> str:
     """One sentence per recorded ``make test`` (:data:`TEST_TIMINGS`): its wall time, where and at which commit."""
-    import csv
-
-    path = root / TEST_TIMINGS
-    rows = list(csv.DictReader(path.read_text().splitlines())) if path.is_file() else []
+    rows = read_rows(root / TEST_TIMINGS)
     if not rows:
         return "not yet recorded"
     return "; ".join(f"{minutes(float(r['make_test_seconds']))} from a clean checkout ({r['tests']} tests, pytest "
@@ -122,19 +128,10 @@ def test_time(root: Path) -> str:
 def record_tests(root: Path, machine: str, make_test_seconds: float, pytest_seconds: float, tests: int,
                  commit: str, date: str) -> dict:
     """Add (or replace, for its machine class) one measured ``make test`` to :data:`TEST_TIMINGS`."""
-    import csv
-    import io
-
     row = {"machine": machine, "date": date, "commit": commit, "tests": str(tests),
            "pytest_seconds": f"{pytest_seconds:.0f}", "make_test_seconds": f"{make_test_seconds:.0f}"}
     path = root / TEST_TIMINGS
-    rows = [r for r in (csv.DictReader(path.read_text().splitlines()) if path.is_file() else [])
-            if r["machine"] != machine] + [row]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    write_rows(path, [r for r in read_rows(path) if r["machine"] != machine] + [row])
     return row
 
 

@@ -53,17 +53,23 @@ def log_t_interval(values, level: float = 0.95) -> tuple[float, float]:
     return math.exp(low), math.exp(high)      # exp(NaN) is NaN: fewer than two positive values
 
 
+def mean_over(values, log: bool) -> float:
+    """Geometric (``log``: of the positive values) or arithmetic mean of ``values`` without the missing
+    ones; NaN when none is left."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if log:
+        x = x[x > 0]
+    if not len(x):
+        return math.nan
+    return float(np.exp(np.mean(np.log(x)))) if log else float(np.mean(x))
+
+
 def mean_of(values: pd.Series, column: str) -> float:
     """The mean of one column over a setting's runs, without its missing values (as the claims,
     :func:`prunepriv.report.claims._seeded`): geometric for perplexities, arithmetic otherwise; the
     non-private runs' ε (∞) stays ∞."""
-    x = values.to_numpy(dtype=float)
-    x = x[~np.isnan(x)]                   # a missing value is left out; ∞ (a non-private run's ε) is a value
-    if on_log_scale(column):
-        x = x[x > 0]
-    if not len(x):
-        return math.nan
-    return float(np.exp(np.mean(np.log(x)))) if on_log_scale(column) else float(np.mean(x))
+    return mean_over(values, on_log_scale(column))       # ∞ (a non-private run's ε) is a value, NaN is left out
 
 
 def replicated(frame: pd.DataFrame) -> bool:
