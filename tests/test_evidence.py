@@ -15,7 +15,7 @@ from prunepriv.privacy.specs import TrainSpec, finetune_specs, learning_rate_at,
 from prunepriv.report import claims
 from prunepriv.report.seeds import collapse_replicates, recovered_share
 from prunepriv.stages.experiments import timing_check
-from prunepriv.stages.memorization import audit_verdict, kind_matched
+from prunepriv.stages.memorization import audit_verdict, kind_matched, with_control
 
 
 def test_warm_up_then_linear_decay_and_the_old_constant_schedule():
@@ -96,6 +96,17 @@ def test_audit_verdicts():
     assert audit_verdict(0.5, 4.7, 1.3) == "holds"
     assert audit_verdict(2.0, 4.7, 1.3) == "fails"
     assert audit_verdict(0.4, 4.7, math.inf) == "detects" and audit_verdict(0.0, 4.7, math.inf) == "blind"
+
+
+def test_a_blind_positive_control_leaves_no_private_verdict_holding():
+    table = pd.DataFrame({"model": ["pruned", "pruned", "pruned", "unpruned"],
+                          "target_epsilon": [math.inf, 1.0, 8.0, 1.0],
+                          "verdict": ["blind", "holds", "untestable", "holds"]})
+    judged = with_control(table)
+    assert list(judged["verdict"]) == ["blind", "untestable", "untestable", "holds"]   # unpruned: no control
+    assert list(judged["control"]) == ["blind", "blind", "blind", "none"]
+    seeing = with_control(table.assign(verdict=["detects", "holds", "untestable", "holds"]))
+    assert list(seeing["verdict"]) == ["detects", "holds", "untestable", "holds"]
 
 
 def test_recovered_share_pairs_each_dp_run_with_its_own_replicates_nonprivate_run():

@@ -120,3 +120,6 @@ def test_the_measured_test_time_is_recorded_per_machine_class(tmp_path):
     guides.record_tests(tmp_path, "2-core CPU", 580, 477, 528, "def5678abc", "2026-12-06")     # replaces its class
     assert guides.test_time(tmp_path) == ("9 min 40 s from a clean checkout (528 tests, pytest 7 min 57 s) on a "
                                           "2-core CPU, commit def5678, 2026-12-06")
+    guides.record_tests(tmp_path, "CI's 2-core machine", 579, None, 529, "f45b820abc", "2026-12-05")   # no pytest time
+    assert guides.test_time(tmp_path).endswith("; 9 min 39 s from a clean checkout (529 tests) on CI's 2-core machine, "
+                                               "commit f45b820, 2026-12-05")

@@ -396,8 +396,11 @@ def _memorization_claims(t) -> list[Claim]:
                             value, spread, above if _is_inf(eps) else None, interval, null=0.0))
         auc, spread, interval = _seeded(list(rows["mia_auc_reference"]), False,
                                         row_interval(rows.iloc[0], "mia_auc_reference"))
+        control = bool(interval[0] > 0.5) if _is_inf(eps) and interval is not None else None
         claims.append(Claim(f"memorization.mia.{tag}", f"{model}, {epsilon_text(eps)}: reference-calibrated "
-                            "membership AUC (chance 0.5)", auc, spread, None, interval, null=0.5))
+                            "membership AUC (chance 0.5)" + ("; positive control: the attack sees membership "
+                                                             "if the interval is above 0.5" if _is_inf(eps) else ""),
+                            auc, spread, control, interval, null=0.5))
         if not _is_inf(eps):
             claims += _reduction(memo, exposure, model, eps, top)
     if "mia_auc_untuned" in memo:
@@ -526,7 +529,7 @@ def _audit_claims(t) -> list[Claim]:
             verdicts = " ".join(sorted(set(rows["verdict"])))
             claims.append(Claim(f"audit.verdict.{tag}", f"{model}, ε = {eps:g}: what the audit can say of its "
                                 "accountant (holds: could have failed and did not; untestable: the accountant's ε is "
-                                "above the attainable bound)", verdicts,
+                                "above the attainable bound, or the non-private control is blind)", verdicts,
                                 exact("the accountant's ε against the attainable bound"), "fails" not in verdicts))
     return claims
 

@@ -120,16 +120,23 @@ def test_time(root: Path) -> str:
     rows = read_rows(root / TEST_TIMINGS)
     if not rows:
         return "not yet recorded"
-    return "; ".join(f"{minutes(float(r['make_test_seconds']))} from a clean checkout ({r['tests']} tests, pytest "
-                     f"{minutes(float(r['pytest_seconds']))}) on a {r['machine']}, commit {r['commit'][:7]}, {r['date']}"
-                     for r in rows)
+    return "; ".join(f"{minutes(float(r['make_test_seconds']))} from a clean checkout ({r['tests']} tests"
+                     + (f", pytest {minutes(float(r['pytest_seconds']))}" if r["pytest_seconds"] else "")
+                     + f") on {_article(r['machine'])}, commit {r['commit'][:7]}, {r['date']}" for r in rows)
 
 
-def record_tests(root: Path, machine: str, make_test_seconds: float, pytest_seconds: float, tests: int,
+def _article(machine: str) -> str:
+    """``a 2-core CPU``; a name that starts with "CI" or "the" is used as it is."""
+    return machine if machine.split(" ")[0] in ("CI", "CI's", "the") else f"a {machine}"
+
+
+def record_tests(root: Path, machine: str, make_test_seconds: float, pytest_seconds: float | None, tests: int,
                  commit: str, date: str) -> dict:
-    """Add (or replace, for its machine class) one measured ``make test`` to :data:`TEST_TIMINGS`."""
+    """Add (or replace, for its machine class) one measured ``make test`` to :data:`TEST_TIMINGS`
+    (``pytest_seconds`` None where the run did not print it, as CI's report does not)."""
     row = {"machine": machine, "date": date, "commit": commit, "tests": str(tests),
-           "pytest_seconds": f"{pytest_seconds:.0f}", "make_test_seconds": f"{make_test_seconds:.0f}"}
+           "pytest_seconds": "" if pytest_seconds is None else f"{pytest_seconds:.0f}",
+           "make_test_seconds": f"{make_test_seconds:.0f}"}
     path = root / TEST_TIMINGS
     write_rows(path, [r for r in read_rows(path) if r["machine"] != machine] + [row])
     return row
@@ -174,7 +181,7 @@ def stale(root: Path, tests: int) -> list[str]:
 def main() -> int:
     """``make guides``: rewrite every generated span of the guides in place. ``python -m
     prunepriv.report.guides record MACHINE WALL_SECONDS [--fresh-clone]`` first adds the committed paper run's
-    times to :data:`TIMINGS`; ``… record-tests MACHINE MAKE_TEST_SECONDS PYTEST_SECONDS TESTS COMMIT DATE`` a
+    times to :data:`TIMINGS`; ``… record-tests MACHINE MAKE_TEST_SECONDS PYTEST_SECONDS|- TESTS COMMIT DATE`` a
     measured ``make test`` (``.ci/run`` prints its wall time) to :data:`TEST_TIMINGS`."""
     root = Path(__file__).resolve().parents[2]
     if sys.argv[1:2] == ["record"]:
@@ -182,7 +189,8 @@ def main() -> int:
         print(record(root, machine, wall, "--fresh-clone" in sys.argv[4:]))
     if sys.argv[1:2] == ["record-tests"]:
         machine, make_test, pytest_seconds, n, commit, date = sys.argv[2:8]
-        print(record_tests(root, machine, float(make_test), float(pytest_seconds), int(n), commit, date))
+        print(record_tests(root, machine, float(make_test), None if pytest_seconds == "-" else float(pytest_seconds),
+                           int(n), commit, date))
     tests = count_tests(root)
     for name in GUIDES:
         path = root / name

@@ -18,6 +18,7 @@ from prunepriv.errors import PrunePrivError
 from prunepriv.report.claims import Claim, claims, top_repetitions
 from prunepriv.report.latex import epsilon, escape, macros, number, problems, tabular
 from prunepriv.privacy.record import is_matched
+from prunepriv.privacy.specs import epsilon_label
 from prunepriv.report.seeds import collapse_replicates, row_interval
 
 
@@ -239,14 +240,29 @@ def _audit_findings(t: dict[str, object], found: list[Claim]) -> dict[str, str]:
     if attainable is not None:
         text = (f"with {t['audit.csv']['audit_canaries'].iloc[0]} audit canaries no lower bound can exceed "
                 f"{number(float(attainable.value), 2)}")
-        if untestable_eps:
+        audit = t["audit.csv"]
+        ceiling = float(attainable.value)
+        above = sorted({_eps_of(k) for k, v in verdicts.items() if "untestable" in str(v)
+                        and _accountant_of(audit, k) > ceiling}, key=by_value)
+        blind = [e for e in untestable_eps if e not in above]
+        if above:
             text += (", so the accountant's $\\varepsilon$ of the runs at $\\varepsilon = "
-                     + ", ".join(untestable_eps) + "$ cannot be tested by this audit")
+                     + ", ".join(above) + "$ cannot be tested by this audit")
+        if blind:
+            text += ("; at $\\varepsilon = " + ", ".join(blind) + "$ a bound could exceed the accountant, but the "
+                     "non-private control's bound is 0, so a bound below the accountant there shows nothing")
         if testable:
             text += ("; at $\\varepsilon = " + ", ".join(testable) + "$ the audit could have exceeded the "
                      "accountant and " + ("did not" if by_id["audit.below_accountant"].holds else "did"))
         out["finding.audit.testable"] = text
     return out
+
+
+def _accountant_of(audit: pd.DataFrame, tag: str) -> float:
+    """The smallest accountant ε at the audit's δ among the runs of claim tag ``MODEL.epsE``."""
+    model, eps = tag.split(".eps")
+    rows = audit[(audit["model"] == model) & (audit["target_epsilon"].map(epsilon_label) == eps)]
+    return float(rows[["epsilon_rdp_at_audit_delta", "epsilon_prv_at_audit_delta"]].min(axis=1).min())
 
 
 def _control_findings(found: list[Claim]) -> dict[str, str]:
@@ -261,6 +277,15 @@ def _control_findings(found: list[Claim]) -> dict[str, str]:
                    if lo > 0 else "not distinguishable at equal utility" if math.isfinite(lo) else "one run")
         out[f"finding.matched.{model}"] = (f"the DP {model} model minus its utility-matched non-private run: excess "
                                            f"exposure {number(float(c.value), 2)}{_ci(c)} bits, {verdict}")
+    for c in _pick(found, "memorization.mia."):
+        if not c.id.endswith(".epsinf") or c.id.count(".") != 3:
+            continue
+        model = c.id.split(".")[2]
+        out[f"finding.mia.positive.{model}"] = (
+            f"on the non-private {model} model the reference-calibrated attack reaches AUC "
+            f"{number(float(c.value), 2)}{_ci(c)}" + (", above chance: the attack sees membership where there is "
+                                                      "no DP" if c.holds else ", not above chance: at this training "
+                                                      "length the attack cannot show what DP prevents"))
     for c in _pick(found, "memorization.mia.untuned."):
         model = c.id.split(".")[3]
         out[f"finding.mia.control.{model}"] = (
@@ -389,8 +414,9 @@ def _audit_table(frame: pd.DataFrame) -> str:
                    "One-run privacy audit: correct guesses at every guess count (the most and least likely members "
                    "by the secret's loss drop), the 95\\% lower bound on $\\varepsilon$ (Bonferroni over the counts) "
                    "and its verdict against the accountant's $\\varepsilon$ at the audit's $\\delta$: "
-                   "\\emph{untestable} where even every guess correct could not exceed it; on the non-private runs "
-                   "\\emph{detects} when the bound is above 0.", "tab:gen-audit")
+                   "\\emph{untestable} where even every guess correct could not exceed it, or where the model's "
+                   "non-private control is \\emph{blind}; on the non-private runs \\emph{detects} when the bound "
+                   "is above 0.", "tab:gen-audit")
 
 
 def _federated_table(frame: pd.DataFrame) -> str:

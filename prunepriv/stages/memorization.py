@@ -469,7 +469,8 @@ def audit_verdict(bound: float, attainable: float, accountant: float) -> str:
     """What one audit says about its run's accountant: ``fails`` (the lower bound exceeds the accountant's ε:
     a broken accountant or trainer), ``untestable`` (even every guess correct could not exceed it: these
     canaries cannot test this ε), ``holds`` (it could have failed and did not); for a non-private run
-    (accountant ε = ∞), the positive control: ``detects`` when the bound is above 0, else ``blind``."""
+    (accountant ε = ∞), the positive control: ``detects`` when the bound is above 0, else ``blind``
+    (:func:`with_control` then demotes its model's ``holds`` to ``untestable``)."""
     if math.isinf(accountant):
         return "detects" if bound > 0 else "blind"
     if bound > accountant + 1e-9:
@@ -499,7 +500,24 @@ def audit_table(results: list[dict]) -> pd.DataFrame:
             row[f"correct_r{point['guesses']}"] = point["correct"]
             row[f"bound_r{point['guesses']}"] = point["epsilon_lower_bound"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return with_control(pd.DataFrame(rows))
+
+
+def with_control(table: pd.DataFrame) -> pd.DataFrame:
+    """Each private run's verdict read beside its positive control: where the table holds non-private runs
+    of the same model and any of them is ``blind`` (bound 0: the audit did not see memorization without
+    DP), a private run's ``holds`` is vacuous and becomes ``untestable``; ``control`` names the controls'
+    verdicts (``none`` where the model has no non-private run)."""
+    if not len(table):
+        return table
+    table = table.copy()
+    private = ~table["target_epsilon"].map(lambda e: math.isinf(float(e)))
+    control = {model: " ".join(sorted(set(group.loc[~private[group.index], "verdict"]))) or "none"
+               for model, group in table.groupby("model")}
+    table["control"] = table["model"].map(control)
+    blind = private & table["control"].str.contains("blind") & (table["verdict"] == "holds")
+    table.loc[blind, "verdict"] = "untestable"
+    return table
 
 
 NO_PII = "the records carry no PII annotations (only the synthetic corpus records its PII spans)"
