@@ -231,7 +231,8 @@ def _audit_findings(t: dict[str, object], found: list[Claim]) -> dict[str, str]:
             out[f"finding.audit.control.{model}"] = (
                 f"on the non-private {model} model the audit's lower bound is {number(float(c.value), 2)}"
                 + (" (mean over runs), above 0 in every run: the audit sees memorization" if c.holds else
-                   " (mean over runs), not above 0 in every run: these canaries cannot show what DP prevents"))
+                   f" (mean over runs), above 0 in {_detecting(t['audit.csv'], model)}: these canaries cannot show "
+                   "what DP prevents"))
     verdicts = {c.id.split("audit.verdict.")[1]: c.value for c in _pick(found, "audit.verdict.")}
     by_value = lambda e: math.inf if e == r"\infty" else float(e)            # noqa: E731  (8 before 10)
     testable = sorted({_eps_of(k) for k, v in verdicts.items() if "untestable" not in str(v)}, key=by_value)
@@ -250,12 +251,19 @@ def _audit_findings(t: dict[str, object], found: list[Claim]) -> dict[str, str]:
                      + ", ".join(above) + "$ cannot be tested by this audit")
         if blind:
             text += ("; at $\\varepsilon = " + ", ".join(blind) + "$ a bound could exceed the accountant, but the "
-                     "non-private control's bound is 0, so a bound below the accountant there shows nothing")
+                     "non-private control's bound is 0 in at least one run, so a bound below the accountant there "
+                     "shows nothing")
         if testable:
             text += ("; at $\\varepsilon = " + ", ".join(testable) + "$ the audit could have exceeded the "
                      "accountant and " + ("did not" if by_id["audit.below_accountant"].holds else "did"))
         out["finding.audit.testable"] = text
     return out
+
+
+def _detecting(audit: pd.DataFrame, model: str) -> str:
+    """``1 of 3 runs``: how many of ``model``'s non-private runs have an audit bound above 0."""
+    rows = audit[(audit["model"] == model) & audit["target_epsilon"].map(lambda e: math.isinf(float(e)))]
+    return f"{int((rows['epsilon_lower_bound'] > 0).sum())} of {len(rows)} run" + ("s" if len(rows) != 1 else "")
 
 
 def _accountant_of(audit: pd.DataFrame, tag: str) -> float:
