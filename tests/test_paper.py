@@ -277,3 +277,21 @@ def test_committed_reference_is_a_run_of_the_current_profile_and_code():
     assert current == committed, (sorted(current - committed), sorted(committed - current))
     frozen = set(pd.read_csv(REFERENCE / "claims.csv")["claim"])
     assert frozen == committed
+
+
+@needs_reference
+def test_the_membership_positive_control_is_a_claim_the_paper_states_either_way():
+    """Without DP the attack must see membership (interval above 0.5); at chance the claim fails and the
+    paper says the attack cannot show what DP prevents."""
+    tables = claims.load_tables(REFERENCE)
+    found = {c.id: c for c in claims.claims(tables)}
+    assert found["memorization.mia.pruned.epsinf"].holds is True
+    assert found["memorization.mia.pruned.eps8"].holds is None                # a measurement, not a control
+    assert "above chance: the attack sees" in paper.findings(tables, list(found.values()))["finding.mia.positive.pruned"]
+    memo = tables["memorization.csv"].copy()
+    nonprivate = (memo["model"] == "pruned") & memo["target_epsilon"].map(math.isinf)
+    memo.loc[nonprivate, "mia_auc_reference"] = 0.5
+    tables = {**tables, "memorization.csv": memo}
+    chance = claims.claims(tables)
+    assert next(c for c in chance if c.id == "memorization.mia.pruned.epsinf").holds is False
+    assert "not above chance" in paper.findings(tables, chance)["finding.mia.positive.pruned"]
