@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from prunepriv.config import PUBLIC_EVAL_PASSAGES, SECRET_DIGITS, DataConfig
+from prunepriv.config import AUDIT_SECRET_DIGITS, PUBLIC_EVAL_PASSAGES, SECRET_DIGITS, DataConfig
 from prunepriv.errors import DataError
 from prunepriv.loaders import read_texts
 from prunepriv.results import atomic_write_text
@@ -353,12 +353,17 @@ def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], 
     included in training independently with probability 1/2, drawn from their
     own RNG (``audit_seed``) so that the draw depends on nothing else; they are
     short (:data:`AUDIT_FORMAT`, a name and the secret) and scored on their
-    secret's tokens alone.
+    secret's tokens alone. Their secrets are longer (:data:`AUDIT_SECRET_DIGITS`):
+    a canary seen once per epoch leaves a small trace on each token, and the
+    score sums it over the secret. The digits beyond :data:`SECRET_DIGITS` come
+    from the audit's own RNG, so that every other draw of the corpus is the same
+    whatever the audit's secret length.
     """
     reps = [int(r) for r in repetitions]
     canaries = []
     names: set[str] = set()
     coin = random.Random(f"audit-inclusion-{audit_seed}")
+    extra = random.Random(f"audit-secret-{audit_seed}")
     for i in range(n + n_heldout + n_audit):
         name = fake.first_name() + " " + fake.last_name()
         while name in names:
@@ -370,6 +375,7 @@ def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], 
             canaries.append(Canary(f"C{i:03d}", prefix, secret, reps[i % len(reps)] if i < n else 0))
         else:
             prefix = AUDIT_FORMAT.split("{secret}")[0].format(name=name)
+            secret += "".join(extra.choice("0123456789") for _ in range(AUDIT_SECRET_DIGITS - SECRET_DIGITS))
             canaries.append(Canary(f"A{i - n - n_heldout:03d}", prefix, secret, int(coin.random() < 0.5), "audit"))
     return canaries
 

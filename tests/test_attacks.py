@@ -188,3 +188,14 @@ def test_sampling_is_seeded_and_greedy_continuation_has_fixed_length(byte_tokeni
     with torch.no_grad():
         first = model(torch.tensor(prompts)).logits[:, -1].argmax(-1).tolist()
     assert [o[0] for o in out] == first
+
+
+def test_audit_score_is_the_tuned_models_log_probability_of_the_secret(byte_tokenizer):
+    """Uncalibrated (docs/measurements.md, one-run audit): the sum of the secret's token log-probabilities."""
+    from prunepriv.stages.memorization import audit_scores
+
+    tiny_lm = tiny_model("llama", layers=2)
+    canaries = [Canary("A000", "Ann Lee: ", "12345678", 1, "audit"), Canary("A001", "Bo Yu: ", "87654321", 0, "audit")]
+    scores = audit_scores(tiny_lm, byte_tokenizer, canaries, batch_size=2)
+    expected = [lp.sum() for lp in attacks.secret_logprobs(tiny_lm, byte_tokenizer, canaries)]
+    assert scores.shape == (2,) and np.allclose(scores, expected, atol=1e-5) and (scores < 0).all()

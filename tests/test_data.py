@@ -143,3 +143,26 @@ def test_general_english_is_prose_and_seeded():
     assert len(set(general_english(100))) == 100
     with pytest.raises(DataError, match="available"):
         general_english(10**6)
+
+
+def test_audit_canaries_have_longer_secrets_and_change_no_other_draw(monkeypatch):
+    """Audit secrets are AUDIT_SECRET_DIGITS long; their extra digits come from the audit's own RNG, so the
+    exposure canaries, the splits and the training order are the same whatever the audit's secret length."""
+    import prunepriv.data as data
+    from prunepriv.config import AUDIT_SECRET_DIGITS
+
+    def build():
+        return synthetic_corpus(seed=0, n_patients=30, n_canaries=4, canary_repetitions=[1, 3],
+                                n_heldout_canaries=2, n_audit_canaries=6)
+    corpus = build()
+    audit = [c for c in corpus.canaries if c.purpose == "audit"]
+    assert len(audit) == 6 and AUDIT_SECRET_DIGITS > SECRET_DIGITS
+    assert all(len(c.secret) == AUDIT_SECRET_DIGITS and c.secret.isdigit() for c in audit)
+    assert all(len(c.secret) == SECRET_DIGITS for c in corpus.canaries if c.purpose != "audit")
+    monkeypatch.setattr(data, "AUDIT_SECRET_DIGITS", SECRET_DIGITS)
+    short = build()
+    assert [c.secret[:SECRET_DIGITS] for c in audit] == [c.secret for c in short.canaries if c.purpose == "audit"]
+    assert [c.text for c in corpus.canaries if c.purpose != "audit"] == [c.text for c in short.canaries if c.purpose != "audit"]
+    strip = {c.text: c.prefix for c in audit} | {c.text: c.prefix for c in short.canaries if c.purpose == "audit"}
+    order = [[strip.get(r.text, r.text) for r in c.splits["train"]] for c in (corpus, short)]
+    assert order[0] == order[1]

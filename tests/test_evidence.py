@@ -105,8 +105,25 @@ def test_a_blind_positive_control_leaves_no_private_verdict_holding():
     judged = with_control(table)
     assert list(judged["verdict"]) == ["blind", "untestable", "untestable", "holds"]   # unpruned: no control
     assert list(judged["control"]) == ["blind", "blind", "blind", "none"]
+    assert list(judged["reason"]) == ["", "blind control", "ceiling", ""]     # why each untestable run is
     seeing = with_control(table.assign(verdict=["detects", "holds", "untestable", "holds"]))
     assert list(seeing["verdict"]) == ["detects", "holds", "untestable", "holds"]
+
+
+def test_findings_count_untestable_runs_by_the_audit_tables_reason():
+    """The findings read why a run is untestable from ``reason`` (one place decides it), not recomputed."""
+    from prunepriv.stages import findings
+
+    judged = with_control(pd.DataFrame({
+        "model": ["pruned"] * 4, "target_epsilon": [math.inf, 1.0, 8.0, 8.0], "replicate": [0, 0, 0, 1],
+        "verdict": ["blind", "holds", "untestable", "untestable"], "epsilon_lower_bound": [0.0, 0.1, 0.2, 0.3],
+        "epsilon_attainable": [4.75] * 4, "epsilon_rdp_at_audit_delta": [math.inf, 1.3, 9.3, 9.3],
+        "epsilon_prv_at_audit_delta": [math.inf, 1.2, 8.1, 8.1], "bound_below_accountant": [False, True, True, True],
+        "audit_canaries": [512] * 4}))
+    text = " ".join(findings._audit_lines(judged))
+    assert "2 private run(s) whose accountant ε exceeds that are untestable" in text
+    assert "1 more is untestable because the model's non-private control is blind" in text
+    assert "not above 0 in every run" in text
 
 
 def test_recovered_share_pairs_each_dp_run_with_its_own_replicates_nonprivate_run():

@@ -37,6 +37,9 @@ from scipy import special  # scipy is a dependency of opacus (pinned)
 
 from prunepriv.errors import AuditError
 
+UNTESTABLE_CEILING = "ceiling"          # why a private run's verdict is untestable: its accountant's ε is above any bound
+UNTESTABLE_BLIND = "blind control"      # ... or its model's non-private control saw nothing (bound 0)
+
 __all__ = [
     "AuditError", "AuditResult", "attainable_bound", "audit", "audit_curve", "default_guess_grid", "epsilon_lower_bound",
     "inclusion_draw", "p_value",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunepriv.attacks import probes as attacks
+from prunepriv.attacks.audit import UNTESTABLE_CEILING
 from prunepriv.errors import PrunePrivError
 from prunepriv.report.claims import Claim, claims, top_repetitions
 from prunepriv.report.latex import epsilon, escape, macros, number, problems, tabular
@@ -241,10 +242,8 @@ def _audit_findings(t: dict[str, object], found: list[Claim]) -> dict[str, str]:
     if attainable is not None:
         text = (f"with {t['audit.csv']['audit_canaries'].iloc[0]} audit canaries no lower bound can exceed "
                 f"{number(float(attainable.value), 2)}")
-        audit = t["audit.csv"]
-        ceiling = float(attainable.value)
         above = sorted({_eps_of(k) for k, v in verdicts.items() if "untestable" in str(v)
-                        and _accountant_of(audit, k) > ceiling}, key=by_value)
+                        and UNTESTABLE_CEILING in _reasons_of(t["audit.csv"], k)}, key=by_value)
         blind = [e for e in untestable_eps if e not in above]
         if above:
             text += (", so the accountant's $\\varepsilon$ of the runs at $\\varepsilon = "
@@ -266,11 +265,12 @@ def _detecting(audit: pd.DataFrame, model: str) -> str:
     return f"{int((rows['epsilon_lower_bound'] > 0).sum())} of {len(rows)} run" + ("s" if len(rows) != 1 else "")
 
 
-def _accountant_of(audit: pd.DataFrame, tag: str) -> float:
-    """The smallest accountant ε at the audit's δ among the runs of claim tag ``MODEL.epsE``."""
+def _reasons_of(audit: pd.DataFrame, tag: str) -> set[str]:
+    """Why the runs of claim tag ``MODEL.epsE`` are untestable (:func:`prunepriv.stages.memorization.with_control`'s
+    ``reason`` column of ``audit.csv``)."""
     model, eps = tag.split(".eps")
     rows = audit[(audit["model"] == model) & (audit["target_epsilon"].map(epsilon_label) == eps)]
-    return float(rows[["epsilon_rdp_at_audit_delta", "epsilon_prv_at_audit_delta"]].min(axis=1).min())
+    return set(rows["reason"].fillna("")) if "reason" in rows else set()
 
 
 def _control_findings(found: list[Claim]) -> dict[str, str]:

@@ -361,8 +361,7 @@ def memorization_probe(tuned, untuned, tokenizer, corpus, cfg, seed: int, run: F
            "mia_auc_reference_high": by_attack["reference"]["auc_high"]}
     canaries = corpus.canaries_for("audit")
     if canaries:
-        reference = attacks.secret_logprobs(untuned, tokenizer, canaries, bs)
-        scores = audit_scores(tuned, reference, tokenizer, canaries, bs)
+        scores = audit_scores(tuned, tokenizer, canaries, bs)
         result = audit(scores, [c.in_train for c in canaries], cfg.audit_delta, cfg.audit_confidence)
         accountant = accountant_at(run, cfg.audit_delta)
         out.update({"audit_lower_bound": result.epsilon_lower_bound, "audit_attainable": result.epsilon_attainable,

@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from prunepriv.attacks.audit import UNTESTABLE_BLIND, UNTESTABLE_CEILING
 from prunepriv.attacks.probes import auc_interval, tpr_column
 from prunepriv.privacy.record import base_model, is_matched
 from prunepriv.privacy.specs import epsilon_text
@@ -240,15 +241,14 @@ def _audit_lines(audit: pd.DataFrame) -> list[str]:
         return lines
     counts = audit["verdict"].value_counts() if "verdict" in audit else pd.Series(dtype=int)
     private = audit[~audit["target_epsilon"].map(lambda e: math.isinf(float(e)))]
-    private_accountant = private[["epsilon_rdp_at_audit_delta", "epsilon_prv_at_audit_delta"]].min(axis=1)
-    blind = int(((private["verdict"] == "untestable") & (private_accountant <= private["epsilon_attainable"])).sum()) \
-        if "verdict" in private else 0
+    reason = private["reason"] if "reason" in private else pd.Series("", index=private.index)
+    ceiling, blind = (int((reason == r).sum()) for r in (UNTESTABLE_CEILING, UNTESTABLE_BLIND))
     lines.append(f"One-run audit ({int(audit['audit_canaries'].iloc[0])} canaries, 95% confidence): "
                  f"{int((private['bound_below_accountant']).sum())} of {len(private)} private runs have a lower "
                  f"bound at or below the accountant's ε"
                  + (f", {int(counts.get('fails', 0))} above it" if counts.get("fails", 0) else "")
                  + f"; the largest bound any guesses could give is {audit['epsilon_attainable'].max():.2f}, so "
-                 f"{int((private_accountant > private['epsilon_attainable']).sum())} private run(s) whose accountant "
+                 f"{ceiling} private run(s) whose accountant "
                  "ε exceeds that are untestable here, not confirmed"
                  + (f", and {blind} more {'is' if blind == 1 else 'are'} untestable because the model's non-private control is blind "
                     "(bound 0)" if blind else "") + ".")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from prunepriv.attacks import probes as attacks
-from prunepriv.attacks.audit import audit, audit_curve
+from prunepriv.attacks.audit import UNTESTABLE_BLIND, UNTESTABLE_CEILING, audit, audit_curve
 from prunepriv.attacks.bertscore import f1, pairwise_f1
 from prunepriv.compress.pruning import remove_layers
 from prunepriv.data import corpus_for
@@ -41,7 +41,7 @@ from prunepriv.results import (
     sha256_file,
 )
 
-ATTACKS_VERSION = 5   # bump when an attack's computation changes, so saved per-run results are redone
+ATTACKS_VERSION = 6   # bump when an attack's computation changes, so saved per-run results are redone
 
 
 def tuned_model(bases: dict, run: FinetuneRun):
@@ -190,13 +190,6 @@ class References:
                                                        self.max_length, self.batch_size, end=end)
         return self._cache[key]
 
-    def secrets(self, model_name: str, canaries: list) -> list[np.ndarray]:
-        """Untuned log-probabilities of the canaries' secret tokens (:func:`prunepriv.attacks.probes.secret_logprobs`)."""
-        key = (model_name, tuple(c.prefix + c.secret for c in canaries), "secrets")
-        if key not in self._cache:
-            self._cache[key] = attacks.secret_logprobs(self.bases[model_name], self.tokenizer, canaries, self.batch_size)
-        return self._cache[key]
-
     def exposure(self, model_name: str, canary, n_candidates: int, seed: int) -> float:
         """Exposure of ``canary`` in the untuned model, on the candidates the tuned model is ranked on
         (cached by its text: replicates give a canary id other secrets)."""
@@ -225,11 +218,16 @@ def mean_excess(exposure: list[dict], trained: bool) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def audit_scores(model, reference_lp: list[np.ndarray], tokenizer, canaries: list, batch_size: int) -> np.ndarray:
-    """Membership score of each audit canary: untuned minus tuned NLL of its secret's tokens
-    (:func:`prunepriv.attacks.probes.secret_logprobs`; the name before it is not what is memorized)."""
-    target = attacks.secret_logprobs(model, tokenizer, canaries, batch_size)
-    return np.array([lp.sum() - ref.sum() for lp, ref in zip(target, reference_lp)])
+def audit_scores(model, tokenizer, canaries: list, batch_size: int) -> np.ndarray:
+    """Membership score of each audit canary: the tuned model's log-probability of its secret's tokens
+    (:func:`prunepriv.attacks.probes.secret_logprobs`; the name before it is not what is memorized).
+
+    Not calibrated by the untuned model: fine-tuning on hundreds of random secrets flattens the base
+    model's preferences among digits, so subtracting them adds noise rather than removing it (a pilot
+    of the paper profile, non-private pruned model, seed 0: 31 of 51 guesses correct calibrated, 46 of
+    51 uncalibrated; docs/measurements.md). The audit's validity rests on the inclusion coins alone, so
+    any score fixed before the guesses is a valid one (Steinke et al. 2023, Sec. 3)."""
+    return np.array([lp.sum() for lp in attacks.secret_logprobs(model, tokenizer, canaries, batch_size)])
 
 
 def accountant_at(run: FinetuneRun, delta: float) -> dict[str, float]:
@@ -263,7 +261,7 @@ def attack_run(model, run: FinetuneRun, corpus, tokenizer, refs: References, sam
     # one-run audit (Steinke et al. 2023) on the audit canaries
     audit_canaries = corpus.canaries_for("audit")
     if audit_canaries:
-        out["audit"] = canary_audit(model, run, tokenizer, refs, audit_canaries, cfg)
+        out["audit"] = canary_audit(model, run, tokenizer, audit_canaries, cfg)
     out.update(extraction_attacks(model, base, tokenizer, refs, samples, train_notes, heldout_notes, cfg, seed))
 
     # untargeted PII leakage: values only training records hold, versus values only held-out records hold,
@@ -308,10 +306,9 @@ def untuned_membership(base_name: str, tokenizer, refs: References, train_notes:
             "members": n, "nonmembers": len(nonmembers)}
 
 
-def canary_audit(model, run: FinetuneRun, tokenizer, refs: References, canaries: list, cfg) -> dict:
+def canary_audit(model, run: FinetuneRun, tokenizer, canaries: list, cfg) -> dict:
     """The one-run audit's ε lower bound beside the run's accountant ε at the audit's δ."""
-    reference = refs.secrets(base_model(run.model), canaries)
-    scores = audit_scores(model, reference, tokenizer, canaries, cfg.batch_size)
+    scores = audit_scores(model, tokenizer, canaries, cfg.batch_size)
     included = [c.in_train for c in canaries]
     result = audit(scores, included, cfg.audit_delta, cfg.audit_confidence)
     curve = audit_curve(scores, included, cfg.audit_delta, cfg.audit_confidence)
@@ -480,7 +477,8 @@ def audit_verdict(bound: float, attainable: float, accountant: float) -> str:
 
 def audit_table(results: list[dict]) -> pd.DataFrame:
     """``tab:audit``: the audit's ε lower bound beside the accountant's ε, its verdict
-    (:func:`audit_verdict`), and the correct guesses and bound at every guess count (``correct_rN``,
+    (:func:`audit_verdict`, read beside its positive control by :func:`with_control`, which adds ``control``
+    and ``reason``), and the correct guesses and bound at every guess count (``correct_rN``,
     ``bound_rN`` for N guesses)."""
     rows = []
     for r in results:
@@ -507,7 +505,9 @@ def with_control(table: pd.DataFrame) -> pd.DataFrame:
     """Each private run's verdict read beside its positive control: where the table holds non-private runs
     of the same model and any of them is ``blind`` (bound 0: the audit did not see memorization without
     DP), a private run's ``holds`` is vacuous and becomes ``untestable``; ``control`` names the controls'
-    verdicts (``none`` where the model has no non-private run)."""
+    verdicts (``none`` where the model has no non-private run) and ``reason`` says why a run is
+    ``untestable``: ``ceiling`` (its accountant's ε is above any bound these canaries can give) or
+    ``blind control`` (demoted here); empty for every other verdict."""
     if not len(table):
         return table
     table = table.copy()
@@ -515,8 +515,10 @@ def with_control(table: pd.DataFrame) -> pd.DataFrame:
     control = {model: " ".join(sorted(set(group.loc[~private[group.index], "verdict"]))) or "none"
                for model, group in table.groupby("model")}
     table["control"] = table["model"].map(control)
+    table["reason"] = np.where(table["verdict"] == "untestable", UNTESTABLE_CEILING, "")
     blind = private & table["control"].str.contains("blind") & (table["verdict"] == "holds")
     table.loc[blind, "verdict"] = "untestable"
+    table.loc[blind, "reason"] = UNTESTABLE_BLIND
     return table
 
 
