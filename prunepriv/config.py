@@ -22,7 +22,7 @@ from prunepriv.errors import ConfigError
 
 PUBLIC_EVAL_PASSAGES = 96     # general English passages kept for evaluation when calibration is public
 SECRET_DIGITS = 4                       # short secrets: four tokens to memorize, four to rank among the candidates
-AUDIT_SECRET_DIGITS = 8                 # audit canaries are seen at most once per epoch: twice the tokens, twice the signal
+AUDIT_SECRET_DIGITS = 8                 # audit canaries: more secret tokens for the audit's score to sum (docs/measurements.md)
 
 STRATEGIES = ("cosine", "block", "last", "random", "greedy-loss")
 PRECISIONS = ("auto", "fp32", "bf16")   # see prunepriv.lm.precision

@@ -353,9 +353,9 @@ def make_canaries(rng: random.Random, fake, n: int, repetitions: Iterable[int], 
     included in training independently with probability 1/2, drawn from their
     own RNG (``audit_seed``) so that the draw depends on nothing else; they are
     short (:data:`AUDIT_FORMAT`, a name and the secret) and scored on their
-    secret's tokens alone. Their secrets are longer (:data:`AUDIT_SECRET_DIGITS`):
-    a canary seen once per epoch leaves a small trace on each token, and the
-    score sums it over the secret. The digits beyond :data:`SECRET_DIGITS` come
+    secret's tokens alone. Their secrets are longer (:data:`AUDIT_SECRET_DIGITS`),
+    so the score sums the log-probability over more tokens (what this adds was not
+    measured apart from the score's other choices). The digits beyond :data:`SECRET_DIGITS` come
     from the audit's own RNG, so that every other draw of the corpus is the same
     whatever the audit's secret length.
     """

@@ -29,6 +29,18 @@ def test_cached_continuation_nll_equals_full_scoring(byte_tokenizer, family):
     np.testing.assert_allclose(cached, naive, rtol=1e-4, atol=1e-4)
 
 
+def test_trie_scoring_of_many_candidates_equals_full_scoring(byte_tokenizer):
+    """Candidates that share leading digits (a trie several levels deep, levels split over batches)."""
+    model = tiny_model("llama", layers=2)
+    rng = random.Random(0)
+    secrets = sorted({"".join(rng.choice("0123") for _ in range(rng.choice((3, 4)))) for _ in range(40)})
+    texts = [f"code is {s}" for s in secrets]
+    cached = attacks.continuation_nll(model, byte_tokenizer, texts, batch_size=5, end=False)
+    full = attacks.record_logprobs(model, byte_tokenizer, texts, max_length=10_000, end=False)
+    common = attacks._common_prefix(record_ids(byte_tokenizer, texts, 10_000, end=False))
+    np.testing.assert_allclose(cached, [-lp[common - 1:].sum() for lp in full], rtol=1e-4, atol=1e-4)
+
+
 def test_record_ids_open_with_start_and_close_with_eos(byte_tokenizer):
     ids = record_ids(byte_tokenizer, ["abc", "x" * 50], max_length=10)
     start = byte_tokenizer.eos_token_id                            # no BOS: EOS opens records

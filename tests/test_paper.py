@@ -297,3 +297,12 @@ def test_the_membership_positive_control_is_a_claim_the_paper_states_either_way(
     chance = claims.claims(tables)
     assert next(c for c in chance if c.id == "memorization.mia.pruned.epsinf").holds is False
     assert "not above chance" in paper.findings(tables, chance)["finding.mia.positive.pruned"]
+
+
+def test_audit_reasons_need_the_reason_column():
+    """An audit.csv without `reason` (an older stage 05) is refused, not read as 'no reason'."""
+    from prunepriv.errors import PrunePrivError
+    table = pd.DataFrame({"model": ["pruned"], "target_epsilon": [8.0], "verdict": ["untestable"]})
+    with pytest.raises(PrunePrivError, match="reason"):
+        paper._reasons_of(table, "pruned.eps8")
+    assert paper._reasons_of(table.assign(reason=["ceiling"]), "pruned.eps8") == {"ceiling"}

@@ -193,31 +193,54 @@ def bootstrap_interval(members, nonmembers, statistic, draws: int = 1000, seed: 
 def continuation_nll(model, tokenizer, texts: list[str], batch_size: int = 160, end: bool = True) -> np.ndarray:
     """NLL of each record's tokens after the prefix all ``texts`` share (``end=False``: no EOS scored).
 
-    The shared prefix (the canary format up to the secret) runs once; its KV
-    cache is copied for every batch of candidates.
+    The shared prefix (the canary format up to the secret) runs once; the
+    continuations are then scored along their token trie, one level at a time:
+    a token prefix that several candidates share (a secret's first digits) is
+    run once, and its children continue from its cached keys and values.
     """
     seqs = record_ids(tokenizer, texts, max_length=10_000, end=end)
     common = _common_prefix(seqs)
     device = _device(model)
-    prefix = torch.tensor([seqs[0][:common]], device=device)
-    first = model(input_ids=prefix, use_cache=True)
-    cache, last = first.past_key_values, torch.log_softmax(first.logits[0, -1].float(), -1)
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        rest = [s[common:] for s in seqs[i:i + batch_size]]
-        batch = {k: v.to(device) for k, v in pad_right(rest, _pad(tokenizer)).items()}
-        total = last[batch["input_ids"][:, 0]]
-        if batch["input_ids"].shape[1] > 1:              # the last token is only predicted, never an input
-            b = len(rest)
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(b)
-            inputs, seen = batch["input_ids"][:, :-1], batch["attention_mask"][:, :-1]
-            mask = torch.cat([torch.ones(b, common, dtype=torch.long, device=device), seen], 1)
-            logits = model(input_ids=inputs, attention_mask=mask, past_key_values=past, use_cache=True).logits.float()
-            lp = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
-            total = total + (lp * batch["attention_mask"][:, 1:]).sum(1)
-        out += (-total).cpu().tolist()
-    return np.array(out)
+    first = model(input_ids=torch.tensor([seqs[0][:common]], device=device), use_cache=True)
+    rests = [tuple(s[common:]) for s in seqs]
+    total = np.zeros(len(seqs))
+    nodes, cache, logprobs = [()], first.past_key_values, torch.log_softmax(first.logits[:, -1].float(), -1)
+    for depth in range(max(len(r) for r in rests)):
+        index = {node: i for i, node in enumerate(nodes)}
+        for i, rest in enumerate(rests):                  # each continuation's token at this depth
+            if len(rest) > depth:
+                total[i] -= float(logprobs[index[rest[:depth]], rest[depth]])
+        nodes = sorted({r[:depth + 1] for r in rests if len(r) > depth + 1})   # the last token is never an input
+        if not nodes:
+            break
+        parents = torch.tensor([index[node[:-1]] for node in nodes], device=device)
+        tokens = torch.tensor([[node[-1]] for node in nodes], device=device)
+        parts = [_trie_step(model, cache, parents[i:i + batch_size], tokens[i:i + batch_size], common + depth)
+                 for i in range(0, len(nodes), batch_size)]
+        cache, logprobs = _concat_caches([c for c, _ in parts]), torch.cat([lp for _, lp in parts])
+    return total
+
+
+def _trie_step(model, cache, parents: torch.Tensor, tokens: torch.Tensor, seen: int):
+    """Run one token for each trie node of a level from its parent's row of ``cache`` (``seen`` tokens long);
+    returns the nodes' cache and their next-token log-probabilities."""
+    past = copy.copy(cache)
+    past.layers = [copy.copy(layer) for layer in cache.layers]
+    past.reorder_cache(parents)                        # index_select: new tensors, ``cache`` untouched
+    mask = torch.ones(len(tokens), seen + 1, dtype=torch.long, device=tokens.device)
+    out = model(input_ids=tokens, attention_mask=mask, past_key_values=past, use_cache=True)
+    return out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), -1)
+
+
+def _concat_caches(caches: list):
+    """One cache holding the batch rows of ``caches`` in order."""
+    if len(caches) == 1:
+        return caches[0]
+    out = caches[0]
+    for i, layer in enumerate(out.layers):
+        layer.keys = torch.cat([c.layers[i].keys for c in caches])
+        layer.values = torch.cat([c.layers[i].values for c in caches])
+    return out
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:

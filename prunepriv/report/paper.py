@@ -150,6 +150,8 @@ def _baseline_numbers(t) -> dict[str, str]:
         "setup.public.passages": str(int(info["public_passages"])),
         "setup.baselines.epsilon": f"{float(comp['target_epsilon'].iloc[0]):g}",
         "setup.matched.layers": matched.group(1) if matched else "--",
+        "setup.healed.strategies": (escape(", ".join(t["pruning_healed.csv"]["strategy"]))
+                                    if "pruning_healed.csv" in t else "--"),
         "compression.mia.min": number(float(comp["mia_auc_reference"].min()), 2),
         "compression.mia.max": number(float(comp["mia_auc_reference"].max()), 2),
     }
@@ -268,9 +270,11 @@ def _detecting(audit: pd.DataFrame, model: str) -> str:
 def _reasons_of(audit: pd.DataFrame, tag: str) -> set[str]:
     """Why the runs of claim tag ``MODEL.epsE`` are untestable (:func:`prunepriv.stages.memorization.with_control`'s
     ``reason`` column of ``audit.csv``)."""
+    if "reason" not in audit:
+        raise PrunePrivError("audit.csv has no `reason` column: it was written by an older stage 05; rerun it")
     model, eps = tag.split(".eps")
     rows = audit[(audit["model"] == model) & (audit["target_epsilon"].map(epsilon_label) == eps)]
-    return set(rows["reason"].fillna("")) if "reason" in rows else set()
+    return set(rows["reason"].fillna(""))
 
 
 def _control_findings(found: list[Claim]) -> dict[str, str]:
@@ -302,18 +306,26 @@ def _control_findings(found: list[Claim]) -> dict[str, str]:
                                                       if c.holds else ", without an interval to judge it by"
                                                       if c.holds is None else ", so the two sides differ in "
                                                       "something other than membership"))
-    for c in _pick(found, "healing."):
+    out["finding.healing"] = _healing_finding(_pick(found, "healing."))
+    return out
+
+
+def _healing_finding(found: list[Claim]) -> str:
+    """Each healed strategy against the paper's (paired ratio of held-out perplexity), or why there is none."""
+    parts = []
+    for c in found:
         if ".over." not in c.id:
             continue
-        strategy = c.id.split(".")[1]
         lo, hi = c.interval if c.interval else (math.nan, math.nan)
         verdict = ("no interval, so no comparison" if not (math.isfinite(lo) and math.isfinite(hi)) else
                    "no difference this evaluation can show" if lo <= 1 <= hi else "worse than the paper's strategy"
                    if lo > 1 else "better than the paper's strategy")
-        out[f"finding.healing.{strategy}"] = (f"after the same DP healing, {escape(strategy)} has {number(float(c.value), 3)}"
-                                              f"{_ci(c, 3)} times the paper strategy's held-out perplexity on the "
-                                              f"same patients: {verdict}")
-    return out
+        parts.append(f"after the same DP healing, {escape(c.id.split('.')[1])} has {number(float(c.value), 3)}"
+                     f"{_ci(c, 3)} times the paper strategy's held-out perplexity on the same patients: {verdict}")
+    if not parts:
+        return ("this profile heals the paper's strategy alone, so the question is left to a profile that heals "
+                "more than one (\\texttt{full} heals every strategy)")
+    return "; ".join(parts)
 
 
 def tables(t: dict[str, object]) -> dict[str, str]:
